@@ -1,0 +1,37 @@
+"""Shared fixtures. One Ray instance per test session: ray.init costs seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def regmix_dir() -> Path:
+    path = SHARED / "data" / "regmix"
+    if not (path / "train_mixture_1m.csv").exists():
+        pytest.skip("../shared/data/regmix not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A small local Ray shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ACCEPT_CALLS_FROM_ALL_NODES", "1")
+        ray.init(
+            num_cpus=2,
+            object_store_memory=300 * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    # left running for the rest of the session; pytest exit tears it down
