@@ -1,0 +1,171 @@
+"""The ``moemix`` command: a thin layer over functions that take and return typed objects.
+
+Every user-facing failure is a MoemixError printed as one line (``moemix: error: ...``) with exit code 2.
+Subcommands owned by other modules register themselves through ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moemix import __version__
+from moemix.errors import MoemixError
+
+STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
+# modules that add their own subcommands (fit/predict/propose, assign)
+COMMAND_MODULES = ("moemix.pipeline.commands.mixing", "moemix.pipeline.commands.assign")
+
+
+def _parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``--set proxies.sampler.n_mixtures=8`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MoemixError(f"--set {item!r}: expected KEY=VALUE, e.g. proxies.sampler.n_mixtures=8")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _default_out(config: str | None) -> str:
+    return str(Path("runs") / (Path(config).stem if config else "demo"))
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="config YAML (default: the built-in demo preset)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from moemix.pipeline.config import load_config
+    from moemix.ray_jobs.pipeline import run_pipeline
+
+    cfg = load_config(args.config, overrides=_parse_set(args.set))
+    # stages depend on each other in a line, so "run stage X" means "run up to X" (finished ones are cached)
+    until = getattr(args, "until", None) or "pretrain"
+    if getattr(args, "no_pretrain", False) and until == "pretrain":
+        until = "propose"
+    out = Path(args.out or _default_out(args.config))
+    result = run_pipeline(cfg, out, until=until, progress=not args.quiet)
+    if result.mixture_path is not None:
+        print(f"mixture.json: {result.mixture_path}")
+    return 0
+
+
+def _cmd_stage(stage: str):
+    def run(args: argparse.Namespace) -> int:
+        args.until = stage
+        return _cmd_run(args)
+
+    return run
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from moemix.pipeline.config import dump_config, load_config
+
+    cfg = load_config(args.config, overrides=_parse_set(args.set))
+    sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from moemix.ray_jobs.submit import submit_pipeline
+
+    job_id = submit_pipeline(
+        config=args.config,
+        address=args.address,
+        out=args.out or _default_out(args.config),
+        overrides=args.set or [],
+        working_dir=args.working_dir,
+        wait=not args.no_wait,
+    )
+    print(f"submitted job {job_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moemix",
+        description="Choose pretraining data mixtures with proxy MoE swarms and pretrain MoE models on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"moemix {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline (resumes; finished stages are skipped)")
+    _add_pipeline_args(p)
+    p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument("--no-pretrain", action="store_true", help="stop after mixture.json")
+    p.set_defaults(func=_cmd_run)
+
+    for stage in ("domains", "proxies", "pretrain"):
+        p = sub.add_parser(stage, help=f"run the {stage} stage of a config (earlier stages as needed)")
+        _add_pipeline_args(p)
+        p.set_defaults(func=_cmd_stage(stage))
+
+    p = sub.add_parser("config", help="print the resolved config (validates it)")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("submit", help="submit the pipeline as a Ray job to a cluster")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray dashboard address, e.g. http://head:8265")
+    p.add_argument("--out", help="run directory on the cluster's shared storage")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--working-dir", help="directory shipped to the cluster (default: the config's directory)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
+    p.set_defaults(func=_cmd_submit)
+
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name != mod_name:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MoemixError as e:
+        print(f"moemix: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moemix: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
