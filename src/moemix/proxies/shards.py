@@ -39,7 +39,7 @@ class TokenShardWriter:
         self.path = Path(tokens_dir) / split / f"{domain}.bin"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._f = open(self._tmp, "wb")
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - held across add() calls, closed in close()/abort()
         self.dtype = token_dtype(vocab_size)
         self.eos = np.array([eos_id], dtype=self.dtype)
         self.n_tokens = 0

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from moemix.errors import MoemixError
+from moemix.pipeline.configtools import from_dict, to_dict
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+    kind: Literal["a", "b"] = "a"
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+    weights: dict[str, float] | None = None
+    flag: bool = False
+
+
+def test_builds_nested_and_coerces_ints_to_floats():
+    cfg = from_dict(Outer, {"name": "y", "inner": {"lr": 1, "steps": 5}, "weights": {"a": 1}})
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.steps == 5
+    assert cfg.weights == {"a": 1.0}
+    assert to_dict(cfg)["inner"] == {"lr": 1.0, "steps": 5, "kind": "a"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"inner": {"lrr": 1}}, "cfg.inner: unknown key 'lrr'"),
+        ({"inner": {"steps": "many"}}, "cfg.inner.steps: expected an integer"),
+        ({"inner": {"steps": 1.5}}, "cfg.inner.steps: expected an integer"),
+        ({"inner": {"kind": "c"}}, "cfg.inner.kind: 'c' is not one of"),
+        ({"tags": "a"}, "cfg.tags: expected a list"),
+        ({"flag": "yes"}, "cfg.flag: expected true or false"),
+        ({"inner": {"steps": 0}}, "cfg.inner: steps must be >= 1"),
+        ({"inner": [1]}, "cfg.inner: expected a mapping"),
+    ],
+)
+def test_errors_name_the_key(data, message):
+    with pytest.raises(MoemixError) as e:
+        from_dict(Outer, data, where="cfg")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(MoemixError, match="expected an integer"):
+        from_dict(Inner, {"steps": True})

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from moemix._io import atomic_path, stable_hash, write_json_atomic
+from moemix.pipeline.stage import stage_for
+
+
+def test_key_depends_on_config_and_inputs(tmp_path):
+    a = stage_for(tmp_path, "fit", {"x": 1}, {"proxies": "k1"})
+    assert a.key == stage_for(tmp_path, "fit", {"x": 1}, {"proxies": "k1"}).key
+    assert a.key != stage_for(tmp_path, "fit", {"x": 2}, {"proxies": "k1"}).key
+    assert a.key != stage_for(tmp_path, "fit", {"x": 1}, {"proxies": "k2"}).key
+    assert a.path == tmp_path / "fit" / a.key
+
+
+def test_complete_only_after_manifest(tmp_path):
+    st = stage_for(tmp_path, "domains", {"a": 1})
+    st.start()
+    (st.path / "partial.bin").write_bytes(b"x")
+    assert not st.is_complete()
+    # an interrupted attempt is wiped by a fresh start
+    st.start(fresh=True)
+    assert not (st.path / "partial.bin").exists()
+    st.complete({"n": 3})
+    assert st.is_complete() and st.manifest()["outputs"] == {"n": 3}
+    # a complete stage is never wiped
+    st.start(fresh=True)
+    assert st.is_complete()
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.json"
+    write_json_atomic(path, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+    assert len(stable_hash("x")) == 16
+    assert os.sep not in stable_hash("x")
