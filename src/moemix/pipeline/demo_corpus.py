@@ -1,0 +1,413 @@
+"""A real, multi-domain text corpus assembled offline from the local Python installation.
+
+The demo (and the tests) need text with known, clearly different domains but may not reach
+any hub. Every Python installation ships megabytes of genuine text of very different kinds:
+library source code, English docstrings, the language reference manual, RFC 822 e-mails used
+as test data, C headers, license texts and package READMEs. We cut them into 1-4 KB
+documents, label each with its true domain (`source`) and cache the result as one parquet
+file per domain, so the same corpus serves label mode (label column = ``source``) and, with
+the label hidden, clustering tests.
+
+The cache key covers the Python version and the installed distributions, so a changed
+environment builds a new corpus instead of silently reusing a different one. Building is
+deterministic: files are visited in sorted order and nothing is random.
+"""
+
+from __future__ import annotations
+
+import ast
+import email
+import email.policy
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from moemix._io import stable_hash, write_json_atomic
+from moemix.errors import MoemixError
+
+BUILDER_VERSION = 1
+MIN_TOTAL_BYTES = 20_000_000
+MIN_DOMAINS = 4
+# document size window: big enough to carry a topic, small enough for many docs per domain
+TARGET_DOC_CHARS = 2000
+MAX_DOC_CHARS = 4000
+MIN_DOC_CHARS = 200
+# python_code is the elastic domain: it fills the corpus up to this total
+TARGET_TOTAL_BYTES = 22_000_000
+C_HEADER_CAP = 6_000_000
+STATS_NAME = "stats.json"
+
+
+@dataclass
+class DemoCorpus:
+    """Where the cached corpus lives and what is in it."""
+
+    root: Path
+    files: dict[str, Path]  # domain -> parquet file
+    docs: dict[str, int]
+    bytes: dict[str, int]
+    total_bytes: int = 0
+    domains: list[str] = field(default_factory=list)
+
+    def source_config(self, name: str = "demo"):  # -> SourceConfig (import kept local: ingest imports heavy deps)
+        """A label-mode source over every domain file: label column ``source``, ids from ``id``."""
+        from moemix.pipeline.ingest import SourceConfig
+
+        return SourceConfig(path=str(self.root / "*.parquet"), label_column="source", id_column="id", name=name)
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("MOEMIX_CACHE")
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "moemix"
+    return root / "demo_corpus"
+
+
+def corpus_key() -> str:
+    """Identity of the inputs: builder version, Python, installed distributions."""
+    dists = sorted(
+        f"{d.metadata.get('Name', '?')}=={d.version}" for d in importlib.metadata.distributions()
+    )
+    return stable_hash(
+        {"v": BUILDER_VERSION, "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"], "dists": dists}
+    )
+
+
+def build_demo_corpus(cache_dir: Path | None = None, progress: bool = False) -> DemoCorpus:
+    """Return the demo corpus, building it on first use (cached under ``cache_dir``/<key>)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / corpus_key()
+    if (final / STATS_NAME).exists():
+        return _load(final)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        _build_into(tmp, progress=progress)
+        try:
+            os.rename(tmp, final)  # atomic publish of the whole directory
+        except OSError:
+            if not (final / STATS_NAME).exists():  # a stale partial dir (no stats): replace it
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+            # else: a concurrent builder won the race; ours is identical, drop it
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(final)
+
+
+def _load(path: Path) -> DemoCorpus:
+    import json
+
+    stats = json.loads((path / STATS_NAME).read_text())
+    domains = list(stats["domains"])
+    return DemoCorpus(
+        root=path,
+        files={d: path / f"{d}.parquet" for d in domains},
+        docs={d: int(stats["docs"][d]) for d in domains},
+        bytes={d: int(stats["bytes"][d]) for d in domains},
+        total_bytes=int(stats["total_bytes"]),
+        domains=domains,
+    )
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+def chunk_blocks(blocks: Iterable[str], target: int = TARGET_DOC_CHARS, limit: int = MAX_DOC_CHARS) -> Iterator[str]:
+    """Greedily join consecutive blocks into documents of about ``target`` chars, never over ``limit``.
+
+    A single block over ``limit`` is cut on line boundaries (and, for one enormous line, hard).
+    """
+    buf: list[str] = []
+    size = 0
+    for block in blocks:
+        for piece in _split_long(block, limit):
+            if size and size + len(piece) > limit:
+                yield "".join(buf)
+                buf, size = [], 0
+            buf.append(piece)
+            size += len(piece)
+            if size >= target:
+                yield "".join(buf)
+                buf, size = [], 0
+    if buf:
+        yield "".join(buf)
+
+
+def _split_long(block: str, limit: int) -> Iterator[str]:
+    if len(block) <= limit:
+        yield block
+        return
+    buf, size = [], 0
+    for line in block.splitlines(keepends=True):
+        while len(line) > limit:
+            if buf:
+                yield "".join(buf)
+                buf, size = [], 0
+            yield line[:limit]
+            line = line[limit:]
+        if size + len(line) > limit:
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line)
+        size += len(line)
+    if buf:
+        yield "".join(buf)
+
+
+_PARA = re.compile(r"(?:\n[ \t]*){2,}")
+
+
+def paragraphs(text: str) -> list[str]:
+    """Split on blank lines, keeping a trailing blank line on each block so joins stay readable."""
+    return [p.strip("\n") + "\n\n" for p in _PARA.split(text) if p.strip()]
+
+
+_TOP_LEVEL = re.compile(r"^(?=(?:def |class |async def |@|if __name__))", re.MULTILINE)
+
+
+def python_blocks(src: str) -> list[str]:
+    """Cut a module at top-level definitions so chunks are mostly whole functions/classes."""
+    return [b for b in _TOP_LEVEL.split(src) if b.strip()]
+
+
+# --------------------------------------------------------------------------- domain collectors
+# Each collector yields (doc_id, text); ids are stable: '<domain>/<relative path>#<chunk>'.
+
+Docs = Iterator[tuple[str, str]]
+
+
+def _stdlib() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+
+
+def _stdlib_modules() -> list[Path]:
+    root = _stdlib()
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        parts = p.relative_to(root).parts
+        # tests are a different kind of code; site-packages is not the standard library
+        if parts[0] in ("test", "site-packages", "dist-packages") or "tests" in parts or "idle_test" in parts:
+            continue
+        out.append(p)
+    return out
+
+
+def _site_packages_modules() -> list[Path]:
+    out: list[Path] = []
+    for key in ("purelib", "platlib"):
+        sp = Path(sysconfig.get_paths()[key])
+        if sp.is_dir():
+            out.extend(p for p in sorted(sp.rglob("*.py")) if "test" not in p.as_posix().lower())
+    return sorted(set(out))
+
+
+def python_code(budget: int) -> Docs:
+    """Standard-library source first; site-packages only tops it up when the budget asks for more."""
+    root = _stdlib()
+    used = 0
+    for path in _stdlib_modules() + _site_packages_modules():
+        src = _read_text(path)
+        if not src:
+            continue
+        rel = path.relative_to(root) if path.is_relative_to(root) else path.name
+        for k, doc in enumerate(chunk_blocks(python_blocks(src))):
+            if len(doc) < MIN_DOC_CHARS:
+                continue
+            yield f"python_code/{rel}#{k}", doc
+            used += len(doc.encode())
+            if used >= budget:
+                return
+
+
+def docstrings() -> Docs:
+    """English prose about code: the standard library's docstrings, grouped per module."""
+    root = _stdlib()
+    for path in _stdlib_modules():
+        src = _read_text(path)
+        if not src:
+            continue
+        try:
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError):
+            continue
+        texts = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 80:
+                    texts.append(doc.strip() + "\n\n")
+        rel = path.relative_to(root)
+        for k, doc in enumerate(chunk_blocks(texts)):
+            if len(doc) >= MIN_DOC_CHARS:
+                yield f"docstrings/{rel}#{k}", doc
+
+
+def reference_manual() -> Docs:
+    """The language reference topics behind ``help('if')`` etc. (pydoc_data)."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return
+    for name in sorted(topics):
+        for k, doc in enumerate(chunk_blocks(paragraphs(topics[name]))):
+            if len(doc) >= MIN_DOC_CHARS:
+                yield f"reference_manual/{name}#{k}", doc
+
+
+def emails() -> Docs:
+    """Real RFC 822 messages used as test data by the email package (needs the stdlib test suite)."""
+    data = _stdlib() / "test" / "test_email" / "data"
+    if not data.is_dir():
+        return
+    for path in sorted(data.glob("msg_*.txt")):
+        text = _read_text(path)
+        if not text:
+            continue
+        msg = email.message_from_string(text, policy=email.policy.compat32)
+        if not msg.keys():  # not a message after all
+            continue
+        for k, doc in enumerate(chunk_blocks([text], target=MAX_DOC_CHARS)):
+            if len(doc) >= 100:
+                yield f"emails/{path.name}#{k}", doc
+
+
+def c_headers(budget: int = C_HEADER_CAP) -> Docs:
+    """C headers of the interpreter, then of installed extension packages (numpy, torch, ...)."""
+    paths = sysconfig.get_paths()
+    roots = [Path(paths["include"])] + [Path(paths[k]) for k in ("platlib", "purelib")]
+    seen: set[Path] = set()
+    used = 0
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.h")):
+            if path in seen:
+                continue
+            seen.add(path)
+            text = _read_text(path)
+            if not text:
+                continue
+            for k, doc in enumerate(chunk_blocks(paragraphs(text))):
+                if len(doc) < MIN_DOC_CHARS:
+                    continue
+                yield f"c_headers/{root.name}/{path.relative_to(root)}#{k}", doc
+                used += len(doc.encode())
+                if used >= budget:
+                    return
+
+
+_LICENSE_FILE = re.compile(r"(^|/)(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*$", re.IGNORECASE)
+
+
+def _dists() -> list[importlib.metadata.Distribution]:
+    by_name = {}
+    for d in importlib.metadata.distributions():
+        name = (d.metadata.get("Name") or "").lower()
+        if name and name not in by_name:
+            by_name[name] = d
+    return [by_name[n] for n in sorted(by_name)]
+
+
+def licenses() -> Docs:
+    """License/notice texts shipped in the installed distributions' metadata."""
+    for dist in _dists():
+        name = dist.metadata["Name"].lower()
+        for f in sorted(dist.files or [], key=str):
+            if ".dist-info/" not in str(f) and ".egg-info/" not in str(f):
+                continue
+            if not _LICENSE_FILE.search(str(f)):
+                continue
+            text = _read_text(Path(dist.locate_file(f)))
+            if not text:
+                continue
+            for k, doc in enumerate(chunk_blocks(paragraphs(text))):
+                if len(doc) >= MIN_DOC_CHARS:
+                    yield f"licenses/{name}/{Path(str(f)).name}#{k}", doc
+
+
+def package_readmes() -> Docs:
+    """Long descriptions (mostly Markdown READMEs) from the installed distributions' METADATA."""
+    for dist in _dists():
+        name = dist.metadata["Name"].lower()
+        body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else None
+        body = body or dist.metadata.get("Description") or ""
+        if not isinstance(body, str) or len(body) < MIN_DOC_CHARS:
+            continue
+        for k, doc in enumerate(chunk_blocks(paragraphs(body))):
+            if len(doc) >= MIN_DOC_CHARS:
+                yield f"package_readmes/{name}#{k}", doc
+
+
+# --------------------------------------------------------------------------- build
+
+FIXED_DOMAINS: dict[str, Callable[[], Docs]] = {
+    "docstrings": docstrings,
+    "reference_manual": reference_manual,
+    "emails": emails,
+    "c_headers": c_headers,
+    "licenses": licenses,
+    "package_readmes": package_readmes,
+}
+
+
+def _collect(gen: Docs, seen: set[bytes]) -> tuple[list[str], list[str], int]:
+    """Materialize one domain, dropping exact repeats (e.g. the same Apache license in 30 packages)."""
+    ids, texts, n_bytes = [], [], 0
+    for doc_id, text in gen:
+        h = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        if h in seen:
+            continue
+        seen.add(h)
+        ids.append(doc_id)
+        texts.append(text)
+        n_bytes += len(text.encode())
+    return ids, texts, n_bytes
+
+
+def _build_into(out: Path, progress: bool = False) -> None:
+    from tqdm.auto import tqdm
+
+    seen: set[bytes] = set()
+    stats: dict = {"version": BUILDER_VERSION, "python": sys.version, "domains": [], "docs": {}, "bytes": {}}
+    names = list(FIXED_DOMAINS) + ["python_code"]
+    total = 0
+    for name in tqdm(names, desc="demo corpus", disable=not progress):
+        if name == "python_code":
+            gen = python_code(budget=max(TARGET_TOTAL_BYTES - total, 8_000_000))
+        else:
+            gen = FIXED_DOMAINS[name]()
+        ids, texts, n_bytes = _collect(gen, seen)
+        if not texts:
+            continue
+        table = pa.table({"text": texts, "source": [name] * len(texts), "id": ids})
+        pq.write_table(table, out / f"{name}.parquet", compression="zstd")
+        stats["domains"].append(name)
+        stats["docs"][name] = len(texts)
+        stats["bytes"][name] = n_bytes
+        total += n_bytes
+    stats["domains"].sort()
+    stats["total_bytes"] = total
+    if len(stats["domains"]) < MIN_DOMAINS:
+        raise MoemixError(
+            f"demo corpus: found only {len(stats['domains'])} domains in this Python installation "
+            f"({', '.join(stats['domains'])}); need {MIN_DOMAINS}"
+        )
+    write_json_atomic(out / STATS_NAME, stats)  # last: marks the directory complete
