@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from moemix._io import stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MIN_TOTAL_BYTES = 20_000_000
 MIN_DOMAINS = 4
 # document size window: big enough to carry a topic, small enough for many docs per domain
@@ -176,9 +176,29 @@ def paragraphs(text: str) -> list[str]:
 _TOP_LEVEL = re.compile(r"^(?=(?:def |class |async def |@|if __name__))", re.MULTILINE)
 
 
-def python_blocks(src: str) -> list[str]:
-    """Cut a module at top-level definitions so chunks are mostly whole functions/classes."""
-    return [b for b in _TOP_LEVEL.split(src) if b.strip()]
+_METHOD = re.compile(r"^(?=[ \t]+(?:def |async def |@))", re.MULTILINE)
+
+
+def python_blocks(src: str, limit: int = MAX_DOC_CHARS) -> list[str]:
+    """Cut a module at top-level definitions, and big classes at method boundaries, so chunks are
+    mostly whole functions/methods."""
+    out = []
+    for b in _TOP_LEVEL.split(src):
+        if not b.strip():
+            continue
+        if len(b) <= limit:
+            out.append(b)
+            continue
+        pieces = _METHOD.split(b)
+        # keep decorators with the def they decorate
+        merged: list[str] = []
+        for p in pieces:
+            if merged and merged[-1].lstrip().startswith("@") and merged[-1].count("\n") <= 3:
+                merged[-1] += p
+            else:
+                merged.append(p)
+        out.extend(p for p in merged if p.strip())
+    return out
 
 
 # --------------------------------------------------------------------------- domain collectors
@@ -340,7 +360,7 @@ def licenses() -> Docs:
                 continue
             for k, doc in enumerate(chunk_blocks(paragraphs(text))):
                 if len(doc) >= MIN_DOC_CHARS:
-                    yield f"licenses/{name}/{Path(str(f)).name}#{k}", doc
+                    yield f"licenses/{name}/{f}#{k}", doc
 
 
 def package_readmes() -> Docs:
@@ -371,11 +391,16 @@ FIXED_DOMAINS: dict[str, Callable[[], Docs]] = {
 def _collect(gen: Docs, seen: set[bytes]) -> tuple[list[str], list[str], int]:
     """Materialize one domain, dropping exact repeats (e.g. the same Apache license in 30 packages)."""
     ids, texts, n_bytes = [], [], 0
+    used_ids: set[str] = set()
     for doc_id, text in gen:
         h = hashlib.blake2b(text.encode(), digest_size=8).digest()
         if h in seen:
             continue
         seen.add(h)
+        base, k = doc_id, 2
+        while doc_id in used_ids:  # same relative path in two roots: keep ids unique
+            doc_id, k = f"{base}~{k}", k + 1
+        used_ids.add(doc_id)
         ids.append(doc_id)
         texts.append(text)
         n_bytes += len(text.encode())
