@@ -1,0 +1,71 @@
+"""Configuration of the proxy swarm stage (``proxies:`` in config.yaml).
+
+The number of proxies lives in ``sampler.n_mixtures`` (the mixing package owns sampling). The
+default proxy is sized for the demo budget: ~16-24 proxies must fit in a few minutes on 2 cores,
+so one proxy trains for about 10-20 s on one core (see docs/benchmarks/proxies.md). Olmix's
+finding that proxies below ~15M parameters lose rank fidelity is what ``scale_check`` measures on
+your own data: a few swarm mixtures are retrained with a larger model and the Spearman
+correlation of their target losses across the two scales is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moemix.mixing.sampling import SamplerConfig
+from moemix.moe_model.config import MoEConfig
+from moemix.proxies.evaluate import TargetConfig
+from moemix.proxies.train import TrainConfig
+
+
+def demo_proxy_model() -> MoEConfig:
+    """~0.2M-parameter MoE (8 experts, top-2); vocab_size is replaced by the tokenizer's at run time."""
+    return MoEConfig(
+        vocab_size=4096, max_seq_len=128, d_model=64, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=128
+    )
+
+
+def demo_large_model() -> MoEConfig:
+    return MoEConfig(
+        vocab_size=4096, max_seq_len=128, d_model=128, n_layers=3, n_heads=4, n_experts=8, top_k=2, d_expert=256
+    )
+
+
+@dataclass
+class ScaleCheckConfig:
+    # retrain the first n swarm mixtures (uniform and natural included) with ``model``; 0 disables
+    n_mixtures: int = 0
+    model: MoEConfig = field(default_factory=demo_large_model)
+
+    def validate(self) -> None:
+        if self.n_mixtures < 0:
+            raise ValueError("scale_check.n_mixtures must be >= 0")
+        if self.n_mixtures == 1 or self.n_mixtures == 2:
+            raise ValueError("scale_check.n_mixtures must be 0 or >= 3 (a rank correlation needs 3 points)")
+
+
+@dataclass
+class ProxiesConfig:
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(n_mixtures=16))
+    model: MoEConfig = field(default_factory=demo_proxy_model)
+    train: TrainConfig = field(default_factory=TrainConfig)  # its defaults are the demo proxy's
+    target: TargetConfig = field(default_factory=TargetConfig)
+    num_cpus_per_proxy: float = 1.0
+    num_gpus_per_proxy: float = 0.0
+    max_retries: int = 2  # Ray re-runs a task whose worker died (system failures)
+    transient_retries: int = 1  # in-task retries of a proxy that raised (not for MoemixError)
+    scale_check: ScaleCheckConfig = field(default_factory=ScaleCheckConfig)
+
+    def validate(self) -> None:
+        if self.num_cpus_per_proxy <= 0:
+            raise ValueError("num_cpus_per_proxy must be > 0")
+        if self.num_gpus_per_proxy < 0:
+            raise ValueError("num_gpus_per_proxy must be >= 0")
+        if self.max_retries < 0 or self.transient_retries < 0:
+            raise ValueError("max_retries and transient_retries must be >= 0")
+        if self.scale_check.n_mixtures > self.sampler.n_mixtures:
+            raise ValueError(
+                f"scale_check.n_mixtures={self.scale_check.n_mixtures} exceeds sampler.n_mixtures={self.sampler.n_mixtures}"
+            )
+        for sub in (self.sampler, self.model, self.train, self.target, self.scale_check):
+            sub.validate()

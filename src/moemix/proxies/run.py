@@ -1,0 +1,396 @@
+"""One proxy run end to end (train, evaluate, write result.json) and the runs table.
+
+Pure Python, no Ray: ``moemix.ray_jobs.swarm`` fans ``run_proxy`` out over a cluster, and
+``run_sequential`` runs the same specs in-process (debugging, Ray-overhead benchmark).
+
+Resumability: ``out_dir/runs/<run_id>/result.json`` is written atomically *after* a run finishes,
+so its presence with ``status: ok`` means the run is complete and is never trained again; a crash
+leaves no file and the run is simply redone. ``run_id`` hashes everything that changes a run's
+outcome (mixture, model, training and target config, the tokenized domains) and nothing that
+does not (threads, device, logging cadence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moemix._io import atomic_path, stable_hash, to_jsonable, write_json_atomic
+from moemix.errors import MoemixError
+from moemix.proxies.evaluate import TargetConfig, evaluate
+from moemix.proxies.shards import DomainTokens
+from moemix.proxies.stream import normalize_mixture
+from moemix.proxies.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+RESULT_NAME = "result.json"
+RUNS_TABLE = "runs.parquet"
+# TrainConfig fields that change how fast a run goes, not what it computes
+_EXECUTION_ONLY = ("num_threads", "device", "log_every", "checkpoint_every", "measure_mfu", "eval_every")
+
+
+@dataclass
+class ProxySpec:
+    run_id: str
+    mixture: dict[str, float]
+    model: Any  # moemix.moe_model.MoEConfig
+    train: TrainConfig
+    target: TargetConfig
+    tokens_dir: str
+    out_dir: str
+    scale: str = "base"  # base | large (scale check)
+    index: int = 0  # position in the swarm (row order of the runs table)
+    # Test hooks, not part of run_id: raise in the first N attempts / kill the worker process in
+    # the first N process-level attempts (counted in a file, so only meaningful under Ray).
+    inject_errors: int = 0
+    inject_crashes: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / "runs" / self.run_id
+
+    @property
+    def result_path(self) -> Path:
+        return self.run_dir / RESULT_NAME
+
+
+@dataclass
+class ProxyResult:
+    run_id: str
+    status: str  # ok | failed
+    error: str = ""
+    scale: str = "base"
+    index: int = 0
+    mixture: dict[str, float] = field(default_factory=dict)
+    loss: dict[str, float] = field(default_factory=dict)
+    bpb: dict[str, float] = field(default_factory=dict)
+    target: float = float("nan")
+    target_bpb: float = float("nan")
+    tokens: int = 0
+    seconds: float = 0.0  # wall time of the whole run (train + eval)
+    train_seconds: float = 0.0
+    params_active: int = 0
+    params_total: int = 0
+    flops_per_token: float = 0.0
+    tokens_per_s: float = 0.0
+    mfu: float = 0.0
+    train_loss: float = float("nan")
+    epochs: dict[str, float] = field(default_factory=dict)
+    attempts: int = 0
+    finished_at: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProxyResult:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _meta_fingerprint(data: DomainTokens) -> str:
+    """Hash of the tokenized domains' meta (names, vocab, counts); content is covered by the stage hash."""
+    return stable_hash(asdict(data.meta))
+
+
+def make_run_id(
+    mixture: Mapping[str, float], model: Any, train_cfg: TrainConfig, target: TargetConfig, fingerprint: str,
+    scale: str = "base",
+) -> str:
+    tc = {k: v for k, v in to_jsonable(train_cfg).items() if k not in _EXECUTION_ONLY}
+    mix = {d: round(float(w), 12) for d, w in mixture.items()}
+    return stable_hash({"mixture": mix, "model": model, "train": tc, "target": target, "domains": fingerprint, "scale": scale})
+
+
+def fit_model_to_data(model: Any, vocab_size: int, seq_len: int) -> Any:
+    """The proxy's embedding is sized to the tokenizer actually trained (BPE may stop short of
+    the configured vocab) and its context to the training sequence length."""
+    changes: dict[str, Any] = {}
+    if dataclasses.is_dataclass(model):
+        if getattr(model, "vocab_size", vocab_size) != vocab_size:
+            changes["vocab_size"] = vocab_size
+        if getattr(model, "max_seq_len", seq_len) < seq_len:
+            changes["max_seq_len"] = seq_len
+    return dataclasses.replace(model, **changes) if changes else model
+
+
+def specs_for_mixtures(
+    mixtures: np.ndarray | Sequence[Mapping[str, float]],
+    *,
+    model: Any,
+    train_cfg: TrainConfig,
+    target: TargetConfig,
+    tokens_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    scale: str = "base",
+    data: DomainTokens | None = None,
+    domains_fingerprint: str | None = None,
+) -> list[ProxySpec]:
+    """One spec per mixture (rows of an [n, D] array in ``data.domains`` order, or dicts)."""
+    data = data or DomainTokens(tokens_dir)
+    fp = domains_fingerprint or _meta_fingerprint(data)
+    model = fit_model_to_data(model, data.vocab_size, train_cfg.seq_len)
+    specs = []
+    for i, row in enumerate(mixtures):
+        if isinstance(row, Mapping):
+            w = normalize_mixture(row, data.domains)
+        else:
+            row = np.asarray(row, dtype=np.float64)
+            if row.shape != (len(data.domains),):
+                raise MoemixError(f"mixture row {i} has {row.size} weights for {len(data.domains)} domains")
+            w = normalize_mixture(dict(zip(data.domains, row)), data.domains)
+        mix = {d: float(x) for d, x in zip(data.domains, w)}
+        specs.append(
+            ProxySpec(
+                run_id=make_run_id(mix, model, train_cfg, target, fp, scale),
+                mixture=mix,
+                model=model,
+                train=train_cfg,
+                target=target,
+                tokens_dir=str(tokens_dir),
+                out_dir=str(out_dir),
+                scale=scale,
+                index=i,
+            )
+        )
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        log.warning("duplicate mixtures in the swarm: %d specs, %d distinct runs", len(ids), len(set(ids)))
+    return specs
+
+
+def make_specs(
+    cfg: Any,
+    domains: Sequence[str],
+    mixtures: np.ndarray,
+    tokens_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    domains_fingerprint: str | None = None,
+) -> list[ProxySpec]:
+    """The swarm of a ``ProxiesConfig``: every mixture at base scale, then the first
+    ``scale_check.n_mixtures`` again with the larger model (``scale='large'``)."""
+    data = DomainTokens(tokens_dir)
+    if list(domains) != data.domains:
+        raise MoemixError(f"{tokens_dir}: domains {data.domains} do not match the mixtures' columns {list(domains)}")
+    train_cfg = cfg.train
+    if train_cfg.max_epochs is None and cfg.sampler.max_epochs is not None:
+        # the sampler projected the mixtures onto this cap; enforce the same one in the stream
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=cfg.sampler.max_epochs)
+    kw = dict(train_cfg=train_cfg, target=cfg.target, tokens_dir=tokens_dir, out_dir=out_dir, data=data,
+              domains_fingerprint=domains_fingerprint)
+    specs = specs_for_mixtures(mixtures, model=cfg.model, scale="base", **kw)
+    n_large = cfg.scale_check.n_mixtures
+    if n_large:
+        specs += specs_for_mixtures(np.asarray(mixtures)[:n_large], model=cfg.scale_check.model, scale="large", **kw)
+    return specs
+
+
+def load_result(spec_or_path: ProxySpec | str | os.PathLike[str]) -> ProxyResult | None:
+    path = spec_or_path.result_path if isinstance(spec_or_path, ProxySpec) else Path(spec_or_path)
+    if not path.exists():
+        return None
+    try:
+        return ProxyResult.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:  # cannot happen with atomic writes; be safe anyway
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return None
+
+
+def is_complete(spec: ProxySpec) -> bool:
+    res = load_result(spec)
+    return res is not None and res.status == "ok"
+
+
+def record_failure(spec: ProxySpec, error: str, attempts: int) -> ProxyResult:
+    """Write (atomically) and return a failed result, so a broken proxy is visible in the runs table."""
+    res = ProxyResult(
+        run_id=spec.run_id,
+        status="failed",
+        error=" ".join(error.split())[:2000] or "unknown error",
+        scale=spec.scale,
+        index=spec.index,
+        mixture=dict(spec.mixture),
+        tokens=0,
+        attempts=attempts,
+        finished_at=time.time(),
+    )
+    write_json_atomic(spec.result_path, res)
+    return res
+
+
+def _maybe_crash(spec: ProxySpec) -> None:
+    if spec.inject_crashes <= 0:
+        return
+    marker = spec.run_dir / ".crashes"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    n = int(marker.read_text()) if marker.exists() else 0
+    if n < spec.inject_crashes:
+        marker.write_text(str(n + 1))
+        os._exit(17)  # simulate a dying worker (OOM kill, node loss)
+
+
+def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
+    t0 = time.perf_counter()
+    _maybe_crash(spec)
+    if attempt < spec.inject_errors:
+        raise RuntimeError(f"injected transient failure (attempt {attempt + 1})")
+    data = DomainTokens(spec.tokens_dir)
+    tr = train(spec.model, spec.train, data, spec.mixture)
+    ev = evaluate(
+        tr.model,
+        data,
+        spec.target,
+        seq_len=spec.train.seq_len,
+        eval_tokens=spec.train.eval_tokens,
+        batch_size=spec.train.eval_batch_size,
+    )
+    return ProxyResult(
+        run_id=spec.run_id,
+        status="ok",
+        scale=spec.scale,
+        index=spec.index,
+        mixture=dict(spec.mixture),
+        loss=ev.loss,
+        bpb=ev.bpb,
+        target=ev.target,
+        target_bpb=ev.target_bpb,
+        tokens=tr.tokens,
+        seconds=time.perf_counter() - t0,
+        train_seconds=tr.seconds,
+        params_active=tr.params_active,
+        params_total=tr.params_total,
+        flops_per_token=tr.flops_per_token,
+        tokens_per_s=tr.tokens_per_s,
+        mfu=tr.mfu,
+        train_loss=tr.final_loss,
+        epochs=tr.epochs,
+        attempts=attempt + 1,
+        finished_at=time.time(),
+    )
+
+
+def run_proxy(spec: ProxySpec, *, transient_retries: int = 1) -> ProxyResult:
+    """Train + evaluate one proxy; skip if already complete; retry, then record a failure.
+
+    ``MoemixError`` (bad input: cap exceeded, unknown domain) is deterministic and is recorded
+    at once; any other exception is retried up to ``transient_retries`` times.
+    """
+    done = load_result(spec)
+    if done is not None and done.status == "ok":
+        return done
+    error = ""
+    attempts = 0
+    for attempt in range(transient_retries + 1):
+        attempts = attempt + 1
+        try:
+            res = _train_and_evaluate(spec, attempt)
+        except MoemixError as e:
+            error = f"MoemixError: {e}"
+            break
+        except Exception as e:  # noqa: BLE001 - any failure of one proxy must not kill the swarm
+            error = f"{type(e).__name__}: {e}"
+            log.warning("proxy %s attempt %d failed: %s\n%s", spec.run_id, attempts, error, traceback.format_exc())
+            continue
+        write_json_atomic(spec.result_path, res)
+        return res
+    return record_failure(spec, error, attempts)
+
+
+def run_sequential(
+    specs: Sequence[ProxySpec], *, transient_retries: int = 1, num_threads: int | None = None, progress: bool = False
+) -> list[ProxyResult]:
+    """Run proxies one after another in this process (same results as the Ray swarm)."""
+    import torch
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    results = []
+    it: Any = specs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(specs, desc="proxies", unit="run")
+    for spec in it:
+        results.append(run_proxy(spec, transient_retries=transient_retries))
+    return results
+
+
+def _columns(domains: list[str]) -> list[str]:
+    return (
+        ["run_id", "status", "error", "scale"]
+        + [f"w/{d}" for d in domains]
+        + [f"loss/{d}" for d in domains]
+        + [f"bpb/{d}" for d in domains]
+        + ["target", "target_bpb", "tokens", "seconds", "params_active", "params_total"]
+        + ["train_loss", "tokens_per_s", "mfu", "attempts"]
+    )
+
+
+def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> pd.DataFrame:
+    """Gather every runs/*/result.json into the runs table (docs/ARCHITECTURE.md) and write runs.parquet."""
+    proxies_dir = Path(proxies_dir)
+    results = [r for p in sorted((proxies_dir / "runs").glob(f"*/{RESULT_NAME}")) if (r := load_result(p))]
+    domains: list[str] = []
+    for r in results:
+        for d in r.mixture:
+            if d not in domains:
+                domains.append(d)
+    rows = []
+    for r in sorted(results, key=lambda r: (r.scale != "base", r.scale, r.index, r.run_id)):
+        row: dict[str, Any] = {"run_id": r.run_id, "status": r.status, "error": r.error, "scale": r.scale}
+        for d in domains:
+            row[f"w/{d}"] = float(r.mixture.get(d, 0.0))
+        for d in domains:
+            row[f"loss/{d}"] = float(r.loss.get(d, np.nan))
+        for d in domains:
+            row[f"bpb/{d}"] = float(r.bpb.get(d, np.nan))
+        row.update(
+            target=float(r.target), target_bpb=float(r.target_bpb), tokens=int(r.tokens), seconds=float(r.seconds),
+            params_active=int(r.params_active), params_total=int(r.params_total), train_loss=float(r.train_loss),
+            tokens_per_s=float(r.tokens_per_s), mfu=float(r.mfu), attempts=int(r.attempts),
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=_columns(domains))
+    if write:
+        with atomic_path(proxies_dir / RUNS_TABLE) as tmp:
+            df.to_parquet(tmp, index=False)
+    return df
+
+
+def scale_transfer_report(df: pd.DataFrame) -> dict[str, Any] | None:
+    """Rank agreement of proxy losses across model scales (None when no scale check ran)."""
+    if "scale" not in df.columns or not (df["scale"] == "large").any():
+        return None
+    out: dict[str, Any] = {"target": scale_agreement(df, "target")}
+    ok = df[df["status"] == "ok"]
+    for scale in ("base", "large"):
+        sub = ok[ok["scale"] == scale]
+        out[f"params_active_{scale}"] = int(sub["params_active"].median()) if len(sub) else 0
+    return out
+
+
+def scale_agreement(df: pd.DataFrame, column: str = "target") -> dict[str, float]:
+    """Spearman rank correlation of ``column`` between base and large runs of the same mixture."""
+    from scipy.stats import spearmanr
+
+    wcols = [c for c in df.columns if c.startswith("w/")]
+    ok = df[df["status"] == "ok"]
+    key = ok[wcols].round(9).astype(str).agg("|".join, axis=1)
+    base = ok[ok["scale"] == "base"].assign(_k=key)
+    large = ok[ok["scale"] == "large"].assign(_k=key)
+    both = base.merge(large, on="_k", suffixes=("_base", "_large"))
+    n = len(both)
+    if n < 3:
+        return {"n": n, "spearman": float("nan")}
+    rho = spearmanr(both[f"{column}_base"], both[f"{column}_large"]).statistic
+    return {"n": n, "spearman": float(rho)}

@@ -1,0 +1,95 @@
+"""run_proxy / collect_runs / resume / failure handling, in-process on the stub model."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import moemix.proxies.run as run_mod
+from conftest import StubConfig, StubLM
+from moemix.proxies.evaluate import TargetConfig
+from moemix.proxies.run import collect_runs, run_proxy, run_sequential, scale_agreement, specs_for_mixtures
+from moemix.proxies.train import TrainConfig, train
+
+
+@pytest.fixture()
+def stub_train(monkeypatch):
+    monkeypatch.setattr(run_mod, "train", functools.partial(train, model_factory=StubLM))
+
+
+def _specs(markov_data, markov_tokens, out, n=5, **train_kw):
+    rng = np.random.default_rng(0)
+    mixtures = rng.dirichlet(np.ones(4), size=n)
+    tc = TrainConfig(steps=12, batch_size=4, seq_len=32, eval_tokens=256, log_every=6, measure_mfu=False, **train_kw)
+    return specs_for_mixtures(
+        mixtures, model=StubConfig(), train_cfg=tc, target=TargetConfig(), tokens_dir=markov_tokens, out_dir=out,
+        data=markov_data,
+    )
+
+
+def test_run_ids_are_stable_and_ignore_execution_settings(markov_data, markov_tokens, tmp_path):
+    a = _specs(markov_data, markov_tokens, tmp_path)
+    b = _specs(markov_data, markov_tokens, tmp_path / "elsewhere", num_threads=2)
+    assert [s.run_id for s in a] == [s.run_id for s in b]
+    assert len({s.run_id for s in a}) == 5
+    c = _specs(markov_data, markov_tokens, tmp_path, lr=1e-3)
+    assert not {s.run_id for s in a} & {s.run_id for s in c}
+
+
+def test_runs_write_results_table_and_skip_finished_on_rerun(stub_train, markov_data, markov_tokens, tmp_path):
+    specs = _specs(markov_data, markov_tokens, tmp_path)
+    res = run_sequential(specs[:3])
+    assert all(r.status == "ok" for r in res)
+    stamps = {s.run_id: json.loads(s.result_path.read_text())["finished_at"] for s in specs[:3]}
+    # "crash" after 3 of 5, and lose one finished result as well
+    specs[1].result_path.unlink()
+    res = run_sequential(specs)
+    retrained = {s.run_id for s in specs if json.loads(s.result_path.read_text())["finished_at"] != stamps.get(s.run_id)}
+    assert retrained == {specs[i].run_id for i in (1, 3, 4)}
+    df = collect_runs(tmp_path)
+    assert (tmp_path / "runs.parquet").exists()
+    pd.testing.assert_frame_equal(df, pd.read_parquet(tmp_path / "runs.parquet"))
+    assert list(df.columns[:4]) == ["run_id", "status", "error", "scale"]
+    for d in markov_data.domains:
+        assert {f"w/{d}", f"loss/{d}", f"bpb/{d}"} <= set(df.columns)
+    assert list(df["run_id"]) == [s.run_id for s in specs]  # swarm order
+    np.testing.assert_allclose(df[[f"w/d{i}" for i in range(4)]].sum(axis=1), 1.0)
+    assert (df["tokens"] == 12 * 4 * 32).all() and (df["params_total"] > 0).all()
+    np.testing.assert_allclose(df["target"], df[[f"loss/d{i}" for i in range(4)]].mean(axis=1))
+
+
+def test_transient_failure_is_retried_then_recorded(stub_train, markov_data, markov_tokens, tmp_path):
+    flaky, broken, capped = _specs(markov_data, markov_tokens, tmp_path, n=3)
+    flaky.inject_errors = 1
+    broken.inject_errors = 5
+    r = run_proxy(flaky, transient_retries=1)
+    assert r.status == "ok" and r.attempts == 2
+    r = run_proxy(broken, transient_retries=2)
+    assert r.status == "failed" and r.attempts == 3 and "injected transient failure" in r.error
+    # a deterministic input error (epoch cap) is not retried
+    capped.train = TrainConfig(steps=400, batch_size=8, seq_len=32, max_epochs=0.5, measure_mfu=False)
+    capped.mixture = {"d0": 0.0, "d1": 0.0, "d2": 0.0, "d3": 1.0}
+    r = run_proxy(capped, transient_retries=3)
+    assert r.status == "failed" and r.attempts == 1 and "domain 'd3'" in r.error
+    df = collect_runs(tmp_path)
+    assert sorted(df["status"]) == ["failed", "failed", "ok"]
+    assert df.loc[df["status"] == "failed", "target"].isna().all()
+    assert (df.loc[df["status"] == "failed", "error"].str.len() > 0).all()
+    # failed runs are retried on the next swarm invocation
+    broken.inject_errors = 0
+    assert run_proxy(broken).status == "ok"
+
+
+def test_scale_agreement_matches_rows_by_mixture():
+    w = np.random.default_rng(1).dirichlet(np.ones(3), size=6)
+    rows = []
+    for scale, noise in (("base", 0.0), ("large", 0.01)):
+        for i, row in enumerate(w):
+            rows.append({"status": "ok", "scale": scale, **{f"w/d{j}": x for j, x in enumerate(row)},
+                         "target": row[0] * (2 if scale == "large" else 1) + noise * i})
+    out = scale_agreement(pd.DataFrame(rows))
+    assert out["n"] == 6 and out["spearman"] == pytest.approx(1.0)
