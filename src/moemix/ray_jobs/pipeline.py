@@ -1,0 +1,131 @@
+"""The whole pipeline on Ray: binds the Ray runners (swarm, Ray Data assignment, Ray Train) to the stages.
+
+Ray is started lazily, only when a stage that needs it has work to do, so a re-run whose stages are
+all cached finishes in seconds and trains nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from moemix._io import write_text_atomic
+from moemix.pipeline.config import Config, dump_config
+from moemix.pipeline.stages import (
+    DomainsOutput,
+    FitOutput,
+    PretrainOutput,
+    ProposeOutput,
+    ProxiesOutput,
+    domains_stage,
+    fit_stage,
+    pretrain_stage,
+    propose_stage,
+    proxies_stage,
+    publish_mixture,
+)
+from moemix.ray_jobs.cluster import init_ray
+
+log = logging.getLogger(__name__)
+
+STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    domains: DomainsOutput | None = None
+    proxies: ProxiesOutput | None = None
+    fit: FitOutput | None = None
+    propose: ProposeOutput | None = None
+    pretrain: PretrainOutput | None = None
+    mixture_path: Path | None = None
+
+
+class _LazyRay:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.started_here = False
+
+    def ensure(self) -> None:
+        if not ray.is_initialized():
+            self.started_here = init_ray(self.cfg.ray)
+
+    def close(self) -> None:
+        if self.started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", progress: bool = True) -> PipelineResult:
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}")
+    last = STAGES.index(until)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.resolved.yaml", dump_config(cfg))
+    res = PipelineResult(run_dir=run_dir)
+    lazy = _LazyRay(cfg)
+    try:
+        res.domains = domains_stage(cfg, run_dir, assign_fn=_assign_fn(cfg, lazy), progress=progress)
+        if last < 1:
+            return res
+
+        def swarm_runner(specs):  # noqa: ANN001, ANN202
+            from moemix.ray_jobs.swarm import run_swarm
+
+            lazy.ensure()
+            return run_swarm(
+                specs,
+                num_cpus_per_proxy=cfg.proxies.num_cpus_per_proxy,
+                num_gpus_per_proxy=cfg.proxies.num_gpus_per_proxy,
+                max_retries=cfg.proxies.max_retries,
+                transient_retries=cfg.proxies.transient_retries,
+                progress=progress,
+            )
+
+        res.proxies = proxies_stage(cfg, run_dir, res.domains, swarm_runner)
+        if last < 2:
+            return res
+        res.fit = fit_stage(cfg, run_dir, res.domains, res.proxies)
+        if last < 3:
+            return res
+        res.propose = propose_stage(cfg, run_dir, res.domains, res.proxies, res.fit)
+        res.mixture_path = publish_mixture(res.propose, run_dir)
+        log.info("mixture.json written to %s", res.mixture_path)
+        if last < 4 or not cfg.pretrain.enabled:
+            return res
+
+        def pretrain_runner(mixtures, tokens_dir, out_dir):  # noqa: ANN001, ANN202
+            from moemix.ray_jobs.pretrain import pretrain_mixtures
+
+            lazy.ensure()
+            return pretrain_mixtures(cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed)
+
+        res.pretrain = pretrain_stage(cfg, run_dir, res.domains, res.propose, pretrain_runner)
+        _log_comparison(res.pretrain)
+        return res
+    finally:
+        lazy.close()
+
+
+def _assign_fn(cfg: Config, lazy: _LazyRay):  # noqa: ANN202
+    if cfg.domains.mode == "label":
+        return None
+
+    def assign(model_dir, in_files, out_dir):  # noqa: ANN001, ANN202
+        from moemix.ray_jobs.data import assign_parquet_ray
+
+        lazy.ensure()
+        return assign_parquet_ray(model_dir, in_files, out_dir)
+
+    return assign
+
+
+def _log_comparison(pre: PretrainOutput) -> None:
+    comp = pre.comparison
+    for name in ("chosen", "uniform"):
+        if name in comp:
+            log.info("pretrain %-7s target loss %.4f", name, comp[name]["target_loss"])

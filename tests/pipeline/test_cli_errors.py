@@ -1,0 +1,63 @@
+"""Bad input ends with one line naming the problem and a non-zero exit, and corrupts nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from moemix.pipeline.cli import main
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("proxies: [unclosed\n", "malformed YAML (line 1"),
+        ("proxies:\n  bogus_key: 1\n", "unknown key 'bogus_key'"),
+        ("seed: many\n", "seed: expected an integer"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("domains:\n  sources:\n    - path: does/not/exist.jsonl\n", "no such file or directory"),
+        ("preset: nonesuch\n", "unknown preset 'nonesuch'"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path, capsys, yaml_text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    code, err = _run(capsys, ["config", str(cfg)])
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("moemix: error: ") and needle in err[0], err[0]
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, err = _run(capsys, ["run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
+    assert code == 2 and err == [f"moemix: error: config file not found: {tmp_path / 'nope.yaml'}"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_set_override(capsys):
+    code, err = _run(capsys, ["config", "--set", "proxies.sampler.n_mixtures"])
+    assert code == 2 and "expected KEY=VALUE" in err[0]
+
+
+def test_demo_preset_resolves(capsys):
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "proxies:" in out and "pretrain:" in out
+
+
+def test_console_script_exit_code(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("nonsense_section: {}\n")
+    proc = subprocess.run([sys.executable, "-m", "moemix.pipeline.cli", "config", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"moemix: error: {cfg}: unknown key 'nonsense_section' (allowed: domains, fit, pretrain, propose, proxies, ray, seed)"
+    ]
