@@ -467,7 +467,8 @@ def _run_clustered(
             if d.split == "train":
                 tok_sample.offer(d.split_key, d.text)
             group = slugs(d.label or "") if per_label else "all"
-            parts.add((group,), (d.id, d.source, d.label, d.text, d.split))
+            # cluster mode has no labels: the source name ingest falls back to would only repeat `source`
+            parts.add((group,), (d.id, d.source, d.label if per_label else None, d.text, d.split))
             samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed)).offer(d)
         bar.update(len(batch))
     bar.close()

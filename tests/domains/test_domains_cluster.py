@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from moemix.errors import MoemixError
+from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
+from moemix.pipeline.domains import run_domains
+from moemix.pipeline.ingest import SourceConfig
+
+
+def _cluster_cfg(n_domains: int, n_fine: int = 24) -> ClusterConfig:
+    return ClusterConfig(n_domains=n_domains, n_fine_clusters=n_fine, sample_size=2000, min_domain_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def cluster_run(demo_subset, tmp_path_factory, small_cfg):
+    out = tmp_path_factory.mktemp("cluster") / "run"
+    calls = []
+
+    def recording_assign(model_dir, in_files, out_dir):
+        calls.append((model_dir, list(in_files), out_dir))
+        return assign_parquet(model_dir, in_files, out_dir)
+
+    # the label column is present but must be ignored in cluster mode
+    cfg = small_cfg(sources=[SourceConfig(path=str(demo_subset), label_column="source", id_column="id")],
+                    mode="cluster", cluster=_cluster_cfg(7))
+    res = run_domains(cfg, out, seed=0, assign_fn=recording_assign, progress=False)
+    return cfg, out, res, calls
+
+
+@pytest.mark.slow
+def test_cluster_mode_recovers_hidden_domains(cluster_run, demo_subset):
+    cfg, out, res, calls = cluster_run
+    assert len(calls) == 1 and calls[0][0] == out / "clusters"  # the injected assign_fn did the work
+    model = ClusterModel.load(out / "clusters")
+    assert set(res.domains) <= set(model.domain_names)
+    assert 4 <= len(res.domains) <= 7
+    a = pq.read_table(out / "assignments.parquet").to_pydict()
+    truth = dict(zip(*pq.read_table(demo_subset, columns=["id", "source"]).to_pydict().values()))
+    # purity: most documents of a cluster domain share one hidden label (chance level is ~0.15)
+    by_dom: dict[str, Counter] = {}
+    for i, d in zip(a["id"], a["domain"]):
+        by_dom.setdefault(d, Counter())[truth[i]] += 1
+    purity = sum(c.most_common(1)[0][1] for c in by_dom.values()) / len(a["id"])
+    nmi = normalized_mutual_info_score([truth[i] for i in a["id"]], a["domain"])
+    print(f"purity={purity:.3f} nmi={nmi:.3f}")
+    assert purity > 0.5 and nmi > 0.4, by_dom
+    assert set(a["label"]) == {None}  # cluster mode has no labels (the hidden one is not leaked)
+    stats = json.loads(res.stats_path.read_text())
+    assert stats["mode"] == "cluster"
+    for d in stats["domains"]:
+        assert d["top_terms"] and d["examples"]
+        assert d["docs"]["train"] > 0 and d["docs"]["valid"] > 0
+    # the saved model assigns the written texts to the domain they were written under
+    for d in res.domains:
+        files = sorted((out / "text" / "train" / d).glob("*.parquet"))
+        texts = pq.read_table(files[0]).column("text").to_pylist()[:20]
+        assert all(model.domain_names[i] == d for i in model.assign(texts))
+    assert not (out / "_staging").exists()
+
+
+@pytest.mark.slow
+def test_cluster_mode_is_deterministic(cluster_run, tmp_path):
+    cfg, out, _, _ = cluster_run
+    run_domains(cfg, tmp_path / "again", seed=0, progress=False)
+    for rel in ("assignments.parquet", "tokens/meta.json", "tokenizer.json"):
+        assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
+    for f in (out / "tokens" / "train").glob("*.bin"):
+        assert f.read_bytes() == (tmp_path / "again" / "tokens" / "train" / f.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg):
+    from conftest import write_subset  # noqa: F401 - only to keep the helper in one place
+
+    path = write_subset(demo_corpus, tmp_path / "two.parquet", per_domain=120,
+                        domains=["python_code", "docstrings"])
+    cfg = small_cfg(sources=[SourceConfig(path=str(path), label_column="source", id_column="id")],
+                    mode="label+cluster", cluster=_cluster_cfg(2, n_fine=12))
+    res = run_domains(cfg, tmp_path / "out", progress=False)
+    prefixes = Counter(d.split("_")[0] for d in res.domains)
+    assert sorted(d for d in res.domains if d.startswith("python_code_")) and \
+        sorted(d for d in res.domains if d.startswith("docstrings_"))
+    assert sum(prefixes.values()) == 4
+    labels = json.loads((tmp_path / "out" / "clusters" / "labels.json").read_text())
+    assert set(labels["labels"].values()) == {"python_code", "docstrings"}
+    for slug in labels["labels"].values():
+        assert ClusterModel.load(tmp_path / "out" / "clusters" / slug).n_domains == 2
+    a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
+    assert all(d.startswith(lab + "_") for d, lab in zip(a["domain"], a["label"]))
+
+
+def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
+    rows = {"text": [f"a short document number {i} about topic {i % 3}" for i in range(6)]}
+    pq.write_table(pa.table(rows), tmp_path / "x.parquet")
+    cfg = small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], mode="cluster",
+                    cluster=_cluster_cfg(8))
+    with pytest.raises(MoemixError, match=r"6 documents, fewer than cluster.n_domains=8"):
+        run_domains(cfg, tmp_path / "out", progress=False)
