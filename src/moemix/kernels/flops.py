@@ -1,0 +1,34 @@
+"""Measured matmul throughput, for MFU figures on whatever machine runs the job."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+@functools.lru_cache(maxsize=8)
+def measure_matmul_flops(
+    n: int = 1024, dtype: str = "float32", device: str = "cpu", repeats: int = 7
+) -> float:
+    """Median achieved FLOP/s of an ``n x n @ n x n`` matmul (cached per argument set).
+
+    Uses the threads torch is configured with, so it is the ceiling a training step on the same
+    process can hope for; MFU = achieved model FLOP/s / this.
+    """
+    dt = getattr(torch, dtype)
+    a = torch.randn(n, n, dtype=dt, device=device)
+    b = torch.randn(n, n, dtype=dt, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(2):
+        a @ b
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2.0 * n**3 / times[len(times) // 2]

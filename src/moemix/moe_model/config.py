@@ -1,0 +1,98 @@
+"""MoE language-model hyperparameters (defaults: a ~1M-parameter CPU proxy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moemix.kernels.api import IMPLS
+
+
+@dataclass
+class MoEConfig:
+    vocab_size: int = 4096
+    max_seq_len: int = 256
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0 = n_heads (plain MHA); fewer = grouped-query attention
+    n_experts: int = 8
+    top_k: int = 2
+    d_expert: int = 256  # expert hidden size f (before fine-graining)
+    # Fine-grained experts (DeepSeekMoE): each expert is split into `granularity` experts of hidden
+    # d_expert // granularity and top_k is scaled by the same factor, so FLOPs/params stay fixed.
+    granularity: int = 1
+    n_shared_experts: int = 0  # always-on experts, each the size of one (fine-grained) expert
+    n_dense_layers: int = 0  # the first n layers use a dense SwiGLU instead of an MoE block
+    d_dense: int = 0  # hidden size of those dense layers; 0 = top_k * d_expert (same active FLOPs)
+    kernel_impl: str = "auto"  # "auto" | "reference" | "grouped" | "triton"
+    router_score: str = "softmax"  # "softmax" | "sigmoid"
+    router_renorm: bool = True  # renormalise the chosen top-k weights to sum to 1
+    balance: str = "aux"  # "aux" (Switch loss) | "aux_free" (DeepSeek-V3 bias) | "none"
+    aux_loss_coef: float = 0.01
+    aux_loss_scope: str = "micro"  # "micro" | "global" (expert frequencies over the global batch)
+    z_loss_coef: float = 0.001
+    bias_update_rate: float = 0.001
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+    # ---- derived sizes ----
+    @property
+    def n_routed(self) -> int:
+        """Experts per MoE layer after fine-graining."""
+        return self.n_experts * self.granularity
+
+    @property
+    def k_routed(self) -> int:
+        return self.top_k * self.granularity
+
+    @property
+    def d_routed(self) -> int:
+        return self.d_expert // self.granularity
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def d_dense_hidden(self) -> int:
+        return self.d_dense or self.top_k * self.d_expert
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.n_dense_layers
+
+    def validate(self) -> None:
+        positive = ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_experts", "top_k",
+                    "d_expert", "granularity")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("n_kv_heads", "n_shared_experts", "n_dense_layers", "d_dense"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even (RoPE)")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.kv_heads}")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
+        if self.d_expert % self.granularity:
+            raise ValueError(f"d_expert={self.d_expert} must be divisible by granularity={self.granularity}")
+        if self.n_dense_layers > self.n_layers:
+            raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
+        if self.kernel_impl not in IMPLS:
+            raise ValueError(f"kernel_impl must be one of {', '.join(IMPLS)}, got {self.kernel_impl!r}")
+        choices = {"router_score": ("softmax", "sigmoid"), "balance": ("aux", "aux_free", "none"),
+                   "aux_loss_scope": ("micro", "global")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate", "init_std", "norm_eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
