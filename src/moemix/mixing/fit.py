@@ -1,0 +1,234 @@
+"""Fit step (Olmix-style: fit and propose are separate, swappable steps).
+
+``fit_runs`` writes a self-contained fit directory:
+  predictor.json  the fitted predictor (plain JSON, no pickle)
+  cv.json         K-fold CV metrics (Spearman / Pearson / MAE), skipped-row counts, candidates (auto)
+  explain.json    coefficients / feature importances / ensemble members
+  plots/pred_vs_actual.png
+  fit.json        domains, weight columns, target, prior; written LAST (marks the directory complete)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from moemix._io import write_json_atomic
+from moemix.errors import MoemixError
+from moemix.mixing.metrics import all_metrics, kfold_indices
+from moemix.mixing.predictors import (
+    PREDICTOR_NAMES,
+    Predictor,
+    load_predictor,
+    make_predictor,
+    save_predictor,
+)
+from moemix.mixing.predictors.auto import AutoPredictor, WeightedSumPredictor
+from moemix.mixing.runs import DEFAULT_WEIGHTS_PREFIX, PreparedRuns, TargetSpec, parse_target, prepare_runs
+
+FIT_FORMAT = 1
+
+
+@dataclass
+class FitConfig:
+    predictor: str = "auto"
+    cv_folds: int = 5
+    seed: int = 0
+    # "combined": one predictor on the (weighted) target; "separate": one per target column, summed
+    target_mode: Literal["combined", "separate"] = "combined"
+    weight_sum_tol: float = 1e-3
+    weights_prefix: str = DEFAULT_WEIGHTS_PREFIX
+    # auto only: rerun the whole selection inside each CV fold, so cv_spearman is unbiased (x folds cost)
+    nested_cv: bool = False
+    predictor_params: dict[str, Any] = field(default_factory=dict)
+    plots: bool = True
+
+    def validate(self) -> None:
+        if self.predictor not in PREDICTOR_NAMES:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTOR_NAMES)}, got {self.predictor!r}")
+        if self.cv_folds < 2:
+            raise ValueError("cv_folds must be >= 2")
+        if self.target_mode not in ("combined", "separate"):
+            raise ValueError("target_mode must be 'combined' or 'separate'")
+        if not 0 <= self.weight_sum_tol < 0.5:
+            raise ValueError("weight_sum_tol must be in [0, 0.5)")
+
+
+@dataclass
+class FitResult:
+    predictor: Predictor
+    domains: list[str]
+    weight_cols: list[str]
+    target: TargetSpec
+    cv: dict[str, Any]
+    prior: list[float] | None = None
+    prior_source: str = "uniform"
+    domain_tokens: list[int] | None = None
+    n_rows: int = 0
+    n_used: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    plots: dict[str, str] = field(default_factory=dict)
+    out_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cv_spearman(self) -> float | None:
+        return self.cv.get("spearman")
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.skipped.get("failed", 0))
+
+    def prior_array(self) -> np.ndarray:
+        """Natural prior stored at fit time (given, else training-mixture mean), else uniform."""
+        if self.prior is not None:
+            return np.asarray(self.prior, dtype=np.float64)
+        return np.full(len(self.domains), 1.0 / len(self.domains))
+
+
+def _params(cfg: FitConfig, name: str) -> dict[str, Any]:
+    p = dict(cfg.predictor_params)
+    if name == "auto":
+        p.setdefault("cv_folds", cfg.cv_folds)
+    if name in ("auto", "gp", "loglinear", "dml", "lightgbm"):
+        p.setdefault("seed", cfg.seed)
+    return p
+
+
+def _fit_one(name: str, cfg: FitConfig, X: np.ndarray, y: np.ndarray) -> Predictor:
+    return make_predictor(name, **_params(cfg, name)).fit(X, y)
+
+
+def _fit_target(cfg: FitConfig, runs: PreparedRuns) -> Predictor:
+    if runs.target.mode == "separate" and len(runs.target.columns) > 1:
+        members = [_fit_one(cfg.predictor, cfg, runs.X, runs.Y[:, i]) for i in range(runs.Y.shape[1])]
+        return WeightedSumPredictor(columns=runs.target.columns, coefs=runs.target.coefs).with_members(members)
+    return _fit_one(cfg.predictor, cfg, runs.X, runs.y)
+
+
+def _cross_validate(cfg: FitConfig, runs: PreparedRuns, fitted: Predictor) -> tuple[np.ndarray, str]:
+    """Out-of-fold predictions of the whole fitting procedure.
+
+    For ``auto`` (combined target, no nested_cv) the OOF predictions of the selected ensemble are
+    reused: that costs nothing extra but is mildly optimistic because selection looked at them.
+    """
+    if isinstance(fitted, AutoPredictor) and not cfg.nested_cv and fitted.oof is not None:
+        return fitted.oof, "oof_of_selected_ensemble"
+    folds = kfold_indices(runs.n_used, cfg.cv_folds, cfg.seed + 1)
+    oof = np.empty(runs.n_used)
+    idx = np.arange(runs.n_used)
+    for test in folds:
+        train = np.setdiff1d(idx, test)
+        sub = PreparedRuns(X=runs.X[train], Y=runs.Y[train], y=runs.y[train], domains=runs.domains,
+                           weight_cols=runs.weight_cols, target=runs.target, n_rows=len(train), skipped={})
+        oof[test] = _fit_target(cfg, sub).predict(runs.X[test])
+    return oof, ("nested" if cfg.predictor == "auto" else "kfold")
+
+
+def fit_prepared(
+    runs: PreparedRuns,
+    cfg: FitConfig,
+    out_dir: str | Path,
+    prior: np.ndarray | None = None,
+    domain_tokens: np.ndarray | None = None,
+) -> FitResult:
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise MoemixError(f"fit config: {e}") from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    predictor = _fit_target(cfg, runs)
+    fit_s = time.perf_counter() - t0
+    oof, cv_kind = _cross_validate(cfg, runs, predictor)
+    metrics = all_metrics(oof, runs.y)
+    cv: dict[str, Any] = {
+        **metrics, "kind": cv_kind, "folds": min(cfg.cv_folds, runs.n_used), "n": runs.n_used,
+        "n_rows": runs.n_rows, "skipped": runs.skipped, "predictor": predictor.label,
+        "fit_seconds": round(fit_s, 3), "target": runs.target.name,
+    }
+    if isinstance(predictor, AutoPredictor):
+        cv["candidates"] = [{k: v for k, v in t.items() if k != "spec"} for t in predictor.cv_table]
+    cv["oof"] = {"actual": runs.y, "predicted": oof}
+
+    if prior is not None:
+        p = np.asarray(prior, dtype=np.float64)
+        if p.shape != (len(runs.domains),) or (p < 0).any() or p.sum() <= 0:
+            raise MoemixError(f"prior: expected {len(runs.domains)} non-negative weights")
+        prior_list, prior_source = (p / p.sum()).tolist(), "given"
+    else:
+        prior_list, prior_source = runs.X.mean(axis=0).tolist(), "training_mean"
+
+    save_predictor(predictor, out_dir / "predictor.json")
+    write_json_atomic(out_dir / "cv.json", cv)
+    write_json_atomic(out_dir / "explain.json", predictor.explain(runs.domains))
+    plots: dict[str, str] = {}
+    if cfg.plots:
+        from moemix.mixing.report import plot_pred_vs_actual
+
+        plot_pred_vs_actual(runs.y, oof, out_dir / "plots" / "pred_vs_actual.png",
+                            f"{predictor.label} on {runs.target.name} ({cv_kind})",
+                            {k: v for k, v in metrics.items() if v is not None})
+        plots["pred_vs_actual"] = "plots/pred_vs_actual.png"
+    from dataclasses import asdict
+
+    meta = {
+        "format": FIT_FORMAT, "domains": runs.domains, "weight_cols": runs.weight_cols,
+        "target": asdict(runs.target), "prior": prior_list, "prior_source": prior_source,
+        "domain_tokens": None if domain_tokens is None else [int(t) for t in np.asarray(domain_tokens)],
+        "n_rows": runs.n_rows, "n_used": runs.n_used, "skipped": runs.skipped, "plots": plots,
+        "config": asdict(cfg),
+    }
+    write_json_atomic(out_dir / "fit.json", meta)
+    return load_fit(out_dir, predictor=predictor)
+
+
+def fit_runs(
+    runs: pd.DataFrame,
+    target: str,
+    weight_cols: list[str],
+    cfg: FitConfig,
+    out_dir: str | Path,
+    prior: np.ndarray | None = None,
+    domain_tokens: np.ndarray | None = None,
+    where: str = "runs",
+) -> FitResult:
+    """Fit ``cfg.predictor`` to a runs table; save predictor, cv.json, explain.json and plots in ``out_dir``.
+
+    ``target`` is a column, ``COL1:0.5,COL2:0.5`` or ``PREFIX*`` (see ``runs.parse_target``).
+    """
+    spec = parse_target(target, [str(c) for c in runs.columns], cfg.target_mode, where)
+    prepared = prepare_runs(runs, spec, weight_cols, where, cfg.weight_sum_tol, cfg.weights_prefix)
+    return fit_prepared(prepared, cfg, out_dir, prior, domain_tokens)
+
+
+def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResult:
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "fit.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        cv = json.loads((out_dir / "cv.json").read_text())
+    except FileNotFoundError as e:
+        raise MoemixError(f"{out_dir}: not a complete fit directory ({Path(e.filename).name} missing)") from None
+    except json.JSONDecodeError as e:
+        raise MoemixError(f"{out_dir}: corrupt fit metadata ({e.msg})") from None
+    try:
+        if predictor is None:
+            predictor = load_predictor(out_dir / "predictor.json")
+        cv.pop("oof", None)
+        return FitResult(
+            predictor=predictor, domains=list(meta["domains"]), weight_cols=list(meta["weight_cols"]),
+            target=TargetSpec(**meta["target"]), cv=cv, prior=meta.get("prior"),
+            prior_source=meta.get("prior_source", "uniform"), domain_tokens=meta.get("domain_tokens"),
+            n_rows=int(meta["n_rows"]), n_used=int(meta["n_used"]), skipped=dict(meta.get("skipped", {})),
+            plots=dict(meta.get("plots", {})), out_dir=out_dir, config=dict(meta.get("config", {})),
+        )
+    except (KeyError, TypeError) as e:
+        raise MoemixError(f"{meta_path}: malformed fit metadata (key {e})") from None

@@ -1,0 +1,372 @@
+"""Propose step: turn a fitted predictor into a mixture.
+
+Methods:
+* ``simulate`` (RegMix): score ``n_samples`` Dirichlet mixtures around the prior, return the mean of
+  the ``top_k`` best. Averaging the top-k instead of taking the argmin is what keeps RegMix
+  robust to predictor noise.
+* ``constrained`` (Olmix "exact"): minimise ``predicted loss + kl_weight·KL(w‖prior)`` on the simplex
+  with per-domain bounds and token-availability caps; gradient-based (SLSQP, batched central
+  differences) for smooth predictors, shrinking local random search for trees.
+* ``search`` (CLIMB): several in-silico rounds, each sampling around the best mixtures so far with
+  a higher concentration (a shrinking search space); ``propose_next_batch`` gives the next batch
+  of *real* proxy runs for the swarm's iterative mode.
+
+All methods share the objective ``pred + uncertainty_weight·std + kl_weight·KL`` and the bounds.
+Baselines are the predictions at the uniform and natural (prior) mixtures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from moemix.errors import MoemixError
+from moemix.mixing.fit import FitResult
+from moemix.mixing.sampling import _dirichlet_batch, _sparsify, normalize_prior, project_capped, tempered
+from moemix.mixing.schema import Baselines, DomainWeight, MixtureDoc, ProposerInfo, ScaleTransfer, TargetInfo
+
+CHUNK = 8192
+
+
+@dataclass
+class ProposeConfig:
+    method: Literal["simulate", "constrained", "search"] = "simulate"
+    n_samples: int = 100_000
+    top_k: int = 128
+    # sampling distribution for simulate/search: Dirichlet around prior**temperature
+    temperature: float = 1.0
+    concentration_min: float = 0.1
+    concentration_max: float = 5.0
+    sample_min_weight: float = 0.0
+    kl_weight: float = 0.0
+    uncertainty_weight: float = 0.0
+    min_weight: dict[str, float] = field(default_factory=dict)
+    max_weight: dict[str, float] = field(default_factory=dict)
+    max_epochs: float | None = None
+    rounds: int = 4
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in ("simulate", "constrained", "search"):
+            raise ValueError(f"method must be simulate, constrained or search, got {self.method!r}")
+        if self.n_samples < 1 or self.top_k < 1:
+            raise ValueError("n_samples and top_k must be >= 1")
+        if self.kl_weight < 0 or self.uncertainty_weight < 0:
+            raise ValueError("kl_weight and uncertainty_weight must be >= 0")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise ValueError("max_epochs must be > 0 or null")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if not 0 < self.concentration_min <= self.concentration_max:
+            raise ValueError("need 0 < concentration_min <= concentration_max")
+
+
+@dataclass
+class Proposal:
+    domains: list[str]
+    weights: np.ndarray
+    predicted_loss: float
+    predicted_std: float | None
+    baselines: dict[str, float]
+    method: str
+    constraints: dict[str, Any]
+    n_evaluated: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.domains, map(float, self.weights)))
+
+
+def bounds_for(
+    domains: list[str],
+    cfg: ProposeConfig,
+    domain_tokens: np.ndarray | None = None,
+    target_tokens: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    d = len(domains)
+    lo, hi = np.zeros(d), np.ones(d)
+    for key, table, arr in (("min_weight", cfg.min_weight, lo), ("max_weight", cfg.max_weight, hi)):
+        for name, v in table.items():
+            if name not in domains:
+                raise MoemixError(f"constraints.{key}: unknown domain {name!r} (domains: {', '.join(domains)})")
+            if not 0 <= float(v) <= 1:
+                raise MoemixError(f"constraints.{key}.{name}: {v} is not in [0, 1]")
+            arr[domains.index(name)] = float(v)
+    if cfg.max_epochs is not None:
+        if domain_tokens is None or target_tokens is None:
+            raise MoemixError("constraints.max_epochs: needs domain token counts and target_tokens")
+        tok = np.asarray(domain_tokens, dtype=np.float64)
+        if tok.shape != (d,):
+            raise MoemixError(f"domain_tokens: has {tok.size} entries, expected {d}")
+        if target_tokens <= 0:
+            raise MoemixError("target_tokens: must be > 0")
+        hi = np.minimum(hi, cfg.max_epochs * tok / float(target_tokens))
+    for i in range(d):
+        if lo[i] > hi[i] + 1e-12:
+            raise MoemixError(f"constraints: domain {domains[i]!r} needs weight >= {lo[i]:.4g} but may have at most "
+                              f"{hi[i]:.4g} (max_weight / max_epochs)")
+    if lo.sum() > 1 + 1e-9:
+        raise MoemixError(f"constraints.min_weight: minimum weights sum to {lo.sum():.4g} > 1")
+    if hi.sum() < 1 - 1e-9:
+        worst = domains[int(np.argmin(hi))]
+        raise MoemixError(f"constraints: upper bounds sum to {hi.sum():.4g} < 1, no mixture fits the token budget "
+                          f"(most limiting domain {worst!r}); raise max_epochs or lower target_tokens")
+    return lo, hi
+
+
+class _Objective:
+    def __init__(self, fit: FitResult, prior: np.ndarray, cfg: ProposeConfig):
+        self.pred = fit.predictor
+        self.prior = np.maximum(prior, 1e-12)
+        self.cfg = cfg
+        self.n_eval = 0
+
+    def mean_std(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        W = np.atleast_2d(W)
+        means, stds = [], []
+        need_std = self.cfg.uncertainty_weight > 0
+        for s in range(0, len(W), CHUNK):
+            if need_std:
+                m, sd = self.pred.predict_with_std(W[s:s + CHUNK])
+                stds.append(sd if sd is not None else np.zeros(len(m)))
+            else:
+                m = self.pred.predict(W[s:s + CHUNK])
+            means.append(m)
+        self.n_eval += len(W)
+        return np.concatenate(means), (np.concatenate(stds) if need_std else None)
+
+    def __call__(self, W: np.ndarray) -> np.ndarray:
+        W = np.clip(np.atleast_2d(W), 0.0, None)
+        mean, std = self.mean_std(W)
+        out = mean.copy()
+        if std is not None:
+            out += self.cfg.uncertainty_weight * std
+        if self.cfg.kl_weight > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kl = np.where(W > 0, W * np.log(W / self.prior), 0.0).sum(axis=1)
+            out += self.cfg.kl_weight * kl
+        return out
+
+
+def _samples(rng: np.random.Generator, prior: np.ndarray, n: int, cfg: ProposeConfig,
+             lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    base = tempered(prior, cfg.temperature)
+    scales = np.exp(rng.uniform(np.log(cfg.concentration_min), np.log(cfg.concentration_max), size=n))
+    W = _dirichlet_batch(rng, base, scales)
+    W = _sparsify(W, cfg.sample_min_weight)
+    return project_capped(W, lo, hi)
+
+
+def _around(rng: np.random.Generator, centers: np.ndarray, n: int, conc: float,
+            lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Dirichlet samples centred on ``centers`` (mean = center); larger ``conc`` = tighter."""
+    idx = rng.integers(0, len(centers), size=n)
+    d = centers.shape[1]
+    alpha = conc * np.maximum(centers[idx], 0.02 / d)
+    g = rng.gamma(alpha)
+    W = g / np.maximum(g.sum(axis=1, keepdims=True), 1e-300)
+    return project_capped(W, lo, hi)
+
+
+def _simulate(obj: _Objective, prior, cfg, lo, hi, rng) -> np.ndarray:
+    W = _samples(rng, prior, cfg.n_samples, cfg, lo, hi)
+    scores = obj(W)
+    k = min(cfg.top_k, len(W))
+    top = np.argsort(scores)[:k]
+    return project_capped(W[top].mean(axis=0), lo, hi)[0]
+
+
+def _search(obj: _Objective, prior, cfg, lo, hi, rng) -> np.ndarray:
+    per_round = max(cfg.n_samples // cfg.rounds, 64)
+    pool = _samples(rng, prior, per_round, cfg, lo, hi)
+    scores = obj(pool)
+    keep = max(8, min(cfg.top_k, per_round // 8))
+    conc = 20.0 * len(prior)
+    for _ in range(cfg.rounds - 1):
+        best = pool[np.argsort(scores)[:keep]]
+        new = _around(rng, best, per_round, conc, lo, hi)
+        pool = np.vstack([best, new])
+        scores = np.concatenate([scores[np.argsort(scores)[:keep]], obj(new)])
+        conc *= 3.0  # shrink the search space round by round
+    top = np.argsort(scores)[: min(cfg.top_k // 4 or 1, len(pool))]
+    return project_capped(pool[top].mean(axis=0), lo, hi)[0]
+
+
+def _slsqp(obj: _Objective, start: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    d = len(start)
+    h = 1e-5
+
+    def f(w):
+        return float(obj(w[None, :])[0])
+
+    def grad(w):
+        # one batched predict for all 2D perturbations instead of 2D separate calls
+        E = np.eye(d) * h
+        P = np.vstack([w + E, w - E])
+        v = obj(P)
+        return (v[:d] - v[d:]) / (2 * h)
+
+    res = minimize(f, start, jac=grad, method="SLSQP", bounds=list(zip(lo, hi)),
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(d)}],
+                   options={"maxiter": 200, "ftol": 1e-10})
+    w = np.clip(res.x, lo, hi)
+    return project_capped(w, lo, hi)[0]
+
+
+def _local_search(obj: _Objective, start: np.ndarray, lo, hi, rng, rounds: int = 12, per_round: int = 512):
+    best, best_v = start, float(obj(start[None, :])[0])
+    conc = 10.0 * len(start)
+    for _ in range(rounds):
+        cand = _around(rng, best[None, :], per_round, conc, lo, hi)
+        v = obj(cand)
+        j = int(np.argmin(v))
+        if v[j] < best_v:
+            best, best_v = cand[j], float(v[j])
+        conc *= 1.6
+    return best
+
+
+def _constrained(obj: _Objective, prior, cfg, lo, hi, rng, smooth: bool) -> np.ndarray:
+    W = _samples(rng, prior, min(cfg.n_samples, 20_000), cfg, lo, hi)
+    scores = obj(W)
+    starts = [W[i] for i in np.argsort(scores)[:4]]
+    starts.append(project_capped(prior, lo, hi)[0])
+    starts.append(project_capped(W[np.argsort(scores)[: cfg.top_k]].mean(axis=0), lo, hi)[0])
+    best, best_v = None, np.inf
+    for s in starts:
+        w = _slsqp(obj, s, lo, hi) if smooth else _local_search(obj, s, lo, hi, rng)
+        v = float(obj(w[None, :])[0])
+        if v < best_v:
+            best, best_v = w, v
+    return best
+
+
+def propose(
+    fit: FitResult,
+    prior: np.ndarray | None,
+    cfg: ProposeConfig,
+    domain_tokens: np.ndarray | None = None,
+    target_tokens: int | None = None,
+) -> Proposal:
+    """Best mixture under ``cfg``. ``prior=None`` uses the prior stored at fit time (else uniform)."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise MoemixError(f"propose config: {e}") from None
+    domains = fit.domains
+    p = normalize_prior(fit.prior_array() if prior is None else prior, "prior")
+    if p.size != len(domains):
+        raise MoemixError(f"prior: has {p.size} weights, the fit has {len(domains)} domains")
+    if domain_tokens is None and fit.domain_tokens is not None:
+        domain_tokens = np.asarray(fit.domain_tokens, dtype=np.float64)
+    lo, hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
+    rng = np.random.default_rng(cfg.seed)
+    obj = _Objective(fit, p, cfg)
+    smooth = bool(getattr(fit.predictor, "smooth", True))
+    if cfg.method == "simulate":
+        w = _simulate(obj, p, cfg, lo, hi, rng)
+    elif cfg.method == "search":
+        w = _search(obj, p, cfg, lo, hi, rng)
+    else:
+        w = _constrained(obj, p, cfg, lo, hi, rng, smooth)
+    w = np.clip(w, 0.0, None)
+    w = w / w.sum()
+    mean, std = fit.predictor.predict_with_std(w[None, :])
+    base = fit.predictor.predict(np.vstack([np.full(len(domains), 1.0 / len(domains)), p]))
+    constraints: dict[str, Any] = {
+        "min_weight": dict(cfg.min_weight), "max_weight": dict(cfg.max_weight), "max_epochs": cfg.max_epochs,
+        "target_tokens": target_tokens, "kl_weight": cfg.kl_weight, "uncertainty_weight": cfg.uncertainty_weight,
+    }
+    return Proposal(domains=list(domains), weights=w, predicted_loss=float(mean[0]),
+                    predicted_std=None if std is None else float(std[0]),
+                    baselines={"uniform": float(base[0]), "natural": float(base[1])},
+                    method=cfg.method, constraints=constraints, n_evaluated=obj.n_eval)
+
+
+def propose_next_batch(
+    fit: FitResult,
+    prior: np.ndarray | None,
+    n_next: int,
+    round_idx: int,
+    cfg: ProposeConfig | None = None,
+    existing: np.ndarray | None = None,
+    explore: float = 1.0,
+    min_distance: float = 0.02,
+    domain_tokens: np.ndarray | None = None,
+    tokens_per_run: int | None = None,
+) -> np.ndarray:
+    """CLIMB-style: the next ``n_next`` mixtures for the swarm to actually run.
+
+    Samples around the currently best-predicted mixtures with a concentration that grows with
+    ``round_idx`` (the search space shrinks each round) and picks by optimistic score
+    ``mean - explore·std`` so uncertain-but-promising regions get measured; picks are kept at
+    least ``min_distance`` (max-abs) apart from each other and from ``existing`` runs.
+    """
+    cfg = cfg or ProposeConfig(n_samples=20_000)
+    domains = fit.domains
+    p = normalize_prior(fit.prior_array() if prior is None else prior, "prior")
+    lo, hi = bounds_for(domains, cfg, domain_tokens, tokens_per_run)
+    rng = np.random.default_rng(cfg.seed + 1000 * round_idx)
+    pool = _samples(rng, p, cfg.n_samples // 2, cfg, lo, hi)
+    m, _ = fit.predictor.predict_with_std(pool)
+    centers = pool[np.argsort(m)[: max(8, n_next)]]
+    conc = 10.0 * len(p) * (2.0 ** round_idx)
+    cand = np.vstack([pool, _around(rng, centers, cfg.n_samples // 2, conc, lo, hi)])
+    mean, std = fit.predictor.predict_with_std(cand)
+    score = mean - explore * (std if std is not None else 0.0)
+    chosen: list[np.ndarray] = []
+    taken = np.zeros((0, len(p))) if existing is None else np.atleast_2d(np.asarray(existing, dtype=np.float64))
+    for i in np.argsort(score):
+        c = cand[i]
+        if taken.shape[0] and np.min(np.max(np.abs(taken - c), axis=1)) < min_distance:
+            continue
+        chosen.append(c)
+        taken = np.vstack([taken, c[None, :]])
+        if len(chosen) == n_next:
+            break
+    if len(chosen) < n_next:
+        raise MoemixError(f"search: only {len(chosen)} distinct candidates for {n_next} runs; lower min_distance")
+    out = np.array(chosen)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def proposal_to_doc(
+    proposal: Proposal,
+    fit: FitResult,
+    domain_tokens: np.ndarray | list[int] | None = None,
+    domains_fingerprint: str | None = None,
+    target_description: str | None = None,
+    plots: dict[str, str] | None = None,
+    scale_transfer: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> MixtureDoc:
+    tokens = domain_tokens if domain_tokens is not None else fit.domain_tokens
+    doms = [
+        DomainWeight(name=n, weight=float(w), tokens=None if tokens is None else int(tokens[i]))
+        for i, (n, w) in enumerate(zip(proposal.domains, proposal.weights))
+    ]
+    cv = {k: fit.cv.get(k) for k in ("spearman", "pearson", "mae", "n", "folds") if k in fit.cv}
+    notes = list(notes or [])
+    if fit.cv.get("kind") == "oof_of_selected_ensemble":
+        notes.append("cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)")
+    if fit.skipped and any(fit.skipped.values()):
+        notes.append("skipped runs: " + ", ".join(f"{k}={v}" for k, v in fit.skipped.items() if v))
+    return MixtureDoc(
+        domains=doms,
+        target=TargetInfo(name=fit.target.name, description=target_description),
+        predicted_target_loss=proposal.predicted_loss,
+        baselines=Baselines(uniform=proposal.baselines.get("uniform"), natural=proposal.baselines.get("natural")),
+        predictor=str(fit.cv.get("predictor") or fit.predictor.label),
+        cv_spearman=fit.cv.get("spearman"),
+        n_proxies=int(fit.n_rows),
+        n_failed_proxies=int(fit.n_failed),
+        domains_fingerprint=domains_fingerprint,
+        cv=cv,
+        plots=plots or None,
+        proposer=ProposerInfo(name=proposal.method, constraints=proposal.constraints),
+        scale_transfer=None if scale_transfer is None else ScaleTransfer(**scale_transfer),
+        notes=notes or None,
+    )
