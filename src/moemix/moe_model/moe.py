@@ -46,11 +46,11 @@ class MoEBlock(nn.Module):
         if self.shared is not None:
             out = out + self.shared(flat)
 
+        learning = self.training and torch.is_grad_enabled()  # inference must not move balance stats
         with torch.no_grad():
             counts = expert_counts(r.topk_idx, self.cfg.n_routed)
             self.last_counts.copy_(counts)
             self.last_topk_idx = r.topk_idx.detach().view(b, t, -1)
-            learning = self.training and torch.is_grad_enabled()
             if learning and self.cfg.balance == "aux_free":
                 self.bias_counts += counts
             if learning and self.cfg.balance == "aux" and self.cfg.aux_loss_scope == "global":
