@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mixing_synth import DOMAINS, PRIOR, runs_table, true_loss, weight_cols
+
+from moemix.errors import MoemixError
+from moemix.mixing.fit import FitConfig, fit_runs, load_fit
+from moemix.mixing.propose import ProposeConfig, proposal_to_doc, propose, propose_next_batch
+from moemix.mixing.schema import load_mixture, write_mixture
+
+FAST = {"predictor_params": {"features": "sqrt"}}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    df = runs_table(40, seed=5)
+    df.loc[3, "status"] = "failed"
+    df.loc[4, "target"] = np.nan
+    df.loc[6, "scale"] = "large"
+    out = tmp_path_factory.mktemp("fit")
+    res = fit_runs(df, "target", weight_cols(), FitConfig(predictor="linear", **FAST), out, prior=PRIOR)
+    return res, out
+
+
+def test_fit_counts_skips_and_writes_reports(fitted):
+    res, out = fitted
+    assert res.skipped == {"failed": 1, "other_scale": 1, "nan_target": 1}
+    assert res.n_used == 37 and res.n_rows == 40
+    assert res.cv["spearman"] > 0.9 and res.cv["kind"] == "kfold"
+    for f in ("predictor.json", "cv.json", "explain.json", "fit.json", "plots/pred_vs_actual.png"):
+        assert (out / f).exists(), f
+    assert (out / "plots/pred_vs_actual.png").read_bytes()[:4] == b"\x89PNG"
+    explain = json.loads((out / "explain.json").read_text())
+    assert set(explain["values"]) == {f"sqrt:{d}" for d in DOMAINS}
+    again = load_fit(out)
+    assert again.domains == DOMAINS and again.prior_source == "given"
+    np.testing.assert_allclose(again.prior, PRIOR)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.__setitem__("w/web", d["w/web"] + 0.01), "sum to"),
+        (lambda d: d.loc.__setitem__((2, "target"), np.inf), "infinite loss"),
+        (lambda d: d.loc.__setitem__((2, "w/code"), np.nan), "non-finite weight"),
+    ],
+)
+def test_bad_runs_are_clear_errors(mutate, match, tmp_path):
+    df = runs_table(20, seed=1)
+    mutate(df)
+    with pytest.raises(MoemixError, match=match):
+        fit_runs(df, "target", weight_cols(), FitConfig(predictor="linear"), tmp_path)
+    with pytest.raises(MoemixError, match="'nope'"):
+        fit_runs(runs_table(20), "nope", weight_cols(), FitConfig(predictor="linear"), tmp_path)
+    assert not (tmp_path / "fit.json").exists()
+
+
+def test_weighted_and_separate_targets(tmp_path):
+    df = runs_table(40, seed=7)
+    spec = "loss/web:0.5,loss/code:0.5"
+    comb = fit_runs(df, spec, weight_cols(), FitConfig(predictor="linear", **FAST), tmp_path / "c")
+    sep = fit_runs(df, spec, weight_cols(), FitConfig(predictor="linear", target_mode="separate", **FAST),
+                   tmp_path / "s")
+    assert comb.target.coefs == [0.5, 0.5] and sep.predictor.name == "weighted_sum"
+    X = runs_table(50, seed=8)[weight_cols()].to_numpy()
+    # a linear model is additive, so fitting columns separately equals fitting their sum (up to priors)
+    np.testing.assert_allclose(comb.predictor.predict(X), load_fit(tmp_path / "s").predictor.predict(X), atol=0.02)
+    assert sep.cv["spearman"] > 0.8
+
+
+@pytest.mark.parametrize("method", ["simulate", "constrained", "search"])
+def test_proposers_beat_baselines_and_respect_constraints(fitted, method):
+    res, _ = fitted
+    cfg = ProposeConfig(method=method, n_samples=4000, top_k=32, max_weight={"web": 0.5},
+                        min_weight={"math": 0.05}, max_epochs=2.0)
+    tokens = np.array([1000, 1000, 1000, 1000, 30])
+    p = propose(res, None, cfg, domain_tokens=tokens, target_tokens=1000)
+    assert p.weights.sum() == pytest.approx(1.0)
+    assert p.weights[0] <= 0.5 + 1e-9 and p.weights[2] >= 0.05 - 1e-9
+    assert p.weights[4] <= 0.06 + 1e-9  # epochs cap: 2 * 30 / 1000
+    assert p.predicted_loss < p.baselines["natural"] and p.predicted_loss < p.baselines["uniform"]
+    # the true surface agrees that the proposal is better than natural
+    assert true_loss(p.weights[None])[0] < true_loss(PRIOR[None])[0]
+
+
+def test_constrained_at_least_as_good_as_simulate(fitted):
+    res, _ = fitted
+    sim = propose(res, None, ProposeConfig(method="simulate", n_samples=4000, top_k=32))
+    con = propose(res, None, ProposeConfig(method="constrained", n_samples=4000, top_k=32))
+    assert con.predicted_loss <= sim.predicted_loss + 1e-6
+    # KL to the prior pulls the optimum towards the prior
+    reg = propose(res, None, ProposeConfig(method="constrained", n_samples=4000, kl_weight=1.0))
+    kl = lambda w: float(np.sum(np.where(w > 0, w * np.log(w / PRIOR), 0)))  # noqa: E731
+    assert kl(reg.weights) < kl(con.weights)
+
+
+def test_infeasible_constraints_name_domain(fitted):
+    res, _ = fitted
+    with pytest.raises(MoemixError, match="'wiki'"):
+        propose(res, None, ProposeConfig(min_weight={"wiki": 0.5}, max_weight={"wiki": 0.2}))
+    with pytest.raises(MoemixError, match="unknown domain 'nope'"):
+        propose(res, None, ProposeConfig(max_weight={"nope": 0.2}))
+    with pytest.raises(MoemixError, match="no mixture fits"):
+        propose(res, None, ProposeConfig(max_epochs=1.0), domain_tokens=np.full(5, 10), target_tokens=1000)
+
+
+def test_next_batch_and_doc(fitted, tmp_path):
+    res, _ = fitted
+    existing = runs_table(40, seed=5)[weight_cols()].to_numpy()
+    nb = propose_next_batch(res, None, 6, round_idx=1, existing=existing, cfg=ProposeConfig(n_samples=4000))
+    assert nb.shape == (6, 5)
+    np.testing.assert_allclose(nb.sum(axis=1), 1.0)
+    assert np.abs(nb[:, None] - existing[None]).max(axis=2).min() >= 0.02
+    # the batch targets the low-loss region: better on average than the runs so far
+    assert true_loss(nb).mean() < true_loss(existing).mean()
+    p = propose(res, None, ProposeConfig(n_samples=2000))
+    doc = proposal_to_doc(p, res, domains_fingerprint="fp")
+    write_mixture(tmp_path / "mixture.json", doc)
+    back = load_mixture(tmp_path / "mixture.json")
+    assert back.n_proxies == 40 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
+    assert back.baselines.natural == pytest.approx(p.baselines["natural"])
