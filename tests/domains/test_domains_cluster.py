@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
+from conftest import write_subset
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
 from moemix.pipeline.domains import run_domains
@@ -77,23 +78,52 @@ def test_cluster_mode_is_deterministic(cluster_run, tmp_path):
 
 @pytest.mark.slow
 def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg):
-    from conftest import write_subset  # noqa: F401 - only to keep the helper in one place
-
     path = write_subset(demo_corpus, tmp_path / "two.parquet", per_domain=120,
                         domains=["python_code", "docstrings"])
     cfg = small_cfg(sources=[SourceConfig(path=str(path), label_column="source", id_column="id")],
-                    mode="label+cluster", cluster=_cluster_cfg(2, n_fine=12))
+                    mode="label+cluster", split_labels=2, cluster=_cluster_cfg(3, n_fine=12))
     res = run_domains(cfg, tmp_path / "out", progress=False)
-    prefixes = Counter(d.split("_")[0] for d in res.domains)
-    assert sorted(d for d in res.domains if d.startswith("python_code_")) and \
-        sorted(d for d in res.domains if d.startswith("docstrings_"))
-    assert sum(prefixes.values()) == 4
+    assert len(res.domains) == 4
+    assert sum(d.startswith("python_code_") for d in res.domains) == 2
+    assert sum(d.startswith("docstrings_") for d in res.domains) == 2
     labels = json.loads((tmp_path / "out" / "clusters" / "labels.json").read_text())
     assert set(labels["labels"].values()) == {"python_code", "docstrings"}
+    assert labels["unlabelled_model"] is False
     for slug in labels["labels"].values():
-        assert ClusterModel.load(tmp_path / "out" / "clusters" / slug).n_domains == 2
+        assert ClusterModel.load(tmp_path / "out" / "clusters" / "by_label" / slug).n_domains == 2
     a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
     assert all(d.startswith(lab + "_") for d, lab in zip(a["domain"], a["label"]))
+
+
+@pytest.mark.slow
+def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_path, small_cfg):
+    labelled = write_subset(demo_corpus, tmp_path / "lab.parquet", per_domain=40, domains=["emails", "licenses"])
+    unlabelled = write_subset(demo_corpus, tmp_path / "web.parquet", per_domain=100,
+                              domains=["c_headers", "reference_manual"])
+    cfg = small_cfg(
+        sources=[SourceConfig(path=str(labelled), label_column="source", id_column="id"),
+                 SourceConfig(path=str(unlabelled), id_column="id")],
+        mode="label+cluster", cluster=_cluster_cfg(2, n_fine=12),
+    )
+    res = run_domains(cfg, tmp_path / "out", progress=False)
+    clustered = [d for d in res.domains if d not in ("emails", "licenses")]
+    assert {"emails", "licenses"} < set(res.domains) and len(clustered) == 2
+    assert ClusterModel.load(tmp_path / "out" / "clusters").domain_names == clustered or \
+        set(clustered) <= set(ClusterModel.load(tmp_path / "out" / "clusters").domain_names)
+    a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
+    truth = dict(zip(*pq.read_table(unlabelled, columns=["id", "source"]).to_pydict().values()))
+    for i, d, lab in zip(a["id"], a["domain"], a["label"]):
+        if d in clustered:
+            assert lab is None and i in truth
+        else:
+            assert lab == d
+    # the two hidden domains of the unlabelled source land in different clusters
+    by_dom: dict[str, Counter] = {}
+    for i, d in zip(a["id"], a["domain"]):
+        if d in clustered:
+            by_dom.setdefault(d, Counter())[truth[i]] += 1
+    purity = sum(c.most_common(1)[0][1] for c in by_dom.values()) / sum(sum(c.values()) for c in by_dom.values())
+    assert purity > 0.7, by_dom  # chance: 0.5
 
 
 def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
@@ -101,5 +131,5 @@ def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
     cfg = small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], mode="cluster",
                     cluster=_cluster_cfg(8))
-    with pytest.raises(MoemixError, match=r"6 documents, fewer than cluster.n_domains=8"):
+    with pytest.raises(MoemixError, match=r"6 documents, fewer than the 8 clusters.*cluster.n_domains=8"):
         run_domains(cfg, tmp_path / "out", progress=False)

@@ -70,7 +70,7 @@ def test_text_format_one_doc_per_line_and_per_file(tmp_path):
     docs = collect([SourceConfig(path=str(tmp_path / "a.txt"))])
     assert [d.text for d in docs] == TEXTS[:10]
     assert [d.id for d in docs] == [f"a:{i}" for i in range(10)]  # stable row ids
-    assert {d.label for d in docs} == {"a"}  # no label column: the source name is the label
+    assert {d.label for d in docs} == {None}  # an unlabelled source
     (tmp_path / "docs").mkdir()
     for i in range(3):
         (tmp_path / "docs" / f"f{i}.txt").write_text(f"line one {i}\nline two {i}\n")

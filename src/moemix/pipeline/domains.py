@@ -5,10 +5,14 @@ Modes
 - ``label``: a domain per distinct label value (slugged to ``[a-z0-9_]+``).
 - ``cluster``: labels ignored; one cluster model (``moemix.pipeline.cluster``) fitted on a uniform
   sample of the deduplicated corpus assigns every document a domain.
-- ``label+cluster``: every label is split further by its own cluster model (fitted on that
-  label's documents only, saved under ``clusters/<label>/``); domains are ``<label>_<cluster>``.
-  Per-label models rather than global clusters crossed with labels, so each label really is
-  split ``n_domains`` ways instead of collapsing into whichever global clusters it happens to hit.
+- ``label+cluster``: documents with a label (a label column, or a source's constant ``label``) keep
+  it as their domain; documents from unlabelled sources are clustered into ``cluster.n_domains``
+  (model in ``clusters/``, so ``moemix assign`` works as in cluster mode). With ``split_labels: k``
+  every label is additionally split into k clusters by its own model (fitted on that label's
+  documents only, saved under ``clusters/by_label/<label>/``), giving domains ``<label>_<cluster>``:
+  per-label models rather than global clusters crossed with labels, so each label really is split
+  k ways instead of collapsing into whichever global clusters it happens to hit.
+  ``clusters/labels.json`` records the label -> slug map.
 
 Flow (all streaming, bounded memory): ingest + dedup + split -> text parts (label mode: final
 per-domain parts; cluster modes: staging parts, then fit, assign, re-route) -> small-domain
@@ -83,6 +87,9 @@ class DomainsConfig:
     min_docs_per_domain: int = 10
     small_domains: Literal["drop", "error"] = "drop"
     max_domains: int = 256
+    # label+cluster: 0 keeps every label one domain (only unlabelled sources are clustered, into
+    # cluster.n_domains); k >= 2 also splits each label into k clusters (domains '<label>_<cluster>')
+    split_labels: int = 0
     # overrides the run seed when set
     seed: int | None = None
     text_shard_rows: int = 50_000
@@ -97,6 +104,8 @@ class DomainsConfig:
             raise ValueError("max_docs_per_domain must be >= 2 (one train and one valid document)")
         if self.min_docs_per_domain < 2:
             raise ValueError("min_docs_per_domain must be >= 2 (one train and one valid document)")
+        if self.split_labels == 1 or self.split_labels < 0:
+            raise ValueError(f"split_labels must be 0 (keep labels whole) or >= 2, got {self.split_labels}")
         if self.text_shard_rows < 1 or self.batch_size < 1:
             raise ValueError("text_shard_rows and batch_size must be positive")
         for s in self.sources:
@@ -312,14 +321,15 @@ def run_domains(
             for d in batch:
                 if d.split == "train":
                     tok_sample.offer(d.split_key, d.text)
-                router.add(slugs(d.label or ""), d.split, d.id, d.source, d.label, d.text)
+                label = d.label if d.label is not None else d.source  # an unlabelled source is one domain
+                router.add(slugs(label), d.split, d.id, d.source, label, d.text)
             bar.update(len(batch))
         bar.close()
         router.close()
         label_of = {slug: label for label, slug in slugs.map.items()}
     else:
-        _run_clustered(cfg, out_dir, seed, docs, bar, tok_sample, router, assign_fn, descriptions, progress)
-        label_of = {}
+        slugs = _run_clustered(cfg, out_dir, seed, docs, bar, tok_sample, router, assign_fn, descriptions, progress)
+        label_of = {slug: label for label, slug in slugs.map.items()}
 
     domains, dropped = _check_small_domains(cfg, out_dir, router, stats)
     for d, desc in describe_domains({d: router.samples[d] for d in domains}).items():
@@ -452,11 +462,16 @@ def _run_clustered(
     assign_fn: AssignFn | None,
     descriptions: dict[str, dict],
     progress: bool,
-) -> None:
-    """Stage docs per group (one group, or one per label), fit a model per group, assign, route."""
+) -> SlugMap:
+    """Stage the documents that need clustering per group, fit a model per group, assign, route.
+
+    Group ``""`` holds every document without a label (all of them in cluster mode) and gets the
+    model in ``clusters/``; with ``split_labels`` each label is a group with its model in
+    ``clusters/by_label/<label>/``. Labelled documents that are not split go straight to their domain.
+    """
     from moemix.pipeline.cluster import ClusterModel, assign_parquet, fit_cluster_model
 
-    per_label = cfg.mode == "label+cluster"
+    hybrid = cfg.mode == "label+cluster"
     staging = out_dir / "_staging"
     shutil.rmtree(staging, ignore_errors=True)
     parts = PartRouter(staging / "docs", STAGING_SCHEMA, cfg.text_shard_rows)
@@ -466,50 +481,63 @@ def _run_clustered(
         for d in batch:
             if d.split == "train":
                 tok_sample.offer(d.split_key, d.text)
-            group = slugs(d.label or "") if per_label else "all"
-            # cluster mode has no labels: the source name ingest falls back to would only repeat `source`
-            parts.add((group,), (d.id, d.source, d.label if per_label else None, d.text, d.split))
+            label = d.label if hybrid else None  # cluster mode ignores labels entirely
+            if label is not None and not cfg.split_labels:
+                router.add(slugs(label), d.split, d.id, d.source, label, d.text)
+                continue
+            group = slugs(label) if label is not None else ""
+            parts.add((group or "_all",), (d.id, d.source, label, d.text, d.split))
             samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed)).offer(d)
         bar.update(len(batch))
     bar.close()
     parts.close()
 
     assign = assign_fn or (lambda m, f, o: assign_parquet(m, f, o, batch_size=cfg.batch_size, progress=progress))
+    taken = set(slugs.used)
     for group in sorted(samples):
         texts = samples[group].texts()
-        what = f"label {group!r}" if per_label else "the corpus"
-        ccfg = cfg.cluster
+        what = f"label {group!r}" if group else "the unlabelled documents" if hybrid else "the corpus"
+        ccfg = cfg.cluster if not group else replace(cfg.cluster, n_domains=cfg.split_labels)
         if len(texts) < ccfg.n_domains:
             raise MoemixError(
-                f"domains: {what} has {len(texts)} documents, fewer than cluster.n_domains={ccfg.n_domains}"
+                f"domains: {what} has {len(texts)} documents, fewer than the {ccfg.n_domains} clusters asked for "
+                f"({'split_labels' if group else 'cluster.n_domains'}={ccfg.n_domains})"
             )
         if len(texts) < ccfg.n_fine_clusters:
             n_fine = max(ccfg.n_domains, len(texts) // 2)
             log.warning("domains: %s has only %d documents: using %d fine clusters", what, len(texts), n_fine)
             ccfg = replace(ccfg, n_fine_clusters=n_fine, sample_size=max(ccfg.sample_size, n_fine))
         model = fit_cluster_model(texts, ccfg, seed=seed, progress=progress)
-        model_dir = out_dir / "clusters" / group if per_label else out_dir / "clusters"
+        model_dir = out_dir / "clusters" / "by_label" / group if group else out_dir / "clusters"
         model.save(model_dir)
         model = ClusterModel.load(model_dir)
-        prefix = f"{group}_" if per_label else ""
-        names = [slugify(prefix + n) for n in model.domain_names]
+        names = []
+        for n in model.domain_names:
+            name = base = slugify(f"{group}_{n}" if group else n)
+            k = 2
+            while name in taken:  # a cluster name must not merge into a label's domain
+                name, k = f"{base}_{k}", k + 1
+            taken.add(name)
+            names.append(name)
         for name, info in zip(names, model.describe()):
             descriptions[name] = {"top_terms": info.get("top_terms", []), "examples": info.get("examples", [])}
-        in_files = parts.files((group,))
-        assigned = assign(model_dir, in_files, staging / "assigned" / group)
+        assigned = assign(model_dir, parts.files((group or "_all",)), staging / "assigned" / (group or "_all"))
         for f in assigned:
-            pf = pq.ParquetFile(f)
-            for b in pf.iter_batches(batch_size=cfg.batch_size):
+            for b in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size):
                 cols = b.to_pydict()
                 for doc_id, src, label, text, split, dom in zip(
                     cols["id"], cols["source"], cols["label"], cols["text"], cols["split"], cols["domain_id"]
                 ):
                     router.add(names[dom], split, doc_id, src, label, text)
     router.close()
-    if per_label:
-        write_json_atomic(out_dir / "clusters" / "labels.json", {"label_column": cfg.label_column,
-                                                                 "labels": slugs.map})
+    if hybrid:
+        write_json_atomic(
+            out_dir / "clusters" / "labels.json",
+            {"label_column": cfg.label_column, "labels": slugs.map, "split_labels": cfg.split_labels,
+             "unlabelled_model": "" in samples},
+        )
     shutil.rmtree(staging, ignore_errors=True)
+    return slugs
 
 
 class _CountSample:

@@ -545,7 +545,7 @@ def ingest(
     """Stream deduplicated, split-assigned documents from every source, in batches.
 
     ``label_column`` is the default for sources that set neither ``label_column`` nor ``label``;
-    a source with neither gets its source name as label.
+    documents of a source with neither have label None.
     """
     stats = stats if stats is not None else IngestStats()
     seen = dedup if dedup is not None else HashSet()
@@ -577,7 +577,7 @@ def ingest(
                         continue
                     label = _as_str(label_v)
                 else:
-                    label = src.label if src.label is not None else name
+                    label = src.label  # None: an unlabelled source (label mode uses its name)
                 h_dedup, h_split = content_hashes(text)
                 if src.sample_fraction < 1.0 and not sample_keep(h_split, src.sample_fraction):
                     stats.sampled_out += 1
