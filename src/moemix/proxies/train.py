@@ -327,6 +327,8 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = next(stream)
+        if hasattr(model, "begin_global_batch"):
+            model.begin_global_batch()  # aux_loss_scope="global" counts experts per optimizer step
         x = batch.input_ids.to(device, non_blocking=True)
         y = batch.targets.to(device, non_blocking=True)
         with autocast:
