@@ -1,0 +1,164 @@
+"""MoE layer forward+backward: reference loop vs grouped kernels vs an equal-active-FLOP dense SwiGLU.
+
+Prints one JSON object per line (median seconds over repeats; impls are interleaved round-robin so
+load from other processes hits them alike). Also measures this machine's fp32 matmul GFLOP/s and a
+small-model training step's MFU. ``--write-doc`` rewrites docs/benchmarks/kernels.md.
+
+    .venv/bin/python benchmarks/bench_moe_layer.py [--repeats 7] [--threads 2] [--write-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from moemix.kernels import measure_matmul_flops, moe_ffn
+from moemix.moe_model import MoEConfig, MoETransformer
+
+SHAPES = {
+    "coarse": dict(T=4096, d=256, f=512, E=8, k=2),
+    "fine": dict(T=8192, d=128, f=128, E=32, k=4),
+}
+
+
+def make_inputs(T, d, f, E, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, d, generator=g)
+    logits = torch.randn(T, E, generator=g)
+    w, idx = torch.softmax(logits, -1).topk(k, -1)
+    w1 = torch.randn(E, d, 2 * f, generator=g) / d**0.5
+    w2 = torch.randn(E, f, d, generator=g) / f**0.5
+    dense1 = torch.randn(d, 2 * k * f, generator=g) / d**0.5
+    dense2 = torch.randn(k * f, d, generator=g) / (k * f) ** 0.5
+    return x, idx, w, w1, w2, dense1, dense2
+
+
+def step_fn(name, x, idx, w, w1, w2, dense1, dense2):
+    leaves = [t.clone().requires_grad_() for t in (x, w, w1, w2, dense1, dense2)]
+    gout = torch.randn_like(x)
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        xx, ww, a, b, da, db = leaves
+        if name == "dense":
+            g, u = (xx @ da).chunk(2, -1)
+            out = (F.silu(g) * u) @ db
+        else:
+            impl, _, backend = name.partition(":")
+            if backend:
+                os.environ["MOEMIX_GMM_BACKEND"] = backend
+            out = moe_ffn(xx, idx, ww, a, b, impl=impl)
+        out.backward(gout)
+
+    return run
+
+
+def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
+    p = SHAPES[shape]
+    inputs = make_inputs(**p)
+    fns = {name: step_fn(name, *inputs) for name in impls}
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for name in impls:  # warm-up
+        fns[name]()
+    for _ in range(repeats):
+        for name in impls:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    os.environ.pop("MOEMIX_GMM_BACKEND", None)
+    flops = 3 * 2 * p["T"] * p["k"] * 3 * p["d"] * p["f"]  # fwd+bwd matmul FLOPs of the active experts
+    dense_t = statistics.median(times["dense"])
+    rows = []
+    for name in impls:
+        med = statistics.median(times[name])
+        rows.append(dict(bench="moe_layer", shape=shape, **p, impl=name, median_s=round(med, 5),
+                         gflops=round(flops / med / 1e9, 2), vs_dense=round(med / dense_t, 3)))
+    return rows
+
+
+def bench_model_step(repeats: int, peak: float) -> dict:
+    cfg = MoEConfig()  # the default ~1M-active proxy
+    torch.manual_seed(0)
+    model = MoETransformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, t = 16, 256
+    ids = torch.randint(0, cfg.vocab_size, (b, t + 1))
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = model(ids[:, :-1], ids[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    fpt = model.flops_per_token(t)
+    achieved = fpt * b * t / med
+    return dict(bench="model_step", batch=b, seq_len=t, params=model.num_params(),
+                params_active=model.num_params(active_only=True), flops_per_token=fpt, median_s=round(med, 4),
+                tokens_per_s=round(b * t / med), achieved_gflops=round(achieved / 1e9, 2),
+                mfu=round(achieved / peak, 3))
+
+
+def write_doc(rows: list[dict], path: Path) -> None:
+    from moemix._io import write_text_atomic
+
+    lines = ["# MoE kernel benchmarks", "",
+             "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; "
+             "median of interleaved repeats; other processes shared the 2 cores, so compare ratios within a run).",
+             ""]
+    env = next(r for r in rows if r["bench"] == "env")
+    lines += [f"Machine: {env['threads']} torch threads, torch {env['torch']}; fp32 matmul "
+              f"{env['matmul_gflops']} GFLOP/s (1024^3).", ""]
+    lines += ["| shape | T | d | f | E | k | impl | median s | GFLOP/s | time / dense |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["bench"] == "moe_layer":
+            lines.append(f"| {r['shape']} | {r['T']} | {r['d']} | {r['f']} | {r['E']} | {r['k']} | {r['impl']} | "
+                         f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} |")
+    m = next((r for r in rows if r["bench"] == "model_step"), None)
+    if m:
+        lines += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}): "
+                  f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
+                  f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
+                  f"MFU {m['mfu']:.1%} of the measured matmul peak."]
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    ap.add_argument("--impls", nargs="*", default=["reference", "grouped:loop", "grouped:torch", "dense"])
+    ap.add_argument("--write-doc", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = measure_matmul_flops()
+    rows = [dict(bench="env", threads=args.threads, torch=torch.__version__, matmul_gflops=round(peak / 1e9, 1))]
+    print(json.dumps(rows[0]), flush=True)
+    for shape in args.shapes:
+        for r in bench_layer(shape, args.repeats, args.impls):
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    m = bench_model_step(max(3, args.repeats // 2), peak)
+    print(json.dumps(m), flush=True)
+    rows.append(m)
+    if args.write_doc:
+        write_doc(rows, Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "kernels.md")
+
+
+if __name__ == "__main__":
+    main()
