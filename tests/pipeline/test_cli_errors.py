@@ -19,7 +19,7 @@ def _run(capsys, argv):
 @pytest.mark.parametrize(
     ("yaml_text", "needle"),
     [
-        ("proxies: [unclosed\n", "malformed YAML (line 1"),
+        ("proxies: [unclosed\n", "malformed YAML (line 2, column 1)"),
         ("proxies:\n  bogus_key: 1\n", "unknown key 'bogus_key'"),
         ("seed: many\n", "seed: expected an integer"),
         ("- a\n- b\n", "top level must be a mapping"),

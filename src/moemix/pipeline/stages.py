@@ -154,8 +154,17 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
         stage.start(fresh=True)
         runs = pd.read_parquet(proxies.runs_path)
         base = runs[runs["scale"] == "base"] if "scale" in runs else runs
-        result = fit_runs(base, target="target", weight_cols=[f"w/{d}" for d in domains.domains], cfg=cfg.fit, out_dir=stage.path)
-        stage.complete({"predictor": result.predictor_name, "cv": result.cv}, started)
+        result = fit_runs(
+            base,
+            target="target",
+            weight_cols=[f"w/{d}" for d in domains.domains],
+            cfg=cfg.fit,
+            out_dir=stage.path,
+            prior=domains.prior(),
+            domain_tokens=np.array([domains.train_tokens[d] for d in domains.domains], dtype=np.float64),
+            where=str(proxies.runs_path),
+        )
+        stage.complete({"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started)
     return FitOutput(stage)
 
 
@@ -172,6 +181,7 @@ class ProposeOutput:
 def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput, fit: FitOutput) -> ProposeOutput:
     from moemix.mixing.fit import load_fit
     from moemix.mixing.propose import propose, proposal_to_doc
+    from moemix.mixing.report import plot_mixture
     from moemix.mixing.schema import write_mixture
 
     stage = stage_for(run_dir, "propose", {"propose": cfg.propose, "seed": cfg.seed}, {"fit": fit.stage.key, "domains": domains.stage.key})
@@ -182,17 +192,20 @@ def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: P
         domain_tokens = np.array([domains.train_tokens[d] for d in domains.domains], dtype=np.float64)
         target_tokens = cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
         proposal = propose(fitted, domains.prior(), cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens)
+        plots = {}
+        if cfg.fit.plots:
+            plot_mixture(list(proposal.domains), proposal.weights, domains.prior(), stage.path / "mixture.png")
+            # paths relative to RUN_DIR/mixture.json, the copy users consume
+            plots["mixture"] = f"propose/{stage.key}/mixture.png"
+            plots.update({k: f"fit/{fit.stage.key}/{v}" for k, v in fitted.plots.items()})
         doc = proposal_to_doc(
             proposal,
             fitted,
-            domains=domains.domains,
-            domain_tokens=[domains.train_tokens[d] for d in domains.domains],
-            target=_target_description(cfg),
-            n_proxies=proxies.n_ok,
-            n_failed_proxies=proxies.n_failed,
+            domain_tokens=domain_tokens,
             domains_fingerprint=domains.fingerprint,
+            target_description=_target_description(cfg),
+            plots=plots,
             scale_transfer=proxies.scale_transfer,
-            out_dir=stage.path,
         )
         write_mixture(stage.path / "mixture.json", doc)
         stage.complete({"mixture": "mixture.json"}, started)

@@ -34,6 +34,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     from moemix.proxies.evaluate import evaluate
+    from moemix.proxies.run import fit_model_to_data
     from moemix.proxies.shards import DomainTokens
     from moemix.proxies.train import train
 
@@ -54,8 +55,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 f.write(json.dumps(rec) + "\n")
         ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
 
+    model_cfg = fit_model_to_data(pcfg.model, data.vocab_size, train_cfg.seq_len)
     result = train(
-        pcfg.model,
+        model_cfg,
         train_cfg,
         data,
         config["mixture"],
@@ -94,7 +96,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             "params_total": result.params_total,
             "world_size": world,
             "checkpoint": str(out_dir / "model.safetensors"),
-            "model_config": asdict(pcfg.model),
+            "model_config": asdict(model_cfg),
         },
     )
 
