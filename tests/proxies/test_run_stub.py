@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from proxies_stub import StubConfig, StubLM
 
 import moemix.proxies.run as run_mod
-from conftest import StubConfig, StubLM
 from moemix.proxies.evaluate import TargetConfig
 from moemix.proxies.run import collect_runs, run_proxy, run_sequential, scale_agreement, specs_for_mixtures
 from moemix.proxies.train import TrainConfig, train

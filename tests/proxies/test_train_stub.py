@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from proxies_stub import StubConfig, StubLM
 
-from conftest import StubConfig, StubLM  # noqa: E402 - tests/proxies/conftest.py
 from moemix.errors import MoemixError
 from moemix.proxies.evaluate import TargetConfig, evaluate
 from moemix.proxies.train import TrainConfig, lr_at, train
