@@ -138,6 +138,20 @@ def fit_prepared(
     prior: np.ndarray | None = None,
     domain_tokens: np.ndarray | None = None,
 ) -> FitResult:
+    """``fit_runs`` on an already prepared runs table (same files, same result)."""
+    from moemix.mixing.predictors.base import blas_threads
+
+    with blas_threads(1):
+        return _fit_prepared(runs, cfg, out_dir, prior, domain_tokens)
+
+
+def _fit_prepared(
+    runs: PreparedRuns,
+    cfg: FitConfig,
+    out_dir: str | Path,
+    prior: np.ndarray | None = None,
+    domain_tokens: np.ndarray | None = None,
+) -> FitResult:
     try:
         cfg.validate()
     except ValueError as e:

@@ -252,6 +252,19 @@ def propose(
     target_tokens: int | None = None,
 ) -> Proposal:
     """Best mixture under ``cfg``. ``prior=None`` uses the prior stored at fit time (else uniform)."""
+    from moemix.mixing.predictors.base import blas_threads
+
+    with blas_threads(1):
+        return _propose(fit, prior, cfg, domain_tokens, target_tokens)
+
+
+def _propose(
+    fit: FitResult,
+    prior: np.ndarray | None,
+    cfg: ProposeConfig,
+    domain_tokens: np.ndarray | None,
+    target_tokens: int | None,
+) -> Proposal:
     try:
         cfg.validate()
     except ValueError as e:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from moemix.mixing.metrics import kfold_indices, spearman
-from moemix.mixing.predictors.base import Predictor, from_dict, make_predictor, register
+from moemix.mixing.predictors.base import Predictor, blas_threads, from_dict, make_predictor, register
 
 
 def default_candidates(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -88,6 +88,10 @@ class AutoPredictor(Predictor):
         return all(m.smooth for m in self.members)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> AutoPredictor:
+        with blas_threads(1):
+            return self._fit(X, y)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> AutoPredictor:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         y = np.asarray(y, dtype=np.float64)
         self.n_features = X.shape[1]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from moemix.mixing.predictors.base import Predictor, featurize, register
+from moemix.mixing.predictors.base import Predictor, blas_threads, featurize, register
 
 
 def _kernel(n_dims: int):
@@ -45,7 +45,7 @@ class GPPredictor(Predictor):
             _kernel(self.F.shape[1]), normalize_y=True,
             n_restarts_optimizer=int(self.params["n_restarts"]), random_state=int(self.params["seed"]),
         )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), blas_threads(1):
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(self.F, self.y)
         self.model, self.theta = gp, gp.kernel_.theta.copy()
