@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from torch import Tensor
 
@@ -10,7 +11,9 @@ IMPLS = ("auto", "reference", "grouped", "triton")
 
 
 def triton_available() -> bool:
-    """True when triton can be imported (without importing it)."""
+    """True when triton can be imported (checked without importing it)."""
+    if "triton" in sys.modules:  # already imported, or blocked with sys.modules["triton"] = None
+        return sys.modules["triton"] is not None
     return importlib.util.find_spec("triton") is not None
 
 
