@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--predictors", default=",".join(p[0] for p in PREDICTORS))
     ap.add_argument("--subsets", type=int, default=0, help="also fit on this many disjoint n-run subsets")
     ap.add_argument("--propose", action="store_true", help="propose a mixture from the 512-run auto fit")
+    ap.add_argument("--timing", default="", help="e.g. 20,40,60: median wall time of fit_runs(auto) incl. plots")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -126,6 +128,20 @@ def main() -> int:
                 emit({"bench": "predictor_subsets", "n": n, "k": k, "predictor": label,
                       "test_spearman_median": round(statistics.median(rhos), 4),
                       "test_spearman_min": round(min(rhos), 4), "test_spearman_all": rhos})
+
+    for n in [int(v) for v in args.timing.split(",") if v]:
+        from moemix.mixing.fit import FitConfig, fit_runs
+
+        df = tr.iloc[:n].copy()
+        df[cols] = Xtr[:n]
+        times = []
+        for r in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                fit_runs(df, TARGET, cols, FitConfig(predictor="auto", seed=args.seed + r), tmp)
+                times.append(time.perf_counter() - t)
+        emit({"bench": "auto_fit_time", "n": n, "repeats": args.repeats, "median_s": round(statistics.median(times), 2),
+              "all_s": [round(t, 2) for t in times]})
 
     if args.propose:
         from moemix.mixing.fit import FitConfig, fit_runs

@@ -122,3 +122,19 @@ def test_next_batch_and_doc(fitted, tmp_path):
     back = load_mixture(tmp_path / "mixture.json")
     assert back.n_proxies == 40 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
     assert back.baselines.natural == pytest.approx(p.baselines["natural"])
+
+
+def test_nested_cv_and_tree_proposer(tmp_path):
+    df = runs_table(40, seed=9)
+    cands = [{"name": "linear", "features": "sqrt"}, {"name": "lightgbm", "n_estimators": 100, "learning_rate": 0.1}]
+    cfg = FitConfig(predictor="auto", cv_folds=3, nested_cv=True, predictor_params={"candidates": cands})
+    res = fit_runs(df, "target", weight_cols(), cfg, tmp_path / "n", prior=PRIOR)
+    assert res.cv["kind"] == "nested" and res.cv["spearman"] > 0.8
+    assert {c["candidate"] for c in res.cv["candidates"]} == {"linear(sqrt)", "lightgbm"}
+    # a tree model is not smooth: the constrained proposer must fall back to local search and still
+    # respect bounds and improve on natural
+    tree = fit_runs(df, "target", weight_cols(), FitConfig(predictor="lightgbm",
+                    predictor_params={"n_estimators": 100, "learning_rate": 0.1}), tmp_path / "t", prior=PRIOR)
+    assert tree.predictor.smooth is False
+    p = propose(tree, None, ProposeConfig(method="constrained", n_samples=2000, max_weight={"web": 0.45}))
+    assert p.weights[0] <= 0.45 + 1e-9 and p.predicted_loss <= p.baselines["natural"]
