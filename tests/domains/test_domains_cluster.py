@@ -12,11 +12,14 @@ from conftest import write_subset
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
 from moemix.pipeline.domains import run_domains
+from moemix.pipeline.embed import EmbedConfig
 from moemix.pipeline.ingest import SourceConfig
 
 
 def _cluster_cfg(n_domains: int, n_fine: int = 24) -> ClusterConfig:
-    return ClusterConfig(n_domains=n_domains, n_fine_clusters=n_fine, sample_size=2000, min_domain_fraction=0.0)
+    # small embeddings and one k-means init: these tests check the stage's plumbing, not clustering quality
+    return ClusterConfig(n_domains=n_domains, n_fine_clusters=n_fine, sample_size=2000, min_domain_fraction=0.0,
+                         n_init=1, embed=EmbedConfig(dim=48, n_features=2**14))
 
 
 @pytest.fixture(scope="module")

@@ -163,15 +163,18 @@ class SlugMap:
 class PartRouter:
     """Buffers rows per key and writes them as bounded parquet parts ``<root>/<key...>/part-NNNNN.parquet``.
 
-    Memory: at most ``max_rows`` rows per key and ``max_buffer_bytes`` of text in total (the
-    biggest buffer is flushed when over).
+    Memory: at most ``max_rows`` rows or ``max_part_chars`` of text per key, and
+    ``max_buffer_chars`` of text in total (the biggest buffer is flushed when over), so a corpus of
+    any size costs the same ~100-200 MB here.
     """
 
-    def __init__(self, root: Path, schema: pa.Schema, max_rows: int, max_buffer_bytes: int = 256 << 20):
+    def __init__(self, root: Path, schema: pa.Schema, max_rows: int, max_buffer_chars: int = 96 << 20,
+                 max_part_chars: int = 32 << 20):
         self.root = root
         self.schema = schema
         self.max_rows = max_rows
-        self.max_buffer_bytes = max_buffer_bytes
+        self.max_buffer_chars = max_buffer_chars
+        self.max_part_chars = max_part_chars
         self._buf: dict[tuple[str, ...], list[tuple]] = {}
         self._buf_bytes: dict[tuple[str, ...], int] = {}
         self._total = 0
@@ -184,9 +187,9 @@ class PartRouter:
         self._buf_bytes[key] = self._buf_bytes.get(key, 0) + n
         self._total += n
         self.rows[key] += 1
-        if len(self._buf[key]) >= self.max_rows:
+        if len(self._buf[key]) >= self.max_rows or self._buf_bytes[key] >= self.max_part_chars:
             self.flush(key)
-        elif self._total > self.max_buffer_bytes:
+        elif self._total > self.max_buffer_chars:
             self.flush(max(self._buf_bytes, key=self._buf_bytes.__getitem__))
 
     def flush(self, key: tuple[str, ...]) -> None:
@@ -237,8 +240,8 @@ class DomainRouter:
             self.valid[domain] += 1
         self.parts.add((split, domain), (doc_id, source, label, text))
         sample = self.samples.setdefault(domain, [])
-        if len(sample) < 300:
-            sample.append(text[:4000])
+        if len(sample) < 200:  # for top terms/examples only: <= 400 KB per domain
+            sample.append(text[:2000])
         self.labels.setdefault(domain, Counter())[label] += 1
 
     def close(self) -> None:
