@@ -32,6 +32,9 @@ def test_moe_learns_and_reports_flops_and_mfu(markov_data):
     assert res.flops_per_token == res.model.flops_per_token(32)
     assert res.achieved_flops_per_s == pytest.approx(res.tokens_per_s * res.flops_per_token, rel=1e-6)
     assert 0 < res.mfu < 1 and res.peak_flops_per_s > 1e8
+    load = torch.tensor(res.expert_load_by_domain)  # [layers, domains, experts] shares
+    assert load.shape == (2, 4, 4)
+    torch.testing.assert_close(load.sum(-1), torch.ones(2, 4), atol=1e-6, rtol=0)
     ev = evaluate(res.model, markov_data, None, seq_len=32, eval_tokens=512)
     assert all(2.0 < v < 4.2 for v in ev.loss.values())  # learned something (uniform = ln 64 = 4.16)
 

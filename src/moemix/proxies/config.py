@@ -19,7 +19,7 @@ from moemix.proxies.train import TrainConfig
 
 
 def demo_proxy_model() -> MoEConfig:
-    """~0.2M-parameter MoE (8 experts, top-2); vocab_size is replaced by the tokenizer's at run time."""
+    """~0.7M-parameter MoE at vocab 4096 (0.39M active; 8 experts, top-2); vocab_size is replaced by the tokenizer's at run time."""
     return MoEConfig(
         vocab_size=4096, max_seq_len=128, d_model=64, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=128
     )

@@ -63,31 +63,51 @@ class SeatAllocator:
 
     def __init__(self, weights: np.ndarray):
         self.w = np.asarray(weights, dtype=np.float64)
-        self.active = self.w > 0
-        self._inv_w = np.where(self.active, 1.0 / np.where(self.active, self.w, 1.0), np.inf)
-        self.counts = np.zeros(len(self.w), dtype=np.int64)
+        self._w = [float(x) for x in self.w]
+        self._active = [d for d, x in enumerate(self._w) if x > 0]
+        self._inv_w = {d: 1.0 / self._w[d] for d in self._active}
+        self._counts = [0] * len(self._w)
         self.n = 0
 
+    @property
+    def counts(self) -> np.ndarray:
+        return np.asarray(self._counts, dtype=np.int64)
+
+    def set_state(self, n: int, counts: list[int]) -> None:
+        self.n = int(n)
+        self._counts = [int(c) for c in counts]
+
     def next(self) -> int:
-        target = self.w * (self.n + 1)
-        eligible = self.active & (self.counts < target + 1e-9)
-        if not eligible.any():  # only reachable through float round-off
-            eligible = self.active
-        deadline = np.where(eligible, (self.counts + 1) * self._inv_w, np.inf)
-        d = int(np.argmin(deadline))
-        self.counts[d] += 1
-        self.n += 1
-        return d
+        return int(self.take(1)[0])
 
     def take(self, k: int) -> np.ndarray:
-        return np.fromiter((self.next() for _ in range(k)), dtype=np.int64, count=k)
+        # Plain Python over the (few) active domains: ~1 us per seat, 20x faster than numpy calls
+        w, c, inv, active = self._w, self._counts, self._inv_w, self._active
+        n = self.n
+        out = np.empty(k, dtype=np.int64)
+        for i in range(k):
+            n += 1
+            best, best_deadline = -1, float("inf")
+            for d in active:
+                cd = c[d]
+                if cd < w[d] * n + 1e-9:  # still under quota after this seat
+                    deadline = (cd + 1) * inv[d]
+                    if deadline < best_deadline:
+                        best, best_deadline = d, deadline
+            if best < 0:  # only reachable through float round-off
+                best = min(active, key=lambda d: (c[d] + 1) * inv[d])
+            c[best] += 1
+            out[i] = best
+        self.n = n
+        return out
 
 
 class _DomainCursor:
     """Walks one domain's chunks epoch after epoch in a seeded shuffled order."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, name: str):
-        self.tokens = tokens
+        # plain ndarray view of the memmap: slicing a np.memmap subclass costs ~10 us per slice
+        self.tokens = np.asarray(tokens)
         self.seq_len = seq_len
         self.n_chunks = max(0, (len(tokens) - 1) // seq_len)
         self.slack = (len(tokens) - 1) - self.n_chunks * seq_len if self.n_chunks else 0
@@ -244,8 +264,7 @@ class MixtureStream:
         if not np.allclose(state["weights"], self.weights, atol=1e-12):
             raise MoemixError("stream checkpoint was written for a different mixture")
         self.steps = int(state["steps"])
-        self._alloc.n = int(state["seats"])
-        self._alloc.counts[:] = state["counts"]
+        self._alloc.set_state(state["seats"], state["counts"])
         for c, n in zip(self._cursors, state["counts"]):
             if c is not None:
                 c.pos = int(n)

@@ -41,7 +41,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 @dataclass
 class TrainConfig:
     # Budget: ``steps`` if > 0, else ``total_tokens`` / (batch_size * seq_len) rounded up.
-    steps: int = 240
+    steps: int = 80  # demo proxy: 80 x 16 x 128 = 164k tokens, ~20 s on one core
     total_tokens: int = 0
     batch_size: int = 16  # global sequences per optimizer step (split across data-parallel ranks)
     seq_len: int = 128
@@ -119,6 +119,8 @@ class TrainResult:
     params_total: int
     epochs: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # [moe_layer][domain][expert] share of each domain's routed tokens, sampled on log steps
+    expert_load_by_domain: list[list[list[float]]] = field(default_factory=list)
     resumed_from_step: int = 0
     model: Any = field(default=None, repr=False)  # the trained MoETransformer (not serialised)
 
@@ -316,6 +318,7 @@ def train(
     local_tokens_per_step = stream.local_batch_size * cfg.seq_len
 
     history: list[dict[str, Any]] = []
+    load_by_domain: torch.Tensor | None = None
     window_loss = torch.zeros((), device=device)
     window_aux = torch.zeros((), device=device)
     window_steps = 0
@@ -349,6 +352,10 @@ def train(
 
         done = step + 1
         if done % max(cfg.log_every, 1) == 0 or done == total_steps:
+            if hasattr(model, "expert_load_by_domain"):
+                # sampled on log steps only: it syncs with the device
+                counts = model.expert_load_by_domain(batch.domain_idx, len(stream.domains))
+                load_by_domain = counts if load_by_domain is None else load_by_domain + counts
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - t_window
@@ -386,6 +393,10 @@ def train(
     if start_step < total_steps:
         checkpoint(total_steps)
 
+    load_shares: list[list[list[float]]] = []
+    if load_by_domain is not None and load_by_domain.numel():
+        totals = load_by_domain.sum(-1, keepdim=True).clamp_min(1)
+        load_shares = (load_by_domain.double() / totals).tolist()
     steps_run = total_steps - start_step
     local_tps = steps_run * local_tokens_per_step / train_seconds if train_seconds > 0 else 0.0
     achieved = local_tps * flops_per_token
@@ -403,6 +414,7 @@ def train(
         params_total=int(model.num_params()),
         epochs=stream.epochs_per_domain,
         history=history,
+        expert_load_by_domain=load_shares,
         resumed_from_step=start_step,
         model=model,
     )
