@@ -61,3 +61,25 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"moemix: error: {cfg}: unknown key 'nonsense_section' (allowed: domains, fit, pretrain, propose, proxies, ray, seed)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("", "empty"),
+        ('{"content": "hello world"}\n{"content": "more text"}\n', "'text'"),
+    ],
+)
+def test_bad_corpus_is_one_line_and_keeps_previous_outputs(tmp_path, capsys, content, needle):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text(content)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"domains:\n  sources:\n    - path: {data}\n      label: web\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "mixture.json").write_text('{"previous": true}')
+    code, err = _run(capsys, ["run", str(cfg), "--out", str(run_dir), "--quiet"])
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("moemix: error: "), err
+    assert needle in err[0] and str(data) in err[0], err[0]
+    assert (run_dir / "mixture.json").read_text() == '{"previous": true}'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,37 +16,8 @@ import yaml
 from moemix.mixing.schema import load_mixture
 from moemix.pipeline.config import load_config
 
-TINY = {
-    "domains": {
-        "sources": [],
-        "mode": "label",
-        "max_docs_per_domain": 150,
-        "tokenizer": {"vocab_size": 512, "train_sample_bytes": 400_000},
-    },
-    "proxies": {
-        "sampler": {"n_mixtures": 8},
-        "model": {"vocab_size": 512, "max_seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
-                  "n_experts": 4, "top_k": 2, "d_expert": 32},
-        "train": {"steps": 12, "batch_size": 8, "seq_len": 32, "eval_tokens": 512, "log_every": 6,
-                  "measure_mfu": False, "num_threads": 1},
-    },
-    "fit": {"predictor": "linear", "cv_folds": 3},
-    "pretrain": {
-        "num_workers": 1,
-        "checkpoint_every": 5,
-        "model": {"vocab_size": 512, "max_seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
-                  "n_experts": 4, "top_k": 2, "d_expert": 32},
-        "train": {"steps": 10, "batch_size": 8, "seq_len": 32, "eval_tokens": 512, "log_every": 5,
-                  "measure_mfu": False, "num_threads": 1},
-    },
-    "ray": {"num_cpus": 2, "object_store_memory_mb": 200},
-}
 
-
-def _write_config(tmp_path: Path, overrides: dict | None = None) -> Path:
-    data = json.loads(json.dumps(TINY))
-    for section, values in (overrides or {}).items():
-        data[section].update(values)
+def _write_config(tmp_path: Path, data: dict) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -62,10 +32,10 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session):
+def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config):
     from moemix.ray_jobs.pipeline import run_pipeline
 
-    cfg = load_config(_write_config(tmp_path))
+    cfg = load_config(_write_config(tmp_path, tiny_config))
     run_dir = tmp_path / "run"
     res = run_pipeline(cfg, run_dir, progress=False)
 
@@ -95,11 +65,12 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session):
 
 
 @pytest.mark.slow
-def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session):
+def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_config):
     from moemix.ray_jobs.pipeline import run_pipeline
 
     # slower proxies so the kill lands mid-swarm
-    cfg_path = _write_config(tmp_path, {"proxies": {"train": {**TINY["proxies"]["train"], "steps": 60}}})
+    tiny_config["proxies"]["train"]["steps"] = 60
+    cfg_path = _write_config(tmp_path, tiny_config)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(

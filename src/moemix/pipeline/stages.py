@@ -180,7 +180,7 @@ class ProposeOutput:
 
 def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput, fit: FitOutput) -> ProposeOutput:
     from moemix.mixing.fit import load_fit
-    from moemix.mixing.propose import propose, proposal_to_doc
+    from moemix.mixing.propose import proposal_to_doc, propose
     from moemix.mixing.report import plot_mixture
     from moemix.mixing.schema import write_mixture
 

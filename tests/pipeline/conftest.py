@@ -1,0 +1,39 @@
+"""Fixtures for the pipeline tests: a tiny config that runs every stage in about a minute."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+TINY = {
+    "domains": {
+        "sources": [],
+        "mode": "label",
+        "max_docs_per_domain": 150,
+        "tokenizer": {"vocab_size": 512, "train_sample_bytes": 400_000},
+    },
+    "proxies": {
+        "sampler": {"n_mixtures": 8},
+        "model": {"vocab_size": 512, "max_seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                  "n_experts": 4, "top_k": 2, "d_expert": 32},
+        "train": {"steps": 12, "batch_size": 8, "seq_len": 32, "eval_tokens": 512, "log_every": 6,
+                  "measure_mfu": False, "num_threads": 1},
+    },
+    "fit": {"predictor": "linear", "cv_folds": 3},
+    "pretrain": {
+        "num_workers": 1,
+        "checkpoint_every": 5,
+        "model": {"vocab_size": 512, "max_seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                  "n_experts": 4, "top_k": 2, "d_expert": 32},
+        "train": {"steps": 10, "batch_size": 8, "seq_len": 32, "eval_tokens": 512, "log_every": 5,
+                  "measure_mfu": False, "num_threads": 1},
+    },
+    "ray": {"num_cpus": 2, "object_store_memory_mb": 200},
+}
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    """A fresh copy per test (tests edit it)."""
+    return copy.deepcopy(TINY)
