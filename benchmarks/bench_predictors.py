@@ -91,6 +91,8 @@ def main() -> int:
     ap.add_argument("--propose", action="store_true", help="propose a mixture from the 512-run auto fit")
     ap.add_argument("--timing", default="", help="e.g. 20,40,60: median wall time of fit_runs(auto) incl. plots")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--all-targets", type=int, default=0,
+                    help="also fit auto / linear(sqrt) / lightgbm(regmix) on this many runs for every loss column")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -128,6 +130,16 @@ def main() -> int:
                 emit({"bench": "predictor_subsets", "n": n, "k": k, "predictor": label,
                       "test_spearman_median": round(statistics.median(rhos), 4),
                       "test_spearman_min": round(min(rhos), 4), "test_spearman_all": rhos})
+
+    if args.all_targets:
+        n = args.all_targets
+        for col in [c for c in tr.columns if c.startswith("metric/")]:
+            row = {"bench": "all_targets", "n": n, "target": col}
+            for label, name, params in PREDICTORS:
+                if label in ("auto", "linear(sqrt)", "lightgbm(regmix)"):
+                    res, _ = fit_eval(name, params, Xtr[:n], tr[col].to_numpy()[:n], Xte, te[col].to_numpy(), args.seed)
+                    row[label] = res["test_spearman"]
+            emit(row)
 
     for n in [int(v) for v in args.timing.split(",") if v]:
         from moemix.mixing.fit import FitConfig, fit_runs

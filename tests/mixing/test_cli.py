@@ -37,8 +37,11 @@ def test_fit_predict_propose_end_to_end(tmp_path):
     doc = load_mixture(out)
     assert doc.weights["web"] <= 0.3 + 1e-9 and doc.n_failed_proxies == 1
     assert doc.proposer.name == "constrained"
+    assert set(doc.plots) == {"mixture", "pred_vs_actual"}
     for rel in doc.plots.values():
         assert (out.parent / rel).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out.parent / doc.reports["cv"]).read_text())["n"] == 29
+    assert "values" in json.loads((out.parent / doc.reports["explain"]).read_text())
     assert json.loads((fitdir / "cv.json").read_text())["skipped"]["failed"] == 1
 
 

@@ -1,9 +1,10 @@
 """Mixture sampling, loss predictors, proposers and the mixture.json schema.
 
 Pipeline entry points: ``sample_mixtures`` (swarm), ``fit_runs`` / ``load_fit`` (fit step),
-``propose`` / ``proposal_to_doc`` / ``write_mixture`` (propose step), ``load_mixture`` (users).
+``propose`` / ``write_proposal`` (propose step: plots + reports + mixture.json), ``load_mixture`` (users).
 """
 
+from moemix.mixing.export import write_proposal
 from moemix.mixing.fit import FitConfig, FitResult, fit_runs, load_fit
 from moemix.mixing.propose import Proposal, ProposeConfig, proposal_to_doc, propose, propose_next_batch
 from moemix.mixing.sampling import SamplerConfig, sample_mixtures
@@ -12,5 +13,5 @@ from moemix.mixing.schema import MixtureDoc, load_mixture, write_mixture
 __all__ = [
     "FitConfig", "FitResult", "MixtureDoc", "ProposeConfig", "Proposal", "SamplerConfig", "fit_runs",
     "load_fit", "load_mixture", "propose", "propose_next_batch", "proposal_to_doc", "sample_mixtures",
-    "write_mixture",
+    "write_mixture", "write_proposal",
 ]

@@ -72,6 +72,8 @@ class MixtureDoc:
     schema_version: int = SCHEMA_VERSION
     cv: dict[str, float | int | None] | None = None
     plots: dict[str, str] | None = None
+    # other report files (cv.json, explain.json), name -> path relative to the mixture.json
+    reports: dict[str, str] | None = None
     proposer: ProposerInfo | None = None
     scale_transfer: ScaleTransfer | None = None
     notes: list[str] | None = None
@@ -115,7 +117,7 @@ def _normalized(doc: MixtureDoc) -> MixtureDoc:
 
 
 def _drop_none_optionals(obj: dict) -> dict:
-    optional = {"cv", "plots", "proposer", "scale_transfer", "notes"}
+    optional = {"cv", "plots", "reports", "proposer", "scale_transfer", "notes"}
     return {k: v for k, v in obj.items() if not (k in optional and v is None)}
 
 
@@ -172,6 +174,7 @@ def _from_obj(obj: dict) -> MixtureDoc:
         moemix_version=obj["moemix_version"],
         cv=obj.get("cv"),
         plots=obj.get("plots"),
+        reports=obj.get("reports"),
         proposer=sub(ProposerInfo, obj.get("proposer")),
         scale_transfer=sub(ScaleTransfer, obj.get("scale_transfer")),
         notes=obj.get("notes"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +131,9 @@ def build_propose_config(obj: dict[str, Any], where: str) -> tuple[Any, dict[str
 
 
 def cmd_propose(args: argparse.Namespace) -> int:
+    from moemix.mixing.export import write_proposal
     from moemix.mixing.fit import load_fit
-    from moemix.mixing.propose import proposal_to_doc, propose
-    from moemix.mixing.report import plot_mixture
-    from moemix.mixing.schema import write_mixture
+    from moemix.mixing.propose import propose
 
     fit = load_fit(args.fitdir)
     raw = _read_mapping(args.constraints) if args.constraints else {}
@@ -154,23 +152,9 @@ def cmd_propose(args: argparse.Namespace) -> int:
     prop = propose(fit, prior, cfg, domain_tokens, None if target_tokens is None else int(target_tokens))
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, str] = {}
-    pdir = out.parent / "plots"
-    nat = fit.prior_array() if prior is None else prior / prior.sum()
-    plot_mixture(fit.domains, prop.weights, nat, pdir / "mixture.png",
-                 f"{prop.method}: predicted {prop.predicted_loss:.4f} (natural {prop.baselines['natural']:.4f}, "
-                 f"uniform {prop.baselines['uniform']:.4f})")
-    plots["mixture"] = "plots/mixture.png"
-    if fit.out_dir is not None and "pred_vs_actual" in fit.plots:
-        src = fit.out_dir / fit.plots["pred_vs_actual"]
-        if src.exists():
-            shutil.copyfile(src, pdir / "pred_vs_actual.png")
-            plots["pred_vs_actual"] = "plots/pred_vs_actual.png"
     tokens = domain_tokens.astype(np.int64) if domain_tokens is not None else None
     notes = [f"prior: {'given in constraints' if prior is not None else fit.prior_source}"]
-    doc = proposal_to_doc(prop, fit, domain_tokens=tokens, plots=plots, notes=notes)
-    write_mixture(out, doc)
+    write_proposal(out, prop, fit, natural=prior, domain_tokens=tokens, notes=notes)
     print(f"proposed ({prop.method}) predicted {fit.target.name}={prop.predicted_loss:.4f} vs natural "
           f"{prop.baselines['natural']:.4f}, uniform {prop.baselines['uniform']:.4f} -> {out}")
     return 0
@@ -210,7 +194,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("fitdir")
     p.add_argument("--constraints", default=None,
                    help="YAML/JSON: ProposeConfig keys (method, kl_weight, min_weight, max_weight, max_epochs, ...) "
-                        "plus domain_tokens, target_tokens, prior")
+                        "plus domain_tokens, target_tokens, prior. Without a prior the one stored at fit time is used "
+                        "(fit --prior, else the mean of the training mixtures)")
     p.add_argument("--method", default=None, choices=["simulate", "constrained", "search"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, help="mixture.json path")
