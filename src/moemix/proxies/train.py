@@ -200,7 +200,9 @@ def _fingerprint(model_cfg: Any, cfg: TrainConfig, mixture: Mapping[str, float],
     # Only what changes the trajectory; logging/checkpoint cadence may differ across restarts
     skip = {"log_every", "checkpoint_every", "eval_every", "num_threads", "measure_mfu", "device"}
     tc = {k: v for k, v in to_jsonable(cfg).items() if k not in skip}
-    return stable_hash({"model": model_cfg, "train": tc, "mixture": dict(mixture), "world": world_size})
+    # world_size is left out on purpose: the global batch and data order do not depend on it, so a
+    # run may resume on a different number of workers
+    return stable_hash({"model": model_cfg, "train": tc, "mixture": dict(mixture)})
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
