@@ -51,6 +51,8 @@ def test_batches_have_exact_cumulative_proportions(markov_data):
 def test_targets_are_inputs_shifted_and_come_from_the_right_domain(markov_data):
     s = MixtureStream(markov_data, MIX, batch_size=8, seq_len=16, seed=3)
     b = next(s)
+    x, y, dom = b  # unpacks like a tuple
+    assert x is b.input_ids and y is b.targets and dom.shape == (8,)
     assert torch.equal(b.input_ids[:, 1:], b.targets[:, :-1])
     for row, d in zip(torch.cat([b.input_ids, b.targets[:, -1:]], 1).numpy(), b.domain_idx.numpy()):
         toks = np.asarray(markov_data.tokens("train", s.domains[d]))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -153,8 +153,9 @@ class _DomainCursor:
         return self.pos / self.n_chunks if self.n_chunks else 0.0
 
 
-@dataclass
-class Batch:
+class Batch(NamedTuple):
+    """``x, y, dom = batch`` or attribute access; ``dom`` feeds per-domain expert-load statistics."""
+
     input_ids: torch.Tensor  # [B, S] int64
     targets: torch.Tensor  # [B, S] int64
     domain_idx: torch.Tensor  # [B] int64, index into MixtureStream.domains
