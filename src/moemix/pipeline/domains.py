@@ -165,11 +165,11 @@ class PartRouter:
 
     Memory: at most ``max_rows`` rows or ``max_part_chars`` of text per key, and
     ``max_buffer_chars`` of text in total (the biggest buffer is flushed when over), so a corpus of
-    any size costs the same ~100-200 MB here.
+    any size costs the same ~50-100 MB here.
     """
 
-    def __init__(self, root: Path, schema: pa.Schema, max_rows: int, max_buffer_chars: int = 96 << 20,
-                 max_part_chars: int = 32 << 20):
+    def __init__(self, root: Path, schema: pa.Schema, max_rows: int, max_buffer_chars: int = 32 << 20,
+                 max_part_chars: int = 16 << 20):
         self.root = root
         self.schema = schema
         self.max_rows = max_rows
@@ -298,6 +298,8 @@ def run_domains(
     cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("text", "tokens", "clusters", "_staging"):  # leftovers of an interrupted attempt
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
     seed = cfg.seed if cfg.seed is not None else seed
     if cfg.sources:
         sources = cfg.sources
@@ -345,7 +347,7 @@ def run_domains(
     else:
         texts = tok_sample.texts()
         log.info("domains: training BPE (vocab %d) on %d docs", cfg.tokenizer.vocab_size, len(texts))
-        tok = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        tok = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, progress=progress)
         tok_info = {"trained_on_docs": len(texts), "trained_on_chars": sum(map(len, texts))}
     eos = eos_id(tok, cfg.tokenizer.path or "trained tokenizer")
     save_tokenizer(tok, out_dir / "tokenizer.json")

@@ -67,7 +67,7 @@ class BottomKSample:
         return len(self._heap)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = False):
     """Byte-level BPE with ``<|endoftext|>`` as special token (id 0)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -79,7 +79,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
         min_frequency=min_frequency,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
