@@ -37,6 +37,12 @@ def write_subset(corpus: DemoCorpus, out: Path, per_domain: int, max_chars: int 
 
 
 @pytest.fixture(scope="session")
+def subset_writer():
+    """``write_subset`` as a fixture: test modules can't import a conftest by name reliably."""
+    return write_subset
+
+
+@pytest.fixture(scope="session")
 def demo_subset(demo_corpus, tmp_path_factory) -> Path:
     """~60 real docs per demo domain, a few hundred KB: enough for every end-to-end test."""
     return write_subset(demo_corpus, tmp_path_factory.mktemp("subset") / "subset.parquet", per_domain=60)

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from conftest import write_subset
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
 from moemix.pipeline.domains import run_domains
@@ -80,7 +79,8 @@ def test_cluster_mode_is_deterministic(cluster_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg):
+def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg, subset_writer):
+    write_subset = subset_writer
     path = write_subset(demo_corpus, tmp_path / "two.parquet", per_domain=120,
                         domains=["python_code", "docstrings"])
     cfg = small_cfg(sources=[SourceConfig(path=str(path), label_column="source", id_column="id")],
@@ -99,7 +99,8 @@ def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg):
 
 
 @pytest.mark.slow
-def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_path, small_cfg):
+def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_path, small_cfg, subset_writer):
+    write_subset = subset_writer
     labelled = write_subset(demo_corpus, tmp_path / "lab.parquet", per_domain=40, domains=["emails", "licenses"])
     unlabelled = write_subset(demo_corpus, tmp_path / "web.parquet", per_domain=100,
                               domains=["c_headers", "reference_manual"])
