@@ -136,7 +136,7 @@ def main() -> int:
         for col in [c for c in tr.columns if c.startswith("metric/")]:
             row = {"bench": "all_targets", "n": n, "target": col}
             for label, name, params in PREDICTORS:
-                if label in ("auto", "linear(sqrt)", "lightgbm(regmix)"):
+                if label in ("auto", "linear(sqrt)", "lightgbm(moemix)", "lightgbm(regmix)"):
                     res, _ = fit_eval(name, params, Xtr[:n], tr[col].to_numpy()[:n], Xte, te[col].to_numpy(), args.seed)
                     row[label] = res["test_spearman"]
             emit(row)

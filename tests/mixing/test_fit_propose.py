@@ -120,7 +120,7 @@ def test_next_batch_and_doc(fitted, tmp_path):
     doc = proposal_to_doc(p, res, domains_fingerprint="fp")
     write_mixture(tmp_path / "mixture.json", doc)
     back = load_mixture(tmp_path / "mixture.json")
-    assert back.n_proxies == 40 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
+    assert back.n_proxies == 39 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
     assert back.baselines.natural == pytest.approx(p.baselines["natural"])
 
 

@@ -374,7 +374,7 @@ def proposal_to_doc(
         baselines=Baselines(uniform=proposal.baselines.get("uniform"), natural=proposal.baselines.get("natural")),
         predictor=str(fit.cv.get("predictor") or fit.predictor.label),
         cv_spearman=fit.cv.get("spearman"),
-        n_proxies=int(fit.n_rows),
+        n_proxies=int(fit.n_rows) - int(fit.skipped.get("other_scale", 0)),  # base-scale proxies only
         n_failed_proxies=int(fit.n_failed),
         domains_fingerprint=domains_fingerprint,
         cv=cv,
