@@ -137,3 +137,16 @@ def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
                     cluster=_cluster_cfg(8))
     with pytest.raises(MoemixError, match=r"6 documents, fewer than the 8 clusters.*cluster.n_domains=8"):
         run_domains(cfg, tmp_path / "out", progress=False)
+
+
+def test_an_assign_fn_that_loses_rows_is_caught(demo_subset, tmp_path, small_cfg):
+    def lossy_assign(model_dir, in_files, out_dir):
+        outs = assign_parquet(model_dir, in_files, out_dir)
+        t = pq.read_table(outs[0])
+        pq.write_table(t.slice(0, t.num_rows - 3), outs[0])
+        return outs
+
+    cfg = small_cfg(sources=[SourceConfig(path=str(demo_subset), id_column="id")], mode="cluster",
+                    cluster=_cluster_cfg(3, n_fine=8))
+    with pytest.raises(MoemixError, match=r"cluster assignment returned \d+ rows for \d+ documents"):
+        run_domains(cfg, tmp_path / "out", assign_fn=lossy_assign, progress=False)

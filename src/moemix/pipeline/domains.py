@@ -482,6 +482,8 @@ def _run_clustered(
     parts = PartRouter(staging / "docs", STAGING_SCHEMA, cfg.text_shard_rows)
     slugs = SlugMap(cfg.max_domains, f"label column {cfg.label_column!r}" if cfg.label_column else "labels")
     samples: dict[str, _CountSample] = {}
+    # the embedder only reads a prefix of each document; keeping more would only cost memory
+    sample_chars = max(1000, cfg.cluster.embed.max_chars)
     for batch in docs:
         for d in batch:
             if d.split == "train":
@@ -492,7 +494,7 @@ def _run_clustered(
                 continue
             group = slugs(label) if label is not None else ""
             parts.add((group or "_all",), (d.id, d.source, label, d.text, d.split))
-            samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed)).offer(d)
+            samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed, sample_chars)).offer(d)
         bar.update(len(batch))
     bar.close()
     parts.close()
@@ -526,7 +528,12 @@ def _run_clustered(
             names.append(name)
         for name, info in zip(names, model.describe()):
             descriptions[name] = {"top_terms": info.get("top_terms", []), "examples": info.get("examples", [])}
-        assigned = assign(model_dir, parts.files((group or "_all",)), staging / "assigned" / (group or "_all"))
+        in_files = parts.files((group or "_all",))
+        assigned = assign(model_dir, in_files, staging / "assigned" / (group or "_all"))
+        n_in = sum(pq.ParquetFile(f).metadata.num_rows for f in in_files)
+        n_out = sum(pq.ParquetFile(f).metadata.num_rows for f in assigned)
+        if n_in != n_out:  # a substituted assign_fn (e.g. Ray Data) must keep every row
+            raise MoemixError(f"domains: cluster assignment returned {n_out} rows for {n_in} documents ({what})")
         for f in assigned:
             for b in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size):
                 cols = b.to_pydict()
@@ -548,8 +555,9 @@ def _run_clustered(
 class _CountSample:
     """Uniform sample of up to ``k`` documents for clustering: smallest seeded content hashes."""
 
-    def __init__(self, k: int, seed: int):
+    def __init__(self, k: int, seed: int, max_chars: int = 8000):
         self.k = k
+        self.max_chars = max_chars
         self.salt = (seed * 0x9E3779B97F4A7C15 + 1) & ((1 << 64) - 1)
         self._heap: list[tuple[int, str]] = []
 
@@ -558,9 +566,9 @@ class _CountSample:
 
         key = ((d.split_key ^ self.salt) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
         if len(self._heap) < self.k:
-            heapq.heappush(self._heap, (-key, d.text[:8000]))
+            heapq.heappush(self._heap, (-key, d.text[: self.max_chars]))
         elif key < -self._heap[0][0]:
-            heapq.heapreplace(self._heap, (-key, d.text[:8000]))
+            heapq.heapreplace(self._heap, (-key, d.text[: self.max_chars]))
 
     def texts(self) -> list[str]:
         return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
