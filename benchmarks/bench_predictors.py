@@ -74,6 +74,8 @@ def fit_eval(name: str, params: dict, X, y, Xte, yte, seed: int) -> dict:
         pred = p.predict(Xte)
     out = {f"test_{k}": (None if v is None else round(v, 4)) for k, v in all_metrics(pred, yte).items()}
     out["fit_s"] = round(fit_s, 2)
+    # decision quality: actual loss of the test mixture the predictor ranks first, minus the best
+    out["test_top1_regret"] = round(float(yte[int(np.argmin(pred))] - yte.min()), 4)
     if name == "auto":
         from moemix.mixing.metrics import spearman
 
