@@ -205,7 +205,10 @@ def sample_mixtures(
     ``prior ** temperature``. Rows respect the token caps (see module docstring) and
     ``cfg.min_weight`` for sampled rows; reference rows are only projected onto the caps.
     """
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise MoemixError(f"sampler config: {e}") from None
     p = normalize_prior(prior)
     d = p.size
     caps = token_caps(domain_tokens, tokens_per_run, cfg.max_epochs, d, domain_names)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from moemix.errors import MoemixError
 from moemix.mixing.metrics import kfold_indices, spearman
 from moemix.mixing.predictors.base import Predictor, blas_threads, from_dict, make_predictor, register
 
@@ -77,6 +78,8 @@ class AutoPredictor(Predictor):
 
     def __init__(self, cv_folds: int = 5, seed: int = 0, candidates: list[dict[str, Any]] | None = None,
                  mode: str = "ensemble", **params: Any) -> None:
+        if mode not in ("ensemble", "best"):
+            raise MoemixError(f"auto: mode must be 'ensemble' or 'best', got {mode!r}")
         super().__init__(cv_folds=cv_folds, seed=seed, candidates=candidates, mode=mode, **params)
         self.members: list[Predictor] = []
         self.weights: np.ndarray = np.zeros(0)
