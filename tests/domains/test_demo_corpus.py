@@ -79,3 +79,18 @@ def test_chunking_respects_limits():
     docs = list(chunk_blocks(blocks, target=1200, limit=2000))
     assert "".join(docs) == "".join(blocks)  # nothing lost or reordered
     assert all(len(d) <= 2000 for d in docs)
+
+
+def test_source_config_reads_every_domain_with_its_label(demo_corpus):
+    from collections import Counter
+
+    from moemix.pipeline.ingest import IngestStats, ingest
+
+    stats = IngestStats()
+    labels: Counter[str] = Counter()
+    for batch in ingest([demo_corpus.source_config()], 0.05, None, 4096, stats):
+        labels.update(d.label for d in batch)
+    assert sorted(labels) == demo_corpus.domains
+    assert stats.docs_read == sum(demo_corpus.docs.values())
+    assert sum(labels.values()) == stats.docs_read - stats.duplicates
+    assert stats.duplicates < 0.01 * stats.docs_read  # whitespace-only variants, nothing systematic

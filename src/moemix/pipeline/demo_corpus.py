@@ -20,6 +20,7 @@ import email
 import email.policy
 import hashlib
 import importlib.metadata
+import logging
 import os
 import re
 import shutil
@@ -441,5 +442,11 @@ def _build_into(out: Path, progress: bool = False) -> None:
         raise MoemixError(
             f"demo corpus: found only {len(stats['domains'])} domains in this Python installation "
             f"({', '.join(stats['domains'])}); need {MIN_DOMAINS}"
+        )
+    if total < MIN_TOTAL_BYTES:
+        # a slim installation (no stdlib tests, few packages): still usable, just smaller
+        logging.getLogger(__name__).warning(
+            "demo corpus: only %.1f MB of text in this Python installation (expected >= %.0f MB)",
+            total / 1e6, MIN_TOTAL_BYTES / 1e6,
         )
     write_json_atomic(out / STATS_NAME, stats)  # last: marks the directory complete
