@@ -19,6 +19,10 @@ TINY = {
                   "n_experts": 4, "top_k": 2, "d_expert": 32},
         "train": {"steps": 12, "batch_size": 8, "seq_len": 32, "eval_tokens": 512, "log_every": 6,
                   "measure_mfu": False, "num_threads": 1},
+        # the first 3 mixtures again with a wider proxy: rank agreement goes into mixture.json
+        "scale_check": {"n_mixtures": 3, "model": {"vocab_size": 512, "max_seq_len": 32, "d_model": 48,
+                                                    "n_layers": 1, "n_heads": 2, "n_experts": 4, "top_k": 2,
+                                                    "d_expert": 48}},
     },
     "fit": {"predictor": "linear", "cv_folds": 3},
     "pretrain": {

@@ -44,7 +44,9 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert abs(sum(doc.weights.values()) - 1.0) < 1e-9
     assert doc.n_proxies == 8 and doc.domains_fingerprint == res.domains.fingerprint
     runs = pd.read_parquet(res.proxies.runs_path)
-    assert len(runs) == 8 and (runs["status"] == "ok").all()
+    assert len(runs) == 8 + 3 and (runs["status"] == "ok").all()
+    assert (runs["scale"] == "large").sum() == 3
+    assert doc.scale_transfer is not None and doc.scale_transfer.n == 3
     assert runs[[f"w/{d}" for d in res.domains.domains]].sum(axis=1).round(6).eq(1).all()
     comp = res.pretrain.comparison
     assert set(comp) >= {"chosen", "uniform"}
@@ -91,13 +93,13 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     survivors = {p: p.stat().st_mtime_ns for p in run_dir.glob("proxies/*/runs/*/result.json")}
-    assert 2 <= len(survivors) < 8
+    assert 2 <= len(survivors) < 11
     assert not list(run_dir.glob("proxies/*/manifest.json"))
 
     cfg = load_config(cfg_path)
     res = run_pipeline(cfg, run_dir, until="proxies", progress=False)
     results = list(run_dir.glob("proxies/*/runs/*/result.json"))
-    assert len(results) == 8
+    assert len(results) == 8 + 3  # 3 scale-check runs
     # finished proxies were not retrained: their results are untouched
     assert all(p.stat().st_mtime_ns == m for p, m in survivors.items())
-    assert res.proxies.n_ok == 8
+    assert res.proxies.n_ok == 11

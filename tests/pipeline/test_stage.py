@@ -47,3 +47,15 @@ def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
     assert len(stable_hash("x")) == 16
     assert os.sep not in stable_hash("x")
+
+
+def test_scale_transfer_summary_warns_when_ranks_do_not_transfer():
+    from moemix.pipeline.stages import scale_transfer_summary
+
+    assert scale_transfer_summary(None) is None
+    good = scale_transfer_summary({"target": {"n": 8, "spearman": 0.95}})
+    assert good == {"spearman": 0.95, "n": 8, "warning": None}
+    low = scale_transfer_summary({"target": {"n": 8, "spearman": 0.3}})
+    assert low["spearman"] == 0.3 and "transfer poorly" in low["warning"]
+    few = scale_transfer_summary({"target": {"n": 2, "spearman": float("nan")}})
+    assert few["spearman"] is None and "only 2 mixtures" in few["warning"]

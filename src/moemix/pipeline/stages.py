@@ -9,6 +9,7 @@ without Ray; ``moemix.ray_jobs.pipeline`` binds the Ray implementations.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -205,11 +206,33 @@ def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: P
             domains_fingerprint=domains.fingerprint,
             target_description=_target_description(cfg),
             plots=plots,
-            scale_transfer=proxies.scale_transfer,
+            scale_transfer=scale_transfer_summary(proxies.scale_transfer),
         )
         write_mixture(stage.path / "mixture.json", doc)
         stage.complete({"mixture": "mixture.json"}, started)
     return ProposeOutput(stage)
+
+
+SCALE_TRANSFER_WARN_BELOW = 0.8
+
+
+def scale_transfer_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The swarm's base-vs-large rank agreement as mixture.json reports it, with a warning when low."""
+    if not report:
+        return None
+    rho, n = report["target"]["spearman"], int(report["target"]["n"])
+    rho = None if rho is None or math.isnan(rho) else float(rho)
+    warning = None
+    if rho is None:
+        warning = f"only {n} mixtures trained at both scales: no rank correlation"
+    elif rho < SCALE_TRANSFER_WARN_BELOW:
+        warning = (
+            f"proxy rankings transfer poorly to the larger proxy (Spearman {rho:.2f} < {SCALE_TRANSFER_WARN_BELOW}); "
+            "consider larger proxies"
+        )
+    if warning:
+        log.warning("scale check: %s", warning)
+    return {"spearman": rho, "n": n, "warning": warning}
 
 
 def _target_description(cfg: Config) -> str:
