@@ -238,3 +238,16 @@ def test_source_needs_exactly_one_of_path_or_hub():
         SourceConfig().validate()
     with pytest.raises(ValueError):
         SourceConfig(path="x", hub="y").validate()
+
+
+def test_dataset_saved_with_save_to_disk_reads_as_a_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": TEXTS[:12], "lab": ["x"] * 12}).save_to_disk(str(tmp_path / "ds"))
+    docs = collect([SourceConfig(path=str(tmp_path / "ds"), label_column="lab")])
+    assert [d.text for d in docs] == TEXTS[:12] and {d.label for d in docs} == {"x"}
+
+
+def test_json_array_file_gets_a_clear_error(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "x"}, {"text": "y"}], indent=1))
+    with pytest.raises(MoemixError, match="a.json holds a JSON array"):
+        collect([SourceConfig(path=str(tmp_path / "a.json"))])

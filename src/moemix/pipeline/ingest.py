@@ -187,8 +187,12 @@ def _stem(path: Path) -> str:
     return os.path.splitext(name)[0]
 
 
+# metadata that `datasets.save_to_disk` writes next to its .arrow shards
+_HF_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
+
+
 def _is_data_file(p: Path) -> bool:
-    if not p.is_file() or p.name.startswith("."):
+    if not p.is_file() or p.name.startswith(".") or p.name in _HF_METADATA:
         return False
     try:
         detect_format(p)
@@ -360,6 +364,8 @@ def _read_jsonl(
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
+            if not checked and raw.lstrip().startswith(b"["):
+                raise MoemixError(f"{path} holds a JSON array; expected JSON lines (one object per line)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
