@@ -53,8 +53,7 @@ def step_fn(name, x, idx, w, w1, w2, dense1, dense2):
             out = (F.silu(g) * u) @ db
         else:
             impl, _, backend = name.partition(":")
-            if backend:
-                os.environ["MOEMIX_GMM_BACKEND"] = backend
+            os.environ["MOEMIX_GMM_BACKEND"] = backend or "auto"
             out = moe_ffn(xx, idx, ww, a, b, impl=impl)
         out.backward(gout)
 
@@ -142,7 +141,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
-    ap.add_argument("--impls", nargs="*", default=["reference", "grouped:loop", "grouped:torch", "dense"])
+    ap.add_argument("--impls", nargs="*", default=["reference", "grouped", "grouped:loop", "grouped:torch", "dense"])
     ap.add_argument("--write-doc", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -52,7 +52,7 @@ CASES = {
 NAMES = ["out", "dx", "dw", "dw_gate_up", "dw_down"]
 
 
-@pytest.mark.parametrize("backend", ["loop", "torch"])
+@pytest.mark.parametrize("backend", ["loop", "torch", "capacity", "auto"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_grouped_matches_reference_fp32(case, backend, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
@@ -73,7 +73,7 @@ def test_reference_matches_dense_math():
     torch.testing.assert_close(moe_ffn(x, idx, w.double(), w1, w2, impl="reference"), dense)
 
 
-@pytest.mark.parametrize("backend", ["loop", "torch"])
+@pytest.mark.parametrize("backend", ["loop", "torch", "capacity", "auto"])
 def test_grouped_bf16_close_to_fp32_reference(backend, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     x, idx, w, w1, w2 = make_case(t=96, d=32, f=32, e=4, k=2, route=skip_expert)
@@ -85,10 +85,23 @@ def test_grouped_bf16_close_to_fp32_reference(backend, monkeypatch):
         assert err < 2e-2, f"{name}: relative error {err:.3g}"
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend", ["loop", "capacity"])
+def test_gradcheck_float64(backend, monkeypatch):
+    monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     x, idx, w, w1, w2 = make_case(t=13, d=6, f=4, e=3, k=2, dtype=torch.float64, route=skip_expert)
     leaves = [t.double().requires_grad_() for t in (x, w, w1, w2)]
     assert torch.autograd.gradcheck(lambda a, b, c, d: moe_ffn(a, idx, b, c, d, impl="grouped"), leaves)
+
+
+def test_auto_layout_choice():
+    """CPU auto: one padded bmm slab when loads are even, jagged rows when padding would waste > 25%."""
+    from moemix.kernels.grouped import _plan_rows
+
+    even = torch.arange(64).remainder(4).view(32, 2)
+    rows = _plan_rows(even, torch.ones(32, 2), 4, torch.float32)
+    assert rows.capacity == 16 and rows.token.numel() == 64
+    skewed = torch.stack([torch.zeros(32, dtype=torch.long), torch.arange(32).remainder(3) + 1], 1)
+    assert _plan_rows(skewed, torch.ones(32, 2), 4, torch.float32).capacity == 0
 
 
 def test_dispatch_is_stable_and_counts():

@@ -1,41 +1,107 @@
 """Dropless grouped MoE FFN: stable-sort dispatch + grouped GEMMs, with a hand-written backward.
 
+Two row layouts share one forward/backward:
+- *jagged* (MegaBlocks/torchtitan): the (token, slot) rows sorted by expert, one contiguous range per
+  expert, multiplied with ``torch._grouped_mm`` or a per-expert ``mm`` loop (``grouped_gemm.py``);
+- *capacity* (CPU only): each expert's rows placed in a [E, C] slab, C = the largest expert load,
+  so every grouped GEMM is ONE ``bmm``. Still dropless - C is the max load, nothing is cut - and
+  padding rows carry gate weight 0, so their gradients are exactly zero. On a shared 2-core box one
+  big parallel region beats E small ones by 3-6x in wall time (each OpenMP region pays a barrier that
+  a descheduled thread stretches), so it is used while the padding waste is small
+  (E * C <= 1.25 N); skewed loads fall back to the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
+  (``torch`` | ``loop`` | ``capacity``).
+
 Generic autograd over the unfused ops makes extra elementwise passes (SwiGLU backward as five
-separate ops, a ``cat`` of the gate/up gradients, the gate-weight product on both branches). On CPU
-those passes cost as much as the GEMMs, so this Function:
-- keeps the unweighted expert output ``y`` so d(topk_weight) is one row-dot ``<dL/dout[tok], y>``
-  and the gate weight is applied once to the upstream gradient before both backward GEMMs;
-- writes the SwiGLU backward straight into the two halves of one [N, 2f] buffer (``silu_backward``
-  into the gate half, ``da * silu(g)`` into the up half), so the second grouped GEMM reads it as is;
-- keeps the gathered input rows, trading memory (≈ N·(2d + 3f) floats per layer) for a re-gather.
-The saved tensors are all contiguous, the layout ``torch._grouped_mm`` wants.
+separate ops, a ``cat`` of gate/up gradients, the gate weight applied on both branches). On CPU
+those passes cost as much as the GEMMs, so this Function
+- keeps the unweighted expert output ``y``: d(topk_weight) is one row-dot ``<dL/dout[tok], y>`` and
+  the gate weight is applied once, to the upstream gradient, before both backward GEMMs;
+- writes the SwiGLU backward straight into the two halves of one [R, 2f] buffer (``silu_backward``
+  into the gate half, ``da * silu(g)`` into the up half) that the next GEMMs read as is;
+- keeps the gathered input rows (memory ≈ R·(2d + 3f) floats per layer) instead of re-gathering.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from moemix.kernels.dispatch import make_dispatch
-from moemix.kernels.grouped_gemm import gmm, gmm_wgrad
+from moemix.kernels.grouped_gemm import backend, gmm, gmm_wgrad
+
+CAPACITY_MAX_WASTE = 1.25
+
+
+@dataclass
+class _Rows:
+    """Where every row of the expert buffers comes from and goes to."""
+
+    token: Tensor  # [R] source token of each row (padding rows point at token 0)
+    inv: Tensor  # [T*k] row holding each (token, slot) of the flattened routing
+    weight: Tensor  # [R] gate weight (0 on padding rows)
+    offsets: Tensor  # [E] int32 jagged group ends (unused for capacity)
+    counts: list[int]
+    capacity: int  # 0 = jagged layout
+
+    def mm(self, a: Tensor, w: Tensor) -> Tensor:
+        """Row-wise ``a[rows of e] @ w[e]``."""
+        if self.capacity:
+            e = w.shape[0]
+            return torch.bmm(a.view(e, self.capacity, -1), w).view(a.shape[0], -1)
+        return gmm(a, w, self.offsets, self.counts)
+
+    def wgrad(self, a: Tensor, g: Tensor) -> Tensor:
+        """Per-expert ``a[rows of e]^T @ g[rows of e]``."""
+        if self.capacity:
+            e, c = len(self.counts), self.capacity
+            return torch.bmm(a.view(e, c, -1).transpose(1, 2), g.view(e, c, -1))
+        return gmm_wgrad(a, g, self.offsets, self.counts)
+
+
+def _plan_rows(topk_idx: Tensor, topk_weight: Tensor, n_experts: int, dtype: torch.dtype) -> _Rows:
+    plan = make_dispatch(topk_idx, n_experts)
+    counts = plan.counts.tolist()
+    n = topk_idx.numel()
+    w_sorted = topk_weight.reshape(-1)[plan.order].to(dtype)
+    mode = backend()
+    cap = max(counts) if counts else 0
+    use_capacity = mode == "capacity" or (
+        mode == "auto" and topk_idx.device.type == "cpu" and n_experts * cap <= CAPACITY_MAX_WASTE * n
+    )
+    arange = torch.arange(n, device=topk_idx.device)
+    inv = torch.empty_like(plan.order)
+    if not use_capacity or cap == 0:
+        inv[plan.order] = arange
+        return _Rows(plan.token, inv, w_sorted, plan.offsets, counts, 0)
+    expert_of_row = topk_idx.reshape(-1)[plan.order]
+    slot = expert_of_row * cap + (arange - plan.starts[expert_of_row])  # expert's slab + rank inside it
+    inv[plan.order] = slot
+    r = n_experts * cap
+    token = torch.zeros(r, dtype=torch.long, device=topk_idx.device)
+    token[slot] = plan.token
+    weight = torch.zeros(r, dtype=dtype, device=topk_idx.device)
+    weight[slot] = w_sorted
+    return _Rows(token, inv, weight, plan.offsets, counts, cap)
 
 
 class _GroupedMoEFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, topk_idx, topk_weight, w_gate_up, w_down):  # type: ignore[override]
-        n_experts = w_gate_up.shape[0]
         f = w_down.shape[1]
-        plan = make_dispatch(topk_idx, n_experts)
-        counts = plan.counts.tolist()
-        w_sorted = topk_weight.reshape(-1)[plan.order].to(x.dtype)
-        xs = x[plan.token]
-        h = gmm(xs, w_gate_up, plan.offsets, counts)
+        rows = _plan_rows(topk_idx, topk_weight, w_gate_up.shape[0], x.dtype)
+        xs = x[rows.token]
+        h = rows.mm(xs, w_gate_up)
         a = F.silu(h[:, :f]).mul_(h[:, f:])
-        y = gmm(a, w_down, plan.offsets, counts)
-        out = torch.zeros_like(x).index_add_(0, plan.token, y * w_sorted[:, None])
-        ctx.save_for_backward(xs, w_gate_up, w_down, h, a, y, w_sorted, plan.order, plan.token, plan.offsets)
-        ctx.counts = counts
+        y = rows.mm(a, w_down)
+        # combine the k rows of each token: one gather + a [1, k] @ [k, d] bmm per token, which also
+        # applies the gate weights (cheaper than weighting + index_add_, which is serial on CPU)
+        k = topk_idx.shape[1]
+        out = torch.bmm(topk_weight.to(x.dtype).view(-1, 1, k), y[rows.inv].view(-1, k, y.shape[1])).squeeze(1)
+        ctx.save_for_backward(xs, w_gate_up, w_down, h, a, y)
+        ctx.rows = rows
         ctx.k = topk_idx.shape[1]
         ctx.weight_dtype = topk_weight.dtype
         ctx.x_shape = x.shape
@@ -43,33 +109,31 @@ class _GroupedMoEFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        xs, w_gate_up, w_down, h, a, y, w_sorted, order, token, offsets = ctx.saved_tensors
-        counts = ctx.counts
+        xs, w_gate_up, w_down, h, a, y = ctx.saved_tensors
+        rows: _Rows = ctx.rows
         f = w_down.shape[1]
-        gy = grad_out.contiguous()[token]  # [N, d] upstream grad of each routed row
+        gy = grad_out.contiguous()[rows.token]  # [R, d] upstream grad of each row
         d_weight = None
         if ctx.needs_input_grad[2]:
-            acc = torch.float64 if gy.dtype == torch.float64 else torch.float32
-            flat = torch.empty(order.numel(), dtype=acc, device=order.device)
             lowp = gy.dtype in (torch.bfloat16, torch.float16)  # reduce over d in fp32
-            flat[order] = torch.linalg.vecdot(gy.float(), y.float()) if lowp else torch.linalg.vecdot(gy, y)
-            d_weight = flat.view(-1, ctx.k).to(ctx.weight_dtype)
-        gy.mul_(w_sorted[:, None])  # gradient w.r.t. the unweighted rows' contribution
-        dw_down = gmm_wgrad(a, gy, offsets, counts) if ctx.needs_input_grad[4] else None
+            dots = torch.linalg.vecdot(gy.float(), y.float()) if lowp else torch.linalg.vecdot(gy, y)
+            d_weight = dots[rows.inv].view(-1, ctx.k).to(ctx.weight_dtype)
+        gy.mul_(rows.weight[:, None])  # zero on padding rows: their gradients vanish below
+        dw_down = rows.wgrad(a, gy) if ctx.needs_input_grad[4] else None
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
             return None, None, d_weight, None, dw_down
-        da = gmm(gy, w_down.transpose(1, 2), offsets, counts)
+        da = rows.mm(gy, w_down.transpose(1, 2))
         del gy
         g, u = h[:, :f], h[:, f:]
         dh = torch.empty_like(h)
         torch.mul(da, F.silu(g), out=dh[:, f:])
         torch.ops.aten.silu_backward.grad_input(da.mul_(u), g, grad_input=dh[:, :f])
         del da
-        dw_gate_up = gmm_wgrad(xs, dh, offsets, counts) if ctx.needs_input_grad[3] else None
+        dw_gate_up = rows.wgrad(xs, dh) if ctx.needs_input_grad[3] else None
         dx = None
         if ctx.needs_input_grad[0]:
-            dxs = gmm(dh, w_gate_up.transpose(1, 2), offsets, counts)
-            dx = dxs.new_zeros(ctx.x_shape).index_add_(0, token, dxs)
+            dxs = rows.mm(dh, w_gate_up.transpose(1, 2))
+            dx = dxs[rows.inv].view(*ctx.x_shape[:1], ctx.k, -1).sum(1)
         return dx, None, d_weight, dw_gate_up, dw_down
 
 

@@ -4,9 +4,9 @@
 stride to be a multiple of 16 bytes; on CUDA it wants bf16 on sm80+); otherwise a per-expert loop
 of ``mm`` calls over contiguous row slices does the same work (no padding, no copies).
 
-On CPU the loop is often *faster* than torch 2.13's ``_grouped_mm`` for many small groups (it is a
-generic fallback there), so the CPU default is chosen by ``MOEMIX_GMM_BACKEND`` (``auto`` = loop on
-CPU, ``_grouped_mm`` on CUDA; ``torch`` / ``loop`` force one). See docs/benchmarks/kernels.md.
+On CPU torch 2.13's ``_grouped_mm`` is a generic fallback no faster than the loop, so ``auto`` uses
+the loop there (or, in ``grouped.py``, a padded ``bmm`` when loads are even) and ``_grouped_mm`` on
+CUDA; ``MOEMIX_GMM_BACKEND=torch|loop|capacity`` forces one. See docs/benchmarks/kernels.md.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ _broken: set[tuple[str, torch.dtype]] = set()
 
 def backend() -> str:
     value = os.environ.get("MOEMIX_GMM_BACKEND", "auto")
-    if value not in ("auto", "torch", "loop"):
-        raise ValueError(f"MOEMIX_GMM_BACKEND must be auto|torch|loop, got {value!r}")
+    if value not in ("auto", "torch", "loop", "capacity"):
+        raise ValueError(f"MOEMIX_GMM_BACKEND must be auto|torch|loop|capacity, got {value!r}")
     return value
 
 
@@ -39,7 +39,7 @@ def _use_torch(*tensors: Tensor) -> bool:
         return False
     mode = backend()
     dev = tensors[0].device.type
-    if mode == "loop" or (mode == "auto" and dev != "cuda"):
+    if mode in ("loop", "capacity") or (mode == "auto" and dev != "cuda"):
         return False
     if (dev, tensors[0].dtype) in _broken:
         return False
