@@ -32,10 +32,12 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config):
+def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config, capsys):
+    from moemix.pipeline.cli import main
     from moemix.ray_jobs.pipeline import run_pipeline
 
-    cfg = load_config(_write_config(tmp_path, tiny_config))
+    cfg_path = _write_config(tmp_path, tiny_config)
+    cfg = load_config(cfg_path)
     run_dir = tmp_path / "run"
     res = run_pipeline(cfg, run_dir, progress=False)
 
@@ -57,8 +59,11 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
 
     before = _snapshot(run_dir)
     mixture_bytes = (run_dir / "mixture.json").read_bytes()
-    res2 = run_pipeline(cfg, run_dir, progress=False)
-    assert res2.mixture_path == run_dir / "mixture.json"
+    capsys.readouterr()
+    assert main(["run", str(cfg_path), "--out", str(run_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"mixture.json: {run_dir / 'mixture.json'}"
+    assert any(line.startswith("pretrain target loss: chosen ") and " vs uniform " in line for line in out), out
     assert (run_dir / "mixture.json").read_bytes() == mixture_bytes
     after = _snapshot(run_dir)
     changed = sorted(k for k in after if before.get(k) != after[k])

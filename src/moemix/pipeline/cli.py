@@ -65,9 +65,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         until = "propose"
     out = Path(args.out or _default_out(args.config))
     result = run_pipeline(cfg, out, until=until, progress=not args.quiet)
-    if result.mixture_path is not None:
-        print(f"mixture.json: {result.mixture_path}")
+    _print_summary(result)
     return 0
+
+
+def _print_summary(result: Any) -> None:
+    """What a person wants to see at the end of a run; the mixture.json path comes last."""
+    if result.domains is not None:
+        print(f"domains ({len(result.domains.domains)}): {', '.join(result.domains.domains)}")
+    if result.proxies is not None:
+        print(f"proxies: {result.proxies.n_ok} ok, {result.proxies.n_failed} failed")
+    if result.mixture_path is None:
+        return
+    from moemix.mixing.schema import load_mixture
+
+    doc = load_mixture(result.mixture_path)
+    cv = "n/a" if doc.cv_spearman is None else f"{doc.cv_spearman:.3f}"
+    print(f"predictor: {doc.predictor} (CV Spearman {cv})")
+    print("mixture: " + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight)))
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    print(
+        f"predicted target loss {fmt(doc.predicted_target_loss)} "
+        f"(uniform {fmt(doc.baselines.uniform)}, natural {fmt(doc.baselines.natural)})"
+    )
+    if doc.scale_transfer is not None and doc.scale_transfer.warning:
+        print(f"warning: {doc.scale_transfer.warning}")
+    if result.pretrain is not None:
+        comp = result.pretrain.comparison
+        line = f"pretrain target loss: chosen {comp['chosen']['target_loss']:.4f}"
+        if "uniform" in comp:
+            line += f" vs uniform {comp['uniform']['target_loss']:.4f} (same {comp['chosen']['tokens']:,} tokens)"
+        print(line)
+    print(f"mixture.json: {result.mixture_path}")
 
 
 def _cmd_stage(stage: str):
