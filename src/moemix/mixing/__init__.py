@@ -9,9 +9,10 @@ from moemix.mixing.fit import FitConfig, FitResult, fit_runs, load_fit
 from moemix.mixing.propose import Proposal, ProposeConfig, proposal_to_doc, propose, propose_next_batch
 from moemix.mixing.sampling import SamplerConfig, sample_mixtures
 from moemix.mixing.schema import MixtureDoc, load_mixture, write_mixture
+from moemix.mixing.search import SearchConfig, SearchResult, iterative_search
 
 __all__ = [
-    "FitConfig", "FitResult", "MixtureDoc", "ProposeConfig", "Proposal", "SamplerConfig", "fit_runs",
+    "FitConfig", "FitResult", "MixtureDoc", "ProposeConfig", "Proposal", "SamplerConfig", "SearchConfig", "SearchResult", "fit_runs", "iterative_search",
     "load_fit", "load_mixture", "propose", "propose_next_batch", "proposal_to_doc", "sample_mixtures",
     "write_mixture", "write_proposal",
 ]

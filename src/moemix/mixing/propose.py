@@ -306,7 +306,7 @@ def propose_next_batch(
     round_idx: int,
     cfg: ProposeConfig | None = None,
     existing: np.ndarray | None = None,
-    explore: float = 1.0,
+    explore: float = 0.0,
     min_distance: float = 0.02,
     domain_tokens: np.ndarray | None = None,
     tokens_per_run: int | None = None,
@@ -314,9 +314,10 @@ def propose_next_batch(
     """CLIMB-style: the next ``n_next`` mixtures for the swarm to actually run.
 
     Samples around the currently best-predicted mixtures with a concentration that grows with
-    ``round_idx`` (the search space shrinks each round) and picks by optimistic score
-    ``mean - explore·std`` so uncertain-but-promising regions get measured; picks are kept at
-    least ``min_distance`` (max-abs) apart from each other and from ``existing`` runs.
+    ``round_idx`` (the search space shrinks each round) and picks by ``mean - explore·std``; picks
+    are kept at least ``min_distance`` (max-abs) apart from each other and from ``existing`` runs.
+    ``explore`` is 0 by default: with few runs the std is largest at the simplex corners, and
+    optimism there spent whole rounds on corner mixtures in our synthetic tests.
     """
     cfg = cfg or ProposeConfig(n_samples=20_000)
     domains = fit.domains
