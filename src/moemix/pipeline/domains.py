@@ -28,11 +28,13 @@ moved to valid; splits stay disjoint because documents are unique after deduplic
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import re
 import shutil
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,7 +47,7 @@ import pyarrow.parquet as pq
 from moemix._io import atomic_path, to_jsonable, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig
-from moemix.pipeline.ingest import IngestedDoc, IngestStats, SourceConfig, ingest
+from moemix.pipeline.ingest import IngestStats, SourceConfig, ingest
 from moemix.pipeline.tokenizer import (
     BottomKSample,
     TokenizerConfig,
@@ -225,7 +227,8 @@ class DomainRouter:
         self.seen: Counter[str] = Counter()
         self.valid: Counter[str] = Counter()
         self.force_after = math.ceil(1.0 / cfg.valid_fraction)
-        self.samples: dict[str, list[str]] = {}
+        # a uniform sample per domain (by hashed id) for top terms and examples, not the first files read
+        self.samples: dict[str, _CountSample] = {}
         self.labels: dict[str, Counter] = {}
 
     def add(self, domain: str, split: str, doc_id: str, source: str, label: str | None, text: str) -> None:
@@ -239,9 +242,8 @@ class DomainRouter:
         if split == "valid":
             self.valid[domain] += 1
         self.parts.add((split, domain), (doc_id, source, label, text))
-        sample = self.samples.setdefault(domain, [])
-        if len(sample) < 200:  # for top terms/examples only: <= 400 KB per domain
-            sample.append(text[:2000])
+        sample = self.samples.setdefault(domain, _CountSample(200, 0, 2000))  # <= 400 KB per domain
+        sample.offer(zlib.crc32(doc_id.encode("utf-8", "replace")) * 0x9E3779B1, text)
         self.labels.setdefault(domain, Counter())[label] += 1
 
     def close(self) -> None:
@@ -337,7 +339,7 @@ def run_domains(
         label_of = {slug: label for label, slug in slugs.map.items()}
 
     domains, dropped = _check_small_domains(cfg, out_dir, router, stats)
-    for d, desc in describe_domains({d: router.samples[d] for d in domains}).items():
+    for d, desc in describe_domains({d: router.samples[d].texts() for d in domains}).items():
         descriptions.setdefault(d, desc)
 
     # ---- tokenizer
@@ -494,7 +496,9 @@ def _run_clustered(
                 continue
             group = slugs(label) if label is not None else ""
             parts.add((group or "_all",), (d.id, d.source, label, d.text, d.split))
-            samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed, sample_chars)).offer(d)
+            samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed, sample_chars)).offer(
+                d.split_key, d.text
+            )
         bar.update(len(batch))
     bar.close()
     parts.close()
@@ -553,7 +557,10 @@ def _run_clustered(
 
 
 class _CountSample:
-    """Uniform sample of up to ``k`` documents for clustering: smallest seeded content hashes."""
+    """Uniform sample of up to ``k`` documents: the smallest seeded hashes of a per-document key.
+
+    Deterministic, independent of input order, memory bounded by ``k * max_chars``.
+    """
 
     def __init__(self, k: int, seed: int, max_chars: int = 8000):
         self.k = k
@@ -561,14 +568,12 @@ class _CountSample:
         self.salt = (seed * 0x9E3779B97F4A7C15 + 1) & ((1 << 64) - 1)
         self._heap: list[tuple[int, str]] = []
 
-    def offer(self, d: IngestedDoc) -> None:
-        import heapq
-
-        key = ((d.split_key ^ self.salt) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    def offer(self, key: int, text: str) -> None:
+        key = ((key ^ self.salt) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
         if len(self._heap) < self.k:
-            heapq.heappush(self._heap, (-key, d.text[: self.max_chars]))
+            heapq.heappush(self._heap, (-key, text[: self.max_chars]))
         elif key < -self._heap[0][0]:
-            heapq.heapreplace(self._heap, (-key, d.text[: self.max_chars]))
+            heapq.heapreplace(self._heap, (-key, text[: self.max_chars]))
 
     def texts(self) -> list[str]:
         return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
