@@ -138,3 +138,12 @@ def test_nested_cv_and_tree_proposer(tmp_path):
     assert tree.predictor.smooth is False
     p = propose(tree, None, ProposeConfig(method="constrained", n_samples=2000, max_weight={"web": 0.45}))
     assert p.weights[0] <= 0.45 + 1e-9 and p.predicted_loss <= p.baselines["natural"]
+
+
+def test_separate_auto_reuses_member_oof(tmp_path):
+    df = runs_table(30, seed=4)
+    cands = [{"name": "linear", "features": "sqrt"}, {"name": "linear", "features": "raw"}]
+    cfg = FitConfig(predictor="auto", target_mode="separate", predictor_params={"candidates": cands})
+    res = fit_runs(df, "loss/web:0.5,loss/code:0.5", weight_cols(), cfg, tmp_path)
+    assert res.cv["kind"] == "oof_of_selected_ensemble" and res.cv["n"] == 30
+    assert res.cv["spearman"] > 0.9

@@ -120,6 +120,12 @@ def _cross_validate(cfg: FitConfig, runs: PreparedRuns, fitted: Predictor) -> tu
     """
     if isinstance(fitted, AutoPredictor) and not cfg.nested_cv and fitted.oof is not None:
         return fitted.oof, "oof_of_selected_ensemble"
+    if (isinstance(fitted, WeightedSumPredictor) and not cfg.nested_cv and fitted.members
+            and all(isinstance(m, AutoPredictor) and m.oof is not None for m in fitted.members)):
+        # every member used the same folds (same n and seed), so their weighted OOF sum is the
+        # OOF prediction of the combined target
+        coefs = np.asarray(fitted.params["coefs"], dtype=np.float64)
+        return sum(c * m.oof for c, m in zip(coefs, fitted.members)), "oof_of_selected_ensemble"
     folds = kfold_indices(runs.n_used, cfg.cv_folds, cfg.seed + 1)
     oof = np.empty(runs.n_used)
     idx = np.arange(runs.n_used)
