@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from moemix._io import stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 MIN_TOTAL_BYTES = 20_000_000
 MIN_DOMAINS = 4
 # document size window: big enough to carry a topic, small enough for many docs per domain
@@ -225,7 +225,7 @@ def _stdlib_modules() -> list[Path]:
     for p in sorted(root.rglob("*.py")):
         parts = p.relative_to(root).parts
         # tests are a different kind of code; site-packages is not the standard library
-        if parts[0] in ("test", "site-packages", "dist-packages") or "tests" in parts or "idle_test" in parts:
+        if parts[0] in ("site-packages", "dist-packages") or {"test", "tests", "idle_test"} & set(parts):
             continue
         out.append(p)
     return out
