@@ -251,3 +251,13 @@ def test_json_array_file_gets_a_clear_error(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"text": "x"}, {"text": "y"}], indent=1))
     with pytest.raises(MoemixError, match="a.json holds a JSON array"):
         collect([SourceConfig(path=str(tmp_path / "a.json"))])
+
+
+def test_corrupt_files_name_the_file(tmp_path):
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS).encode()
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines)[:-40])
+    with pytest.raises(MoemixError, match="cut.jsonl.gz"):
+        collect([SourceConfig(path=str(tmp_path / "cut.jsonl.gz"))])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(MoemixError, match="bad.parquet"):
+        collect([SourceConfig(path=str(tmp_path / "bad.parquet"))])

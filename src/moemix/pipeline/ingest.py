@@ -485,8 +485,13 @@ def read_rows(
             it = _read_text(path, src, batch_size, stats)
         else:  # pragma: no cover - Literal guards this
             raise MoemixError(f"{path}: unknown format {fmt!r}")
-        for rows in it:
-            yield str(path), rows
+        try:
+            for rows in it:
+                yield str(path), rows
+        except MoemixError:
+            raise
+        except (OSError, EOFError, pa.ArrowException) as e:  # truncated gzip, corrupt parquet, ...
+            raise MoemixError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 # --------------------------------------------------------------------------- the stream
