@@ -10,9 +10,10 @@ from moemix.mixing.propose import Proposal, ProposeConfig, proposal_to_doc, prop
 from moemix.mixing.sampling import SamplerConfig, sample_mixtures
 from moemix.mixing.schema import MixtureDoc, load_mixture, write_mixture
 from moemix.mixing.search import SearchConfig, SearchResult, iterative_search
+from moemix.mixing.transfer import scale_transfer
 
 __all__ = [
     "FitConfig", "FitResult", "MixtureDoc", "ProposeConfig", "Proposal", "SamplerConfig", "SearchConfig", "SearchResult", "fit_runs", "iterative_search",
-    "load_fit", "load_mixture", "propose", "propose_next_batch", "proposal_to_doc", "sample_mixtures",
+    "load_fit", "load_mixture", "propose", "propose_next_batch", "proposal_to_doc", "sample_mixtures", "scale_transfer",
     "write_mixture", "write_proposal",
 ]

@@ -76,6 +76,8 @@ class FitResult:
     plots: dict[str, str] = field(default_factory=dict)
     out_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # base-vs-large proxy ranking agreement (moemix.mixing.transfer), when the runs had large rows
+    scale_transfer: dict[str, Any] | None = None
 
     @property
     def cv_spearman(self) -> float | None:
@@ -143,12 +145,13 @@ def fit_prepared(
     out_dir: str | Path,
     prior: np.ndarray | None = None,
     domain_tokens: np.ndarray | None = None,
+    scale_transfer: dict[str, Any] | None = None,
 ) -> FitResult:
     """``fit_runs`` on an already prepared runs table (same files, same result)."""
     from moemix.mixing.predictors.base import blas_threads
 
     with blas_threads(1):
-        return _fit_prepared(runs, cfg, out_dir, prior, domain_tokens)
+        return _fit_prepared(runs, cfg, out_dir, prior, domain_tokens, scale_transfer)
 
 
 def _fit_prepared(
@@ -157,6 +160,7 @@ def _fit_prepared(
     out_dir: str | Path,
     prior: np.ndarray | None = None,
     domain_tokens: np.ndarray | None = None,
+    scale_transfer: dict[str, Any] | None = None,
 ) -> FitResult:
     try:
         cfg.validate()
@@ -204,7 +208,7 @@ def _fit_prepared(
         "target": asdict(runs.target), "prior": prior_list, "prior_source": prior_source,
         "domain_tokens": None if domain_tokens is None else [int(t) for t in np.asarray(domain_tokens)],
         "n_rows": runs.n_rows, "n_used": runs.n_used, "skipped": runs.skipped, "plots": plots,
-        "config": asdict(cfg),
+        "scale_transfer": scale_transfer, "config": asdict(cfg),
     }
     write_json_atomic(out_dir / "fit.json", meta)
     return load_fit(out_dir, predictor=predictor)
@@ -226,7 +230,13 @@ def fit_runs(
     """
     spec = parse_target(target, [str(c) for c in runs.columns], cfg.target_mode, where)
     prepared = prepare_runs(runs, spec, weight_cols, where, cfg.weight_sum_tol, cfg.weights_prefix)
-    return fit_prepared(prepared, cfg, out_dir, prior, domain_tokens)
+    from moemix.mixing.transfer import scale_transfer
+
+    combined = runs[weight_cols + (["scale"] if "scale" in runs.columns else [])
+                    + (["status"] if "status" in runs.columns else [])].copy()
+    combined["__target__"] = runs[spec.columns].to_numpy(dtype=np.float64) @ np.asarray(spec.coefs)
+    st = scale_transfer(combined, "__target__", weight_cols)
+    return fit_prepared(prepared, cfg, out_dir, prior, domain_tokens, st)
 
 
 def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResult:
@@ -249,6 +259,7 @@ def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResu
             prior_source=meta.get("prior_source", "uniform"), domain_tokens=meta.get("domain_tokens"),
             n_rows=int(meta["n_rows"]), n_used=int(meta["n_used"]), skipped=dict(meta.get("skipped", {})),
             plots=dict(meta.get("plots", {})), out_dir=out_dir, config=dict(meta.get("config", {})),
+            scale_transfer=meta.get("scale_transfer"),
         )
     except (KeyError, TypeError) as e:
         raise MoemixError(f"{meta_path}: malformed fit metadata (key {e})") from None

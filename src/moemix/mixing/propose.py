@@ -363,6 +363,9 @@ def proposal_to_doc(
         for i, (n, w) in enumerate(zip(proposal.domains, proposal.weights))
     ]
     cv = {k: fit.cv.get(k) for k in ("spearman", "pearson", "mae", "n", "folds") if k in fit.cv}
+    st = scale_transfer if scale_transfer is not None else fit.scale_transfer
+    if st is not None and st.get("warning"):
+        notes = [*(notes or []), f"scale transfer: {st['warning']}"]
     notes = list(notes or [])
     if fit.cv.get("kind") == "oof_of_selected_ensemble":
         notes.append("cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)")
@@ -381,6 +384,6 @@ def proposal_to_doc(
         cv=cv,
         plots=plots or None,
         proposer=ProposerInfo(name=proposal.method, constraints=proposal.constraints),
-        scale_transfer=None if scale_transfer is None else ScaleTransfer(**scale_transfer),
+        scale_transfer=None if st is None else ScaleTransfer(**st),
         notes=notes or None,
     )
