@@ -28,7 +28,17 @@ SHAPES = {
 }
 
 
+DEVICE = "cpu"
+DTYPE = torch.float32
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_inputs(T, d, f, E, k, seed=0):
+    """Random tokens routed by a random softmax router (near-even expert loads, as after balancing)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, d, generator=g)
     logits = torch.randn(T, E, generator=g)
@@ -37,7 +47,8 @@ def make_inputs(T, d, f, E, k, seed=0):
     w2 = torch.randn(E, f, d, generator=g) / f**0.5
     dense1 = torch.randn(d, 2 * k * f, generator=g) / d**0.5
     dense2 = torch.randn(k * f, d, generator=g) / (k * f) ** 0.5
-    return x, idx, w, w1, w2, dense1, dense2
+    out = [x, idx, w, w1, w2, dense1, dense2]
+    return [t.to(DEVICE, DTYPE) if t.is_floating_point() and t is not w else t.to(DEVICE) for t in out]
 
 
 def step_fn(name, x, idx, w, w1, w2, dense1, dense2):
@@ -65,21 +76,28 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
     inputs = make_inputs(**p)
     fns = {name: step_fn(name, *inputs) for name in impls}
     times: dict[str, list[float]] = {name: [] for name in impls}
+    cpu: dict[str, list[float]] = {name: [] for name in impls}
     for name in impls:  # warm-up
         fns[name]()
     for _ in range(repeats):
         for name in impls:
-            t0 = time.perf_counter()
+            _sync()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
+            _sync()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     os.environ.pop("MOEMIX_GMM_BACKEND", None)
     flops = 3 * 2 * p["T"] * p["k"] * 3 * p["d"] * p["f"]  # fwd+bwd matmul FLOPs of the active experts
-    dense_t = statistics.median(times["dense"])
+    dense_t = statistics.median(times["dense"]) if "dense" in times else float("nan")
+    dense_c = statistics.median(cpu["dense"]) if "dense" in cpu else float("nan")
+    ref_t = statistics.median(times["reference"]) if "reference" in times else float("nan")
     rows = []
     for name in impls:
-        med = statistics.median(times[name])
+        med, med_c = statistics.median(times[name]), statistics.median(cpu[name])
         rows.append(dict(bench="moe_layer", shape=shape, **p, impl=name, median_s=round(med, 5),
-                         gflops=round(flops / med / 1e9, 2), vs_dense=round(med / dense_t, 3)))
+                         cpu_s=round(med_c, 5), gflops=round(flops / med / 1e9, 2), vs_dense=round(med / dense_t, 3),
+                         cpu_vs_dense=round(med_c / dense_c, 3), speedup_vs_reference=round(ref_t / med, 2)))
     return rows
 
 
@@ -116,14 +134,17 @@ def write_doc(rows: list[dict], path: Path) -> None:
              "median of interleaved repeats; other processes shared the 2 cores, so compare ratios within a run).",
              ""]
     env = next(r for r in rows if r["bench"] == "env")
-    lines += [f"Machine: {env['threads']} torch threads, torch {env['torch']}; fp32 matmul "
-              f"{env['matmul_gflops']} GFLOP/s (1024^3).", ""]
-    lines += ["| shape | T | d | f | E | k | impl | median s | GFLOP/s | time / dense |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"Device {env['device']}, {env['dtype']}, {env['threads']} torch threads, torch {env['torch']}; "
+              f"matmul {env['matmul_gflops']} GFLOP/s (1024^3). `impl` grouped = auto layout, "
+              "grouped:loop / grouped:torch = jagged rows with a per-expert mm loop / torch._grouped_mm. "
+              "CPU s = process CPU time (all threads).", ""]
+    lines += ["| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | speed-up vs reference |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["bench"] == "moe_layer":
-            lines.append(f"| {r['shape']} | {r['T']} | {r['d']} | {r['f']} | {r['E']} | {r['k']} | {r['impl']} | "
-                         f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} |")
+            lines.append(f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
+                         f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
+                         f"{r['speedup_vs_reference']} |")
     m = next((r for r in rows if r["bench"] == "model_step"), None)
     if m:
         lines += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}): "
@@ -142,19 +163,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--impls", nargs="*", default=["reference", "grouped", "grouped:loop", "grouped:torch", "dense"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--write-doc", action="store_true")
     args = ap.parse_args()
+    global DEVICE, DTYPE
+    DEVICE, DTYPE = args.device, getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
-    peak = measure_matmul_flops()
-    rows = [dict(bench="env", threads=args.threads, torch=torch.__version__, matmul_gflops=round(peak / 1e9, 1))]
+    peak = measure_matmul_flops(dtype=args.dtype, device=args.device)
+    rows = [dict(bench="env", device=args.device, dtype=args.dtype, threads=args.threads, torch=torch.__version__,
+                 matmul_gflops=round(peak / 1e9, 1))]
     print(json.dumps(rows[0]), flush=True)
     for shape in args.shapes:
         for r in bench_layer(shape, args.repeats, args.impls):
             print(json.dumps(r), flush=True)
             rows.append(r)
-    m = bench_model_step(max(3, args.repeats // 2), peak)
-    print(json.dumps(m), flush=True)
-    rows.append(m)
+    if args.device == "cpu":
+        m = bench_model_step(max(3, args.repeats // 2), peak)
+        print(json.dumps(m), flush=True)
+        rows.append(m)
     if args.write_doc:
         write_doc(rows, Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "kernels.md")
 

@@ -18,7 +18,8 @@ those passes cost as much as the GEMMs, so this Function
   the gate weight is applied once, to the upstream gradient, before both backward GEMMs;
 - writes the SwiGLU backward straight into the two halves of one [R, 2f] buffer (``silu_backward``
   into the gate half, ``da * silu(g)`` into the up half) that the next GEMMs read as is;
-- keeps the gathered input rows (memory ≈ R·(2d + 3f) floats per layer) instead of re-gathering.
+- keeps the gathered input rows and silu(gate) (memory ≈ R·(2d + 4f) floats per layer) instead of
+  recomputing them.
 """
 
 from __future__ import annotations
@@ -94,13 +95,14 @@ class _GroupedMoEFFN(torch.autograd.Function):
         rows = _plan_rows(topk_idx, topk_weight, w_gate_up.shape[0], x.dtype)
         xs = x[rows.token]
         h = rows.mm(xs, w_gate_up)
-        a = F.silu(h[:, :f]).mul_(h[:, f:])
+        sg = F.silu(h[:, :f])  # kept for backward: saves one recompute pass over [R, f]
+        a = sg * h[:, f:]
         y = rows.mm(a, w_down)
         # combine the k rows of each token: one gather + a [1, k] @ [k, d] bmm per token, which also
         # applies the gate weights (cheaper than weighting + index_add_, which is serial on CPU)
         k = topk_idx.shape[1]
         out = torch.bmm(topk_weight.to(x.dtype).view(-1, 1, k), y[rows.inv].view(-1, k, y.shape[1])).squeeze(1)
-        ctx.save_for_backward(xs, w_gate_up, w_down, h, a, y)
+        ctx.save_for_backward(xs, w_gate_up, w_down, h, sg, a, y)
         ctx.rows = rows
         ctx.k = topk_idx.shape[1]
         ctx.weight_dtype = topk_weight.dtype
@@ -109,7 +111,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        xs, w_gate_up, w_down, h, a, y = ctx.saved_tensors
+        xs, w_gate_up, w_down, h, sg, a, y = ctx.saved_tensors
         rows: _Rows = ctx.rows
         f = w_down.shape[1]
         gy = grad_out.contiguous()[rows.token]  # [R, d] upstream grad of each row
@@ -126,14 +128,16 @@ class _GroupedMoEFFN(torch.autograd.Function):
         del gy
         g, u = h[:, :f], h[:, f:]
         dh = torch.empty_like(h)
-        torch.mul(da, F.silu(g), out=dh[:, f:])
+        torch.mul(da, sg, out=dh[:, f:])
         torch.ops.aten.silu_backward.grad_input(da.mul_(u), g, grad_input=dh[:, :f])
         del da
         dw_gate_up = rows.wgrad(xs, dh) if ctx.needs_input_grad[3] else None
         dx = None
         if ctx.needs_input_grad[0]:
             dxs = rows.mm(dh, w_gate_up.transpose(1, 2))
-            dx = dxs[rows.inv].view(*ctx.x_shape[:1], ctx.k, -1).sum(1)
+            # sum the k rows of each token; a [1, k] @ [k, d] bmm is ~2x faster than .sum(1) on CPU
+            ones = dxs.new_ones(ctx.x_shape[0], 1, ctx.k)
+            dx = torch.bmm(ones, dxs[rows.inv].view(ctx.x_shape[0], ctx.k, -1)).squeeze(1)
         return dx, None, d_weight, dw_gate_up, dw_down
 
 
