@@ -5,7 +5,7 @@ import pytest
 from mixing_synth import PRIOR, runs_table, true_loss, weight_cols
 
 from moemix.mixing.metrics import spearman
-from moemix.mixing.predictors import load_predictor, make_predictor, save_predictor
+from moemix.mixing.predictors import Predictor, load_predictor, make_predictor, save_predictor
 
 FAST = {
     "linear": {"features": "sqrt"},
@@ -32,6 +32,8 @@ def test_predictor_ranks_and_roundtrips(name, data, tmp_path):
     assert rho is not None and rho > floor, (name, rho)
     save_predictor(p, tmp_path / "p.json")
     q = load_predictor(tmp_path / "p.json")
+    p.save(tmp_path / "p2.json")
+    np.testing.assert_allclose(Predictor.load(tmp_path / "p2.json").predict(Xte), pred, atol=1e-10)
     np.testing.assert_allclose(q.predict(Xte), pred, rtol=1e-10, atol=1e-10)
     m, s = q.predict_with_std(Xte)
     if name in ("linear", "gp"):

@@ -85,6 +85,13 @@ class Predictor(ABC):
         """Coefficients / importances keyed by domain (or feature) name, for the report."""
         return {}
 
+    def save(self, path: str | Path) -> None:
+        save_predictor(self, path)
+
+    @staticmethod
+    def load(path: str | Path) -> Predictor:
+        return load_predictor(path)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "n_features": self.n_features,
                 "state": to_jsonable(self.get_state())}
