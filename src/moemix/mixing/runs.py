@@ -150,14 +150,15 @@ def prepare_runs(
     n_rows = len(df)
     keep = np.ones(n_rows, dtype=bool)
     skipped: dict[str, int] = {}
-    if "status" in df.columns:
-        failed = df["status"].astype(str).str.lower().ne("ok").to_numpy()
-        skipped["failed"] = int(failed.sum())
-        keep &= ~failed
+    # scale first, so "failed" counts failed *base* proxies (what mixture.json reports)
     if "scale" in df.columns:
-        other = (df["scale"].astype(str) != "base").to_numpy() & keep
+        other = (df["scale"].astype(str) != "base").to_numpy()
         skipped["other_scale"] = int(other.sum())
         keep &= ~other
+    if "status" in df.columns:
+        failed = df["status"].astype(str).str.lower().ne("ok").to_numpy() & keep
+        skipped["failed"] = int(failed.sum())
+        keep &= ~failed
 
     try:
         Yall = df[target.columns].to_numpy(dtype=np.float64)
