@@ -10,9 +10,14 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
-from moemix.pipeline.domains import run_domains
+from moemix.pipeline.domains import DomainAssigner, run_domains
 from moemix.pipeline.embed import EmbedConfig
 from moemix.pipeline.ingest import SourceConfig
+
+
+def _first_texts(out, domain: str, n: int) -> list[str]:
+    f = sorted((out / "text" / "train" / domain).glob("*.parquet"))[0]
+    return pq.read_table(f).column("text").to_pylist()[:n]
 
 
 def _cluster_cfg(n_domains: int, n_fine: int = 24) -> ClusterConfig:
@@ -66,6 +71,10 @@ def test_cluster_mode_recovers_hidden_domains(cluster_run, demo_subset):
         texts = pq.read_table(files[0]).column("text").to_pylist()[:20]
         assert all(model.domain_names[i] == d for i in model.assign(texts))
     assert not (out / "_staging").exists()
+    assigner = DomainAssigner(out)
+    for d in res.domains:
+        t = _first_texts(out, d, 20)
+        assert assigner.assign(t, ["ignored"] * len(t)) == [d] * len(t)
 
 
 @pytest.mark.slow
@@ -89,13 +98,19 @@ def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg, 
     assert len(res.domains) == 4
     assert sum(d.startswith("python_code_") for d in res.domains) == 2
     assert sum(d.startswith("docstrings_") for d in res.domains) == 2
-    labels = json.loads((tmp_path / "out" / "clusters" / "labels.json").read_text())
-    assert set(labels["labels"].values()) == {"python_code", "docstrings"}
-    assert labels["unlabelled_model"] is False
-    for slug in labels["labels"].values():
+    routing = json.loads((tmp_path / "out" / "routing.json").read_text())
+    assert set(routing["labels"].values()) == {"python_code", "docstrings"}
+    assert set(routing["models"]) == {"python_code", "docstrings"}  # no unlabelled model
+    for slug in routing["labels"].values():
         assert ClusterModel.load(tmp_path / "out" / "clusters" / "by_label" / slug).n_domains == 2
     a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
     assert all(d.startswith(lab + "_") for d, lab in zip(a["domain"], a["label"]))
+    # new documents are placed by their label's own model, exactly as the stage placed them
+    assigner = DomainAssigner(tmp_path / "out")
+    texts = [_first_texts(tmp_path / "out", d, 10) for d in res.domains]
+    for d, t in zip(res.domains, texts):
+        label = "python_code" if d.startswith("python_code_") else "docstrings"
+        assert assigner.assign(t, [label] * len(t)) == [d] * len(t)
 
 
 @pytest.mark.slow
@@ -121,6 +136,15 @@ def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_pa
             assert lab is None and i in truth
         else:
             assert lab == d
+    assigner = DomainAssigner(tmp_path / "out")
+    for d in res.domains:
+        t = _first_texts(tmp_path / "out", d, 10)
+        want = [d] * len(t)
+        if d in clustered:
+            assert assigner.assign(t) == want  # unlabelled: the model decides
+        else:
+            assert assigner.assign(t, [d] * len(t)) == want  # labelled: the label decides
+    assert assigner.assign(["anything"], ["never-seen-label"]) == [None]
     # the two hidden domains of the unlabelled source land in different clusters
     by_dom: dict[str, Counter] = {}
     for i, d in zip(a["id"], a["domain"]):

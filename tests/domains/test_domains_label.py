@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from moemix.errors import MoemixError
-from moemix.pipeline.domains import DomainsConfig, run_domains, slugify
+from moemix.pipeline.domains import DomainAssigner, DomainsConfig, run_domains, slugify
 from moemix.pipeline.ingest import SourceConfig
 from moemix.proxies.shards import DomainTokens
 
@@ -109,6 +109,7 @@ def test_slugs_are_unique_and_safe(tmp_path, small_cfg):
     assert res.domains == ["n_code_book", "web_text", "web_text_2"]
     stats = json.loads(res.stats_path.read_text())
     assert {d["name"]: d["label"] for d in stats["domains"]}["web_text_2"] == "web-text"
+    assert DomainAssigner(tmp_path / "out").assign(["a", "b"], ["web-text", "Web Text"]) == ["web_text_2", "web_text"]
 
 
 def test_one_file_per_domain_without_label_column(tmp_path, small_cfg):
@@ -130,6 +131,8 @@ def test_small_domains_are_dropped_with_a_count_or_raise(tmp_path, small_cfg):
         res = run_domains(small_cfg(sources=src), tmp_path / "out", progress=False)
     assert res.domains == ["big"]
     stats = json.loads(res.stats_path.read_text())
+    assigner = DomainAssigner(tmp_path / "out")
+    assert assigner.assign(["x", "y", "z"], ["big", "tiny", "other"]) == ["big", None, None]
     assert "tiny" in stats["dropped_domains"] and stats["skipped"]["in_dropped_domain"] == 2
     assert not (tmp_path / "out" / "text" / "train" / "tiny").exists()
     with pytest.raises(MoemixError, match="domain 'tiny'"):

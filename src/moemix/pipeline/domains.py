@@ -12,7 +12,8 @@ Modes
   documents only, saved under ``clusters/by_label/<label>/``), giving domains ``<label>_<cluster>``:
   per-label models rather than global clusters crossed with labels, so each label really is split
   k ways instead of collapsing into whichever global clusters it happens to hit.
-  ``clusters/labels.json`` records the label -> slug map.
+  ``routing.json`` records the label -> domain map and which model names which domains, so
+  ``DomainAssigner`` can place new documents exactly as the stage did.
 
 Flow (all streaming, bounded memory): ingest + dedup + split -> text parts (label mode: final
 per-domain parts; cluster modes: staging parts, then fit, assign, re-route) -> small-domain
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["label", "cluster", "label+cluster"]
 AssignFn = Callable[[Path, list[Path], Path], list[Path]]
+ROUTING_NAME = "routing.json"
 
 TEXT_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("label", pa.string()), ("text", pa.string())]
@@ -322,6 +324,7 @@ def run_domains(
     docs = ingest(sources, cfg.valid_fraction, label_column, cfg.batch_size, stats)
     bar = tqdm(desc="ingest", unit="doc", disable=not progress)
 
+    models: dict[str, dict] = {}
     if cfg.mode == "label":
         slugs = SlugMap(cfg.max_domains, f"label column {label_column!r}" if label_column else "labels")
         for batch in docs:
@@ -335,10 +338,16 @@ def run_domains(
         router.close()
         label_of = {slug: label for label, slug in slugs.map.items()}
     else:
-        slugs = _run_clustered(cfg, out_dir, seed, docs, bar, tok_sample, router, assign_fn, descriptions, progress)
+        slugs, models = _run_clustered(
+            cfg, out_dir, seed, docs, bar, tok_sample, router, assign_fn, descriptions, progress
+        )
         label_of = {slug: label for label, slug in slugs.map.items()}
 
     domains, dropped = _check_small_domains(cfg, out_dir, router, stats)
+    write_json_atomic(
+        out_dir / ROUTING_NAME,
+        {"mode": cfg.mode, "label_column": label_column, "labels": slugs.map, "models": models, "domains": domains},
+    )
     for d, desc in describe_domains({d: router.samples[d].texts() for d in domains}).items():
         descriptions.setdefault(d, desc)
 
@@ -469,7 +478,7 @@ def _run_clustered(
     assign_fn: AssignFn | None,
     descriptions: dict[str, dict],
     progress: bool,
-) -> SlugMap:
+) -> tuple[SlugMap, dict[str, dict]]:
     """Stage the documents that need clustering per group, fit a model per group, assign, route.
 
     Group ``""`` holds every document without a label (all of them in cluster mode) and gets the
@@ -505,6 +514,7 @@ def _run_clustered(
 
     assign = assign_fn or (lambda m, f, o: assign_parquet(m, f, o, batch_size=cfg.batch_size, progress=progress))
     taken = set(slugs.used)
+    models: dict[str, dict] = {}
     for group in sorted(samples):
         texts = samples[group].texts()
         what = f"label {group!r}" if group else "the unlabelled documents" if hybrid else "the corpus"
@@ -530,6 +540,7 @@ def _run_clustered(
                 name, k = f"{base}_{k}", k + 1
             taken.add(name)
             names.append(name)
+        models[group] = {"dir": str(model_dir.relative_to(out_dir)), "names": names}
         for name, info in zip(names, model.describe()):
             descriptions[name] = {"top_terms": info.get("top_terms", []), "examples": info.get("examples", [])}
         in_files = parts.files((group or "_all",))
@@ -546,14 +557,8 @@ def _run_clustered(
                 ):
                     router.add(names[dom], split, doc_id, src, label, text)
     router.close()
-    if hybrid:
-        write_json_atomic(
-            out_dir / "clusters" / "labels.json",
-            {"label_column": cfg.label_column, "labels": slugs.map, "split_labels": cfg.split_labels,
-             "unlabelled_model": "" in samples},
-        )
     shutil.rmtree(staging, ignore_errors=True)
-    return slugs
+    return slugs, models
 
 
 class _CountSample:
@@ -577,3 +582,60 @@ class _CountSample:
 
     def texts(self) -> list[str]:
         return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
+
+
+class DomainAssigner:
+    """Place new documents into the domains of a finished domains stage, as the stage itself did.
+
+    ``assign(texts, labels)`` returns a domain name per text, or None where the document would
+    have gone to a domain that was dropped (too small) or carries a label the stage never saw.
+    Labels matter in label and label+cluster modes (pass the source name for an unlabelled
+    source in label mode); cluster mode ignores them.
+    """
+
+    def __init__(self, stage_dir: str | Path):
+        import json
+
+        self.dir = Path(stage_dir)
+        path = self.dir / ROUTING_NAME
+        if not path.exists():
+            raise MoemixError(f"not a domains stage directory (missing {ROUTING_NAME}): {self.dir}")
+        r = json.loads(path.read_text())
+        self.mode: str = r["mode"]
+        self.labels: dict[str, str] = r["labels"]
+        self.models: dict[str, dict] = r["models"]
+        self.domains: list[str] = r["domains"]
+        self._loaded: dict[str, object] = {}
+
+    def _model(self, group: str):
+        from moemix.pipeline.cluster import ClusterModel
+
+        if group not in self._loaded:
+            self._loaded[group] = ClusterModel.load(self.dir / self.models[group]["dir"])
+        return self._loaded[group]
+
+    def assign(self, texts: list[str], labels: list[str | None] | None = None) -> list[str | None]:
+        if labels is None:
+            labels = [None] * len(texts)
+        if len(labels) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        out: list[str | None] = [None] * len(texts)
+        groups: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            if self.mode == "cluster" or label is None:
+                if self.mode != "label" and "" in self.models:
+                    groups.setdefault("", []).append(i)
+                continue
+            slug = self.labels.get(str(label))
+            if slug is None:
+                continue
+            if slug in self.models:
+                groups.setdefault(slug, []).append(i)
+            else:
+                out[i] = slug
+        for group, idx in groups.items():
+            names = self.models[group]["names"]
+            for i, d in zip(idx, self._model(group).assign([texts[i] for i in idx])):
+                out[i] = names[int(d)]
+        kept = set(self.domains)
+        return [d if d in kept else None for d in out]
