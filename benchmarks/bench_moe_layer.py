@@ -28,6 +28,7 @@ SHAPES = {
 }
 
 
+NOTES_MARKER = "<!-- notes -->"
 DEVICE = "cpu"
 DTYPE = torch.float32
 
@@ -151,9 +152,9 @@ def write_doc(rows: list[dict], path: Path) -> None:
                   f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
                   f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
                   f"MFU {m['mfu']:.1%} of the measured matmul peak."]
-    notes = path.with_suffix(".notes.md")
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
+    # hand-written findings below the marker survive regeneration
+    if path.exists() and NOTES_MARKER in path.read_text():
+        lines += ["", path.read_text()[path.read_text().index(NOTES_MARKER):].rstrip()]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 

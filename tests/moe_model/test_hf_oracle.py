@@ -109,3 +109,18 @@ def test_deepseek_bias_changes_selection_not_weights():
     ours.router.expert_bias.zero_()
     without = ours.router(x)
     assert not torch.equal(with_bias.topk_idx.sort(-1).values, without.topk_idx.sort(-1).values)
+
+
+def test_rope_matches_transformers():
+    from transformers.models.mixtral.modeling_mixtral import apply_rotary_pos_emb
+
+    from moemix.moe_model.layers import apply_rope, rope_tables
+
+    hd, t = 16, 10
+    cos, sin = rope_tables(hd, 32, 10000.0)
+    q, k = torch.randn(2, 3, t, hd), torch.randn(2, 3, t, hd)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    emb = torch.outer(torch.arange(t).float(), inv).repeat(1, 2)
+    qh, kh = apply_rotary_pos_emb(q, k, emb.cos()[None], emb.sin()[None])
+    torch.testing.assert_close(apply_rope(q, cos, sin), qh)
+    torch.testing.assert_close(apply_rope(k, cos, sin), kh)

@@ -19,16 +19,17 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos / sin tables [max_len, head_dim], each half repeated (rotate-half layout)."""
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     ang = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)  # [T, hd/2]
+    ang = torch.cat([ang, ang], dim=-1)
     return torch.cos(ang).float(), torch.sin(ang).float()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate-half RoPE on x [B, H, T, hd] (same convention as Llama / Mixtral in HF)."""
     t = x.shape[-2]
-    cos = torch.cat([cos[:t], cos[:t]], -1).to(x.dtype)
-    sin = torch.cat([sin[:t], sin[:t]], -1).to(x.dtype)
+    cos, sin = cos[:t].to(x.dtype), sin[:t].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
