@@ -94,12 +94,15 @@ def test_gradcheck_float64(backend, monkeypatch):
 
 
 def test_auto_layout_choice():
-    """CPU auto: one padded bmm slab when loads are even, jagged rows when padding would waste > 25%."""
+    """CPU auto: one padded bmm slab when multi-threaded and loads are even; else jagged rows."""
     from moemix.kernels.grouped import _plan_rows
 
     even = torch.arange(64).remainder(4).view(32, 2)
+    torch.set_num_threads(2)  # the autouse fixture restores the thread count
     rows = _plan_rows(even, torch.ones(32, 2), 4, torch.float32)
     assert rows.capacity == 16 and rows.token.numel() == 64
+    torch.set_num_threads(1)
+    assert _plan_rows(even, torch.ones(32, 2), 4, torch.float32).capacity == 0
     skewed = torch.stack([torch.zeros(32, dtype=torch.long), torch.arange(32).remainder(3) + 1], 1)
     assert _plan_rows(skewed, torch.ones(32, 2), 4, torch.float32).capacity == 0
 
@@ -136,3 +139,24 @@ def test_no_triton_import_on_package_import():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch._grouped_mm missing")
+def test_torch_grouped_mm_cpu_forward_backward():
+    """What the grouped path relies on: torch._grouped_mm on CPU, fwd + autograd bwd, incl. an empty group.
+
+    (Its own backward rejects stride-0 grads such as ``y.sum().backward()``'s - one reason the
+    grouped impl has its own Function that hands it contiguous gradients.)
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 8, generator=g, requires_grad=True)
+    w = torch.randn(3, 8, 12, generator=g, requires_grad=True)
+    offs = torch.tensor([4, 4, 10], dtype=torch.int32)
+    y = torch._grouped_mm(x, w, offs=offs)
+    gout = torch.randn(10, 12, generator=g)
+    y.backward(gout)
+    ref = torch.cat([x[:4] @ w[0], x[4:] @ w[2]])
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(x.grad, torch.cat([gout[:4] @ w[0].T, gout[4:] @ w[2].T]))
+    torch.testing.assert_close(w.grad[1], torch.zeros(8, 12))
+    torch.testing.assert_close(w.grad[2], x[4:].T @ gout[4:])

@@ -7,8 +7,8 @@ Two row layouts share one forward/backward:
   so every grouped GEMM is ONE ``bmm``. Still dropless - C is the max load, nothing is cut - and
   padding rows carry gate weight 0, so their gradients are exactly zero. On a shared 2-core box one
   big parallel region beats E small ones by 3-6x in wall time (each OpenMP region pays a barrier that
-  a descheduled thread stretches), so it is used while the padding waste is small
-  (E * C <= 1.25 N); skewed loads fall back to the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
+  a descheduled thread stretches), so it is used with >1 intra-op thread while the padding waste is
+  small (E * C <= 1.25 N); skewed loads and single-threaded runs use the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
   (``torch`` | ``loop`` | ``capacity``).
 
 Generic autograd over the unfused ops makes extra elementwise passes (SwiGLU backward as five
@@ -70,7 +70,10 @@ def _plan_rows(topk_idx: Tensor, topk_weight: Tensor, n_experts: int, dtype: tor
     mode = backend()
     cap = max(counts) if counts else 0
     use_capacity = mode == "capacity" or (
-        mode == "auto" and topk_idx.device.type == "cpu" and n_experts * cap <= CAPACITY_MAX_WASTE * n
+        mode == "auto"
+        and topk_idx.device.type == "cpu"
+        and torch.get_num_threads() > 1  # single-threaded, the mm loop is faster (no barriers to pay)
+        and n_experts * cap <= CAPACITY_MAX_WASTE * n
     )
     arange = torch.arange(n, device=topk_idx.device)
     inv = torch.empty_like(plan.order)
