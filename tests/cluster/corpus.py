@@ -50,7 +50,9 @@ def _python_code() -> list[str]:
 
 
 def _c_headers() -> list[str]:
-    inc = sorted(glob.glob("/usr/include/*.h")) + sorted(glob.glob(sysconfig.get_paths()["include"] + "/*.h"))
+    # system (libc) headers only: CPython's own headers are a different dialect (PyAPI_FUNC, long
+    # comments) that forms a domain of its own and would make "C headers" two sources in one.
+    inc = sorted(glob.glob("/usr/include/*.h"))
     return [c for f in inc for c in _chunks(_read(f))]
 
 

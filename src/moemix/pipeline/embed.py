@@ -39,7 +39,7 @@ EMBED_CONFIG_FILE = "embed_config.json"
 class EmbedConfig:
     kind: Literal["hashed", "sentence-transformers"] = "hashed"
     # Output dimension of the hashed embedder (SVD components); capped by the sample size at fit time.
-    dim: int = 128
+    dim: int = 64
     # Hash buckets for the sparse features (hashed kind). The saved projection is [n_features, dim] float32
     # (2**16 * 128 * 4 B = 32 MiB), loaded once per worker; collisions at this size barely move topics.
     n_features: int = 2**16
