@@ -122,6 +122,9 @@ def test_next_batch_and_doc(fitted, tmp_path):
     back = load_mixture(tmp_path / "mixture.json")
     assert back.n_proxies == 39 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
     assert back.baselines.natural == pytest.approx(p.baselines["natural"])
+    assert res.best_observed == pytest.approx(float(np.nanmin(runs_table(40, seed=5)["target"].drop([3, 4, 6]))))
+    extrapolates = p.predicted_loss < res.best_observed
+    assert any("extrapolation" in n for n in (back.notes or [])) == extrapolates
 
 
 def test_nested_cv_and_tree_proposer(tmp_path):

@@ -369,6 +369,9 @@ def proposal_to_doc(
     notes = list(notes or [])
     if fit.cv.get("kind") == "oof_of_selected_ensemble":
         notes.append("cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)")
+    if fit.best_observed is not None and proposal.predicted_loss < fit.best_observed:
+        notes.append(f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
+                     f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic")
     if fit.skipped and any(fit.skipped.values()):
         notes.append("skipped runs: " + ", ".join(f"{k}={v}" for k, v in fit.skipped.items() if v))
     return MixtureDoc(
