@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -62,33 +63,57 @@ class _Rows:
         return gmm_wgrad(a, g, self.offsets, self.counts)
 
 
+def _use_capacity(device: torch.device, n_experts: int, cap: int, n: int) -> bool:
+    mode = backend()
+    if mode == "capacity":
+        return cap > 0
+    return (
+        mode == "auto"
+        and device.type == "cpu"
+        and torch.get_num_threads() > 1  # single-threaded, the mm loop is faster (no barriers to pay)
+        and 0 < n_experts * cap <= CAPACITY_MAX_WASTE * n
+    )
+
+
 def _plan_rows(topk_idx: Tensor, topk_weight: Tensor, n_experts: int, dtype: torch.dtype) -> _Rows:
+    if topk_idx.device.type == "cpu":
+        return _plan_rows_cpu(topk_idx, topk_weight, n_experts, dtype)
     plan = make_dispatch(topk_idx, n_experts)
     counts = plan.counts.tolist()
-    n = topk_idx.numel()
-    w_sorted = topk_weight.reshape(-1)[plan.order].to(dtype)
-    mode = backend()
-    cap = max(counts) if counts else 0
-    use_capacity = mode == "capacity" or (
-        mode == "auto"
-        and topk_idx.device.type == "cpu"
-        and torch.get_num_threads() > 1  # single-threaded, the mm loop is faster (no barriers to pay)
-        and n_experts * cap <= CAPACITY_MAX_WASTE * n
-    )
-    arange = torch.arange(n, device=topk_idx.device)
     inv = torch.empty_like(plan.order)
-    if not use_capacity or cap == 0:
-        inv[plan.order] = arange
-        return _Rows(plan.token, inv, w_sorted, plan.offsets, counts, 0)
-    expert_of_row = topk_idx.reshape(-1)[plan.order]
-    slot = expert_of_row * cap + (arange - plan.starts[expert_of_row])  # expert's slab + rank inside it
-    inv[plan.order] = slot
-    r = n_experts * cap
-    token = torch.zeros(r, dtype=torch.long, device=topk_idx.device)
-    token[slot] = plan.token
-    weight = torch.zeros(r, dtype=dtype, device=topk_idx.device)
-    weight[slot] = w_sorted
-    return _Rows(token, inv, weight, plan.offsets, counts, cap)
+    inv[plan.order] = torch.arange(plan.order.numel(), device=plan.order.device)
+    w_sorted = topk_weight.reshape(-1)[plan.order].to(dtype)
+    return _Rows(plan.token, inv, w_sorted, plan.offsets, counts, 0)
+
+
+def _plan_rows_cpu(topk_idx: Tensor, topk_weight: Tensor, n_experts: int, dtype: torch.dtype) -> _Rows:
+    """The same plan built with numpy: these are O(T*k) integer ops, and single-threaded numpy avoids
+    the OpenMP regions torch would open for each of them (costly on a busy box)."""
+    k = topk_idx.shape[1]
+    flat = topk_idx.reshape(-1).numpy()
+    n = flat.size
+    counts = np.bincount(flat, minlength=n_experts)
+    if counts.size > n_experts:
+        raise ValueError(f"topk_idx holds expert id >= n_experts={n_experts}")
+    keys = flat.astype(np.int16) if n_experts <= np.iinfo(np.int16).max else flat
+    order = np.argsort(keys, kind="stable")  # radix sort for int16 keys
+    ends = np.cumsum(counts)
+    token = order // k
+    order_t = torch.from_numpy(order)
+    w_sorted = topk_weight.reshape(-1)[order_t].to(dtype)
+    offsets = torch.from_numpy(ends.astype(np.int32))
+    cap = int(counts.max()) if n else 0
+    inv = np.empty(n, dtype=np.int64)
+    if not _use_capacity(topk_idx.device, n_experts, cap, n):
+        inv[order] = np.arange(n)
+        return _Rows(torch.from_numpy(token), torch.from_numpy(inv), w_sorted, offsets, counts.tolist(), 0)
+    expert_of_row = flat[order]
+    slot = expert_of_row * cap + (np.arange(n) - (ends - counts)[expert_of_row])  # slab + rank inside it
+    inv[order] = slot
+    token_pad = np.zeros(n_experts * cap, dtype=np.int64)
+    token_pad[slot] = token
+    weight = w_sorted.new_zeros(n_experts * cap).index_copy_(0, torch.from_numpy(slot), w_sorted)
+    return _Rows(torch.from_numpy(token_pad), torch.from_numpy(inv), weight, offsets, counts.tolist(), cap)
 
 
 class _GroupedMoEFFN(torch.autograd.Function):
@@ -96,7 +121,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
     def forward(ctx, x, topk_idx, topk_weight, w_gate_up, w_down):  # type: ignore[override]
         f = w_down.shape[1]
         rows = _plan_rows(topk_idx, topk_weight, w_gate_up.shape[0], x.dtype)
-        xs = x[rows.token]
+        xs = x.index_select(0, rows.token)
         h = rows.mm(xs, w_gate_up)
         sg = F.silu(h[:, :f])  # kept for backward: saves one recompute pass over [R, f]
         a = sg * h[:, f:]
@@ -104,7 +129,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
         # combine the k rows of each token: one gather + a [1, k] @ [k, d] bmm per token, which also
         # applies the gate weights (cheaper than weighting + index_add_, which is serial on CPU)
         k = topk_idx.shape[1]
-        out = torch.bmm(topk_weight.to(x.dtype).view(-1, 1, k), y[rows.inv].view(-1, k, y.shape[1])).squeeze(1)
+        out = torch.bmm(topk_weight.to(x.dtype).view(-1, 1, k), y.index_select(0, rows.inv).view(-1, k, y.shape[1])).squeeze(1)
         ctx.save_for_backward(xs, w_gate_up, w_down, h, sg, a, y)
         ctx.rows = rows
         ctx.k = topk_idx.shape[1]
@@ -117,7 +142,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
         xs, w_gate_up, w_down, h, sg, a, y = ctx.saved_tensors
         rows: _Rows = ctx.rows
         f = w_down.shape[1]
-        gy = grad_out.contiguous()[rows.token]  # [R, d] upstream grad of each row
+        gy = grad_out.contiguous().index_select(0, rows.token)  # [R, d] upstream grad of each row
         d_weight = None
         if ctx.needs_input_grad[2]:
             lowp = gy.dtype in (torch.bfloat16, torch.float16)  # reduce over d in fp32
@@ -140,7 +165,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
             dxs = rows.mm(dh, w_gate_up.transpose(1, 2))
             # sum the k rows of each token; a [1, k] @ [k, d] bmm is ~2x faster than .sum(1) on CPU
             ones = dxs.new_ones(ctx.x_shape[0], 1, ctx.k)
-            dx = torch.bmm(ones, dxs[rows.inv].view(ctx.x_shape[0], ctx.k, -1)).squeeze(1)
+            dx = torch.bmm(ones, dxs.index_select(0, rows.inv).view(ctx.x_shape[0], ctx.k, -1)).squeeze(1)
         return dx, None, d_weight, dw_gate_up, dw_down
 
 
