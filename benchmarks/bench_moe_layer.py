@@ -127,35 +127,52 @@ def bench_model_step(repeats: int, peak: float) -> dict:
                 mfu=round(achieved / peak, 3))
 
 
+HEADER = [
+    "# MoE kernel benchmarks",
+    "",
+    "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; median of "
+    "interleaved repeats). Each run replaces only its own section (device, dtype, thread count). Other "
+    "processes shared the 2 cores, so compare ratios within one run.",
+]
+
+
 def write_doc(rows: list[dict], path: Path) -> None:
+    """Insert/replace this run's section; keep other runs' sections and the notes below NOTES_MARKER."""
     from moemix._io import write_text_atomic
 
-    lines = ["# MoE kernel benchmarks", "",
-             "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; "
-             "median of interleaved repeats; other processes shared the 2 cores, so compare ratios within a run).",
-             ""]
     env = next(r for r in rows if r["bench"] == "env")
-    lines += [f"Device {env['device']}, {env['dtype']}, {env['threads']} torch threads, torch {env['torch']}; "
-              f"matmul {env['matmul_gflops']} GFLOP/s (1024^3). `impl` grouped = auto layout, "
-              "grouped:loop / grouped:torch = jagged rows with a per-expert mm loop / torch._grouped_mm. "
-              "CPU s = process CPU time (all threads).", ""]
-    lines += ["| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | speed-up vs reference |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    key = f"<!-- run {env['device']} {env['dtype']} threads={env['threads']} -->"
+    sec = [key, f"## {env['device']}, {env['dtype']}, {env['threads']} torch thread(s)", "",
+           f"torch {env['torch']}; measured matmul {env['matmul_gflops']} GFLOP/s (1024^3). impl `grouped` = "
+           "auto layout; `grouped:loop` / `grouped:torch` / `grouped:capacity` force the jagged per-expert mm loop "
+           "/ jagged torch._grouped_mm / padded bmm. CPU s = process CPU time (all threads).", "",
+           "| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | "
+           "speed-up vs reference |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["bench"] == "moe_layer":
-            lines.append(f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
-                         f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
-                         f"{r['speedup_vs_reference']} |")
+            sec.append(f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
+                       f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
+                       f"{r['speedup_vs_reference']} |")
     m = next((r for r in rows if r["bench"] == "model_step"), None)
     if m:
-        lines += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}): "
-                  f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
-                  f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
-                  f"MFU {m['mfu']:.1%} of the measured matmul peak."]
-    # hand-written findings below the marker survive regeneration
-    if path.exists() and NOTES_MARKER in path.read_text():
-        lines += ["", path.read_text()[path.read_text().index(NOTES_MARKER):].rstrip()]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+        sec += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW): "
+                f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
+                f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
+                f"MFU {m['mfu']:.1%} of the measured matmul peak."]
+    sec.append("<!-- /run -->")
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARKER):].rstrip() if NOTES_MARKER in old else ""
+    body = old[: old.index(NOTES_MARKER)] if notes else old
+    runs = {}
+    for chunk in body.split("<!-- run ")[1:]:
+        text = "<!-- run " + chunk[: chunk.index("<!-- /run -->")] + "<!-- /run -->"
+        runs[text.splitlines()[0]] = text
+    runs[key] = "\n".join(sec)
+    out = HEADER + [""] + ["\n\n".join(runs[k] for k in sorted(runs))]
+    if notes:
+        out += ["", notes]
+    write_text_atomic(path, "\n".join(out) + "\n")
 
 
 def main() -> None:
@@ -163,7 +180,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
-    ap.add_argument("--impls", nargs="*", default=["reference", "grouped", "grouped:loop", "grouped:torch", "dense"])
+    ap.add_argument("--impls", nargs="*",
+                    default=["reference", "grouped", "grouped:loop", "grouped:torch", "grouped:capacity", "dense"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--write-doc", action="store_true")
