@@ -111,3 +111,22 @@ def test_validate_rejects_bad_values():
         with pytest.raises(ValueError, match=msg):
             dataclasses.replace(TINY, **kw).validate()
     MoEConfig().validate()
+
+
+def test_bf16_autocast_and_bf16_weights_train():
+    """The hand-written backward must see one dtype under autocast (it runs outside autocast)."""
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(4))
+    losses = {}
+    for impl in ("reference", "grouped"):
+        model = tiny(kernel_impl=impl, n_shared_experts=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, ids)
+        out.loss.backward()
+        grad = model.blocks[0].ffn.experts.w_gate_up.grad
+        assert grad.dtype == torch.float32 and grad.abs().sum() > 0
+        losses[impl] = out.loss.item()
+    assert abs(losses["reference"] - losses["grouped"]) < 2e-2
+    model = tiny().to(torch.bfloat16)
+    out = model(ids, ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import torch
 from torch import Tensor
 
 IMPLS = ("auto", "reference", "grouped", "triton")
@@ -40,8 +41,14 @@ def moe_ffn(
     then up); w_down [E, f, d]. Returns [T, d] in x's dtype. Differentiable in x, topk_weight and
     both weights for every impl.
     """
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        # the hand-written backward runs outside autocast: fix one dtype now, then compute without it
+        dt = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            return moe_ffn(x.to(dt), topk_idx, topk_weight, w_gate_up.to(dt), w_down.to(dt), impl=impl)
     _check(x, topk_idx, topk_weight, w_gate_up, w_down)
-    name = resolve_impl(impl, x.device.type)
+    name = resolve_impl(impl, dev)
     if name == "reference":
         from moemix.kernels.reference import moe_ffn_reference
 
@@ -65,6 +72,8 @@ def _check(x: Tensor, topk_idx: Tensor, topk_weight: Tensor, w_gate_up: Tensor, 
         )
     if w_gate_up.dim() != 3 or w_gate_up.shape[1] != d or w_gate_up.shape[2] % 2:
         raise ValueError(f"w_gate_up must be [E, d={d}, 2f], got {tuple(w_gate_up.shape)}")
+    if not (x.dtype == w_gate_up.dtype == w_down.dtype):
+        raise ValueError(f"x, w_gate_up, w_down must share a dtype, got {x.dtype}, {w_gate_up.dtype}, {w_down.dtype}")
     e, _, two_f = w_gate_up.shape
     if tuple(w_down.shape) != (e, two_f // 2, d):
         raise ValueError(f"w_down must be [E={e}, f={two_f // 2}, d={d}], got {tuple(w_down.shape)}")
