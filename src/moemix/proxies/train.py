@@ -54,7 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     # refuse mixtures that would repeat a domain more often than this (None: no cap)
     max_epochs: float | None = None
-    eval_tokens: int = 8192  # per domain, validation split
+    eval_tokens: int = 4096  # per domain, validation split (the same fixed tokens for every proxy)
     eval_batch_size: int = 32
     eval_every: int = 0  # 0: no evaluation during training (callers evaluate at the end)
     seed: int = 0
