@@ -23,10 +23,11 @@ def test_triton_matches_reference_under_interpreter():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(report) >= {"empty_expert", "all_to_one", "k1", "odd_T", "model"}
+    assert set(report) >= {"empty_expert", "all_to_one", "k1", "odd_T", "model", "bf16"}
     for case, errs in report.items():
+        bar = 2e-2 if case == "bf16" else 1e-5  # bf16: relative Frobenius error of bf16-stored results
         for name, rel in errs.items():
-            assert rel < 1e-5, f"{case}/{name}: relative max error {rel:.3g}"
+            assert rel < bar, f"{case}/{name}: relative error {rel:.3g}"
 
 
 def test_triton_not_imported_in_this_process_and_auto(monkeypatch):

@@ -29,6 +29,11 @@ def main() -> None:
         got = run("triton", *args)
         report[case] = {n: (g - r).abs().max().item() / max(r.abs().max().item(), 1e-6)
                         for n, r, g in zip(NAMES, ref, got)}
+    # bf16 storage (fp32 accumulation) vs the fp32 reference: relative Frobenius error
+    x, idx, w, w1, w2 = make_case(t=40, d=32, f=32, e=4, k=2)
+    ref = run("reference", x, idx, w, w1, w2)
+    got = run("triton", x.bfloat16(), idx, w, w1.bfloat16(), w2.bfloat16())
+    report["bf16"] = {n: ((g.float() - r).norm() / r.norm()).item() for n, r, g in zip(NAMES, ref, got)}
     # whole model: triton impl == reference impl
     outs = {}
     for impl in ("reference", "triton"):

@@ -186,7 +186,9 @@ def _wgrad_kernel(A, A_IDX, B, B_IDX, SCALE, STARTS, ENDS, OUT,
         at = tl.load(A + ra[None, :] * s_a + mcols[:, None], mask=mmask[:, None] & rmask[None, :], other=0.0)
         b = tl.load(B + rb[:, None] * s_b + ncols[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
         if HAS_SCALE:
-            b = b * tl.load(SCALE + rows, mask=rmask, other=0.0).to(b.dtype)[:, None]
+            # scale in fp32 (bf16 elementwise math is unreliable in the interpreter), back to B's dtype
+            scale = tl.load(SCALE + rows, mask=rmask, other=0.0).to(tl.float32)
+            b = (b.to(tl.float32) * scale[:, None]).to(B.dtype.element_ty)
         acc = _dot(at, b, acc, DOT_F32)
     e64 = e.to(tl.int64)
     tl.store(OUT + e64 * s_oe + mcols[:, None] * s_om + ncols[None, :], acc.to(OUT.dtype.element_ty),
