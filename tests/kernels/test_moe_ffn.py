@@ -115,6 +115,15 @@ def test_dispatch_is_stable_and_counts():
     assert plan.token.tolist() == [0, 1, 2, 0, 1, 2]  # ascending token id inside each expert
 
 
+@pytest.mark.parametrize("backend", ["loop", "capacity"])
+def test_grouped_empty_batch(backend, monkeypatch):
+    monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
+    x, idx, w, w1, w2 = make_case(t=0, d=8, f=4, e=3, k=2, route=lambda t, e, k, g: torch.zeros(0, k, dtype=torch.long))
+    out, dx, dw, dw1, dw2 = run("grouped", x, idx, w, w1, w2)
+    assert out.shape == (0, 8) and dx.shape == (0, 8) and dw.shape == (0, 2)
+    assert dw1.abs().sum() == 0 and dw2.abs().sum() == 0
+
+
 def test_auto_and_validation():
     assert resolve_impl("auto", "cpu") == "grouped"
     with pytest.raises(ValueError, match="kernel impl"):

@@ -129,7 +129,9 @@ class _GroupedMoEFFN(torch.autograd.Function):
         # combine the k rows of each token: one gather + a [1, k] @ [k, d] bmm per token, which also
         # applies the gate weights (cheaper than weighting + index_add_, which is serial on CPU)
         k = topk_idx.shape[1]
-        out = torch.bmm(topk_weight.to(x.dtype).view(-1, 1, k), y.index_select(0, rows.inv).view(-1, k, y.shape[1])).squeeze(1)
+        t = x.shape[0]
+        rows_of_token = y.index_select(0, rows.inv).view(t, k, y.shape[1])
+        out = torch.bmm(topk_weight.to(x.dtype).view(t, 1, k), rows_of_token).squeeze(1)
         ctx.save_for_backward(xs, w_gate_up, w_down, h, sg, a, y)
         ctx.rows = rows
         ctx.k = topk_idx.shape[1]
@@ -147,7 +149,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             lowp = gy.dtype in (torch.bfloat16, torch.float16)  # reduce over d in fp32
             dots = torch.linalg.vecdot(gy.float(), y.float()) if lowp else torch.linalg.vecdot(gy, y)
-            d_weight = dots[rows.inv].view(-1, ctx.k).to(ctx.weight_dtype)
+            d_weight = dots[rows.inv].view(ctx.x_shape[0], ctx.k).to(ctx.weight_dtype)
         gy.mul_(rows.weight[:, None])  # zero on padding rows: their gradients vanish below
         dw_down = rows.wgrad(a, gy) if ctx.needs_input_grad[4] else None
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
@@ -165,7 +167,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
             dxs = rows.mm(dh, w_gate_up.transpose(1, 2))
             # sum the k rows of each token; a [1, k] @ [k, d] bmm is ~2x faster than .sum(1) on CPU
             ones = dxs.new_ones(ctx.x_shape[0], 1, ctx.k)
-            dx = torch.bmm(ones, dxs.index_select(0, rows.inv).view(ctx.x_shape[0], ctx.k, -1)).squeeze(1)
+            dx = torch.bmm(ones, dxs.index_select(0, rows.inv).view(ctx.x_shape[0], ctx.k, dxs.shape[1])).squeeze(1)
         return dx, None, d_weight, dw_gate_up, dw_down
 
 
