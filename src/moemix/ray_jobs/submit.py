@@ -65,11 +65,15 @@ def submit_pipeline(
         client = JobSubmissionClient(address)
     except Exception as e:  # connection refused, auth, bad URL: one line for the user
         raise MoemixError(f"submit: cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
-    job_id = client.submit_job(
-        entrypoint=build_entrypoint(config_name, out, overrides),
-        runtime_env=build_runtime_env(wd, pip_spec),
-        metadata={"moemix_version": __version__},
-    )
+    try:
+        job_id = client.submit_job(
+            entrypoint=build_entrypoint(config_name, out, overrides),
+            runtime_env=build_runtime_env(wd, pip_spec),
+            metadata={"moemix_version": __version__},
+        )
+    except Exception as e:  # e.g. HTTP 500 "No available agent to submit job" while the head is starting
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise MoemixError(f"submit: the cluster at {address} refused the job: {lines[-1] if lines else e!r}") from None
     if wait:
         _follow(client, job_id)
     return job_id
