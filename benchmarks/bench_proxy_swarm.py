@@ -81,7 +81,7 @@ def bench_proxy(tokens_dir: Path, data: DomainTokens, out: Path) -> None:
          tokens_per_s=round(res.tokens_per_s, 1), mfu=round(res.mfu, 4), status=res.status)
 
 
-def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: int) -> None:
+def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: int, seq2: bool = True) -> None:
     import ray
 
     mixtures = np.random.default_rng(0).dirichlet(np.ones(4) * 2, size=n)
@@ -94,9 +94,11 @@ def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: 
     t0 = time.perf_counter()
     seq1 = run_sequential(specs("seq1"), num_threads=1)
     seq1_wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_sequential(specs("seq2"), num_threads=2)
-    seq2_wall = time.perf_counter() - t0
+    seq2_wall = float("nan")
+    if seq2:
+        t0 = time.perf_counter()
+        run_sequential(specs("seq2"), num_threads=2)
+        seq2_wall = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--swarm-proxies", type=int, default=8)
     ap.add_argument("--swarm-steps", type=int, default=40)
+    ap.add_argument("--no-seq2", action="store_true", help="skip the 2-thread sequential baseline")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "proxy"):
             bench_proxy(tmp / "tokens", data, tmp / "proxy")
         if args.only in (None, "swarm"):
-            bench_swarm(tmp / "tokens", data, tmp / "swarm", args.swarm_proxies, args.swarm_steps)
+            bench_swarm(tmp / "tokens", data, tmp / "swarm", args.swarm_proxies, args.swarm_steps, not args.no_seq2)
 
 
 if __name__ == "__main__":
