@@ -130,7 +130,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             data = _merge(preset_dict(preset), data)
     if overrides:
         data = _merge(data, overrides)
-    cfg = from_dict(Config, data, where=where)
+    try:
+        cfg = from_dict(Config, data, where="")
+    except MoemixError as e:
+        raise MoemixError(f"{where}: {e}") from None
     _resolve_source_paths(cfg, base_dir, where)
     return cfg
 

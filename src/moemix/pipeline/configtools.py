@@ -18,17 +18,16 @@ T = TypeVar("T")
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    here = f"{where}: " if where else ""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise MoemixError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise MoemixError(f"{here}expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise MoemixError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})"
-        )
+        raise MoemixError(f"{here}unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{where}.{name}" if where else name
@@ -42,7 +41,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         try:
             validate()
         except (ValueError, TypeError) as e:
-            raise MoemixError(f"{where}: {e}") from None
+            raise MoemixError(f"{here}{e}") from None
     return obj
 
 
