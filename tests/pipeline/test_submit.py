@@ -57,6 +57,10 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(_free_port()),
          "--dashboard-port", str(dash), "--include-dashboard", "true", "--object-store-memory", "150000000",
+         # own ports for every agent: the test session's Ray already holds the default ones
+         "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+         "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+         "--ray-client-server-port", str(_free_port()),
          "--temp-dir", ray_tmp, "--disable-usage-stats"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
         cwd=tmp_path,
