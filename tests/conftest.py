@@ -6,9 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny shapes: one intra-op thread avoids OpenMP spin contention on a shared 2-core box
+    (two threads were up to ~50x slower for the tiny model under load). Ray workers are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def test_auto_layout_choice():
     from moemix.kernels.grouped import _plan_rows
 
     even = torch.arange(64).remainder(4).view(32, 2)
-    torch.set_num_threads(2)  # the autouse fixture restores the thread count
+    torch.set_num_threads(2)  # the autouse fixture (tests/conftest.py) restores it
     rows = _plan_rows(even, torch.ones(32, 2), 4, torch.float32)
     assert rows.capacity == 16 and rows.token.numel() == 64
     torch.set_num_threads(1)
