@@ -57,3 +57,12 @@ def test_yaml_maps_onto_the_config():
 def test_bad_values_are_one_line_errors(patch, match):
     with pytest.raises(MoemixError, match=match):
         from_dict(DomainsConfig, patch, where="domains")
+
+
+def test_label_plus_cluster_with_only_labelled_sources_must_split(tmp_path):
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"text": "x"}\n')
+    spec = {"sources": [{"path": str(data), "label": "code"}], "mode": "label+cluster"}
+    with pytest.raises(MoemixError, match="set split_labels >= 2"):
+        from_dict(DomainsConfig, spec, where="domains")
+    assert from_dict(DomainsConfig, {**spec, "split_labels": 2}).split_labels == 2

@@ -117,6 +117,14 @@ class DomainsConfig:
         self.tokenizer.validate()
         if self.mode != "label":
             self.cluster.validate()
+        if self.mode == "label+cluster" and self.split_labels == 0 and self.sources:
+            labelled = [bool(src.label or src.label_column or self.label_column) for src in self.sources]
+            if all(labelled):
+                # otherwise label+cluster would silently be label mode
+                raise ValueError(
+                    "mode label+cluster with every source labelled: set split_labels >= 2 to split each label "
+                    "into clusters, or add an unlabelled source"
+                )
 
 
 @dataclass
