@@ -60,3 +60,14 @@ def test_errors_name_the_key(data, message):
 def test_bool_is_not_an_int():
     with pytest.raises(MoemixError, match="expected an integer"):
         from_dict(Inner, {"steps": True})
+
+
+def test_every_preset_is_a_valid_config():
+    """The shipped presets (the demo, and the documented cluster example) stay loadable as the code evolves."""
+    from moemix.pipeline.config import PRESETS, Config, preset_dict
+
+    for name in PRESETS:
+        cfg = from_dict(Config, preset_dict(name), where=f"preset {name}")
+        assert cfg.proxies.sampler.n_mixtures >= 3
+    cluster = from_dict(Config, preset_dict("cluster-gpu"))
+    assert cluster.pretrain.use_gpu and cluster.domains.mode == "label+cluster"
