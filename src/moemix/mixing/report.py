@@ -18,6 +18,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001 - matplotlib objects
+    """Write a figure atomically as PNG and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_pred_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: str | Path, title: str,
                         metrics: dict | None = None) -> Path:
     plt = _plt()
@@ -33,12 +43,7 @@ def plot_pred_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: str | P
         ax.set_title(f"{title}\n{txt}", fontsize=8)
     else:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_mixture(domains: list[str], chosen: np.ndarray, natural: np.ndarray, path: str | Path,
@@ -57,9 +62,4 @@ def plot_mixture(domains: list[str], chosen: np.ndarray, natural: np.ndarray, pa
     ax.set_ylabel("weight")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
