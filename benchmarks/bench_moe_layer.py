@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from moemix.kernels import measure_matmul_flops, moe_ffn
+from moemix.kernels.cpu_memory import keep_large_allocations_on_heap
 from moemix.moe_model import MoEConfig, MoETransformer
 
 SHAPES = {
@@ -27,6 +29,17 @@ SHAPES = {
     "fine": dict(T=8192, d=128, f=128, E=32, k=4),
 }
 
+
+def _have_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# outside baselines: transformers' Mixtral experts (the HF loop, and HF's own grouped_mm path)
+HF_IMPLS = ["hf_eager", "hf_grouped_mm"] if _have_transformers() else []
 
 NOTES_MARKER = "<!-- notes -->"
 DEVICE = "cpu"
@@ -36,6 +49,11 @@ DTYPE = torch.float32
 def _sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far: fresh-mmapped buffers show up here, not in a profiler."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def make_inputs(T, d, f, E, k, seed=0):
@@ -52,15 +70,36 @@ def make_inputs(T, d, f, E, k, seed=0):
     return [t.to(DEVICE, DTYPE) if t.is_floating_point() and t is not w else t.to(DEVICE) for t in out]
 
 
+def hf_mixtral_experts(implementation: str, w1: torch.Tensor, w2: torch.Tensor) -> torch.nn.Module:
+    """transformers' own Mixtral experts module holding our weights: the outside baseline.
+
+    ``eager`` is the per-expert loop everyone measures against; ``grouped_mm`` is HF's own grouped path.
+    """
+    from transformers.models.mixtral.modeling_mixtral import MixtralConfig, MixtralExperts
+
+    E, d, two_f = w1.shape
+    cfg = MixtralConfig(hidden_size=d, intermediate_size=two_f // 2, num_local_experts=E)
+    cfg._experts_implementation = implementation
+    experts = MixtralExperts(cfg).to(w1.device, w1.dtype)
+    with torch.no_grad():  # HF stores Linear-style [out, in] matrices
+        experts.gate_up_proj.copy_(w1.transpose(1, 2))
+        experts.down_proj.copy_(w2.transpose(1, 2))
+    return experts
+
+
 def step_fn(name, x, idx, w, w1, w2, dense1, dense2):
     leaves = [t.clone().requires_grad_() for t in (x, w, w1, w2, dense1, dense2)]
     gout = torch.randn_like(x)
+    hf = hf_mixtral_experts(name.removeprefix("hf_"), w1, w2) if name.startswith("hf_") else None
 
     def run():
         for t in leaves:
             t.grad = None
         xx, ww, a, b, da, db = leaves
-        if name == "dense":
+        if hf is not None:
+            hf.zero_grad(set_to_none=True)
+            out = hf(xx, idx, ww)
+        elif name == "dense":
             g, u = (xx @ da).chunk(2, -1)
             out = (F.silu(g) * u) @ db
         else:
@@ -78,16 +117,18 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
     fns = {name: step_fn(name, *inputs) for name in impls}
     times: dict[str, list[float]] = {name: [] for name in impls}
     cpu: dict[str, list[float]] = {name: [] for name in impls}
+    faults: dict[str, list[int]] = {name: [] for name in impls}
     for name in impls:  # warm-up
         fns[name]()
     for _ in range(repeats):
         for name in impls:
             _sync()
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
             fns[name]()
             _sync()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+            faults[name].append(_minor_faults() - f0)
     os.environ.pop("MOEMIX_GMM_BACKEND", None)
     flops = 3 * 2 * p["T"] * p["k"] * 3 * p["d"] * p["f"]  # fwd+bwd matmul FLOPs of the active experts
     dense_t = statistics.median(times["dense"]) if "dense" in times else float("nan")
@@ -98,7 +139,8 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
         med, med_c = statistics.median(times[name]), statistics.median(cpu[name])
         rows.append(dict(bench="moe_layer", shape=shape, **p, impl=name, median_s=round(med, 5),
                          cpu_s=round(med_c, 5), gflops=round(flops / med / 1e9, 2), vs_dense=round(med / dense_t, 3),
-                         cpu_vs_dense=round(med_c / dense_c, 3), speedup_vs_reference=round(ref_t / med, 2)))
+                         cpu_vs_dense=round(med_c / dense_c, 3), speedup_vs_reference=round(ref_t / med, 2),
+                         page_faults=int(statistics.median(faults[name]))))
     return rows
 
 
@@ -141,19 +183,24 @@ def write_doc(rows: list[dict], path: Path) -> None:
     from moemix._io import write_text_atomic
 
     env = next(r for r in rows if r["bench"] == "env")
-    key = f"<!-- run {env['device']} {env['dtype']} threads={env['threads']} -->"
-    sec = [key, f"## {env['device']}, {env['dtype']}, {env['threads']} torch thread(s)", "",
+    malloc = "" if env["malloc_tuned"] or env["device"] != "cpu" else " malloc=default"
+    key = f"<!-- run {env['device']} {env['dtype']} threads={env['threads']}{malloc} -->"
+    title = f"## {env['device']}, {env['dtype']}, {env['threads']} torch thread(s)"
+    if env["device"] == "cpu":
+        title += ", malloc tuned" if env["malloc_tuned"] else ", glibc malloc defaults (`--no-malloc-tuning`)"
+    sec = [key, title, "",
            f"torch {env['torch']}; measured matmul {env['matmul_gflops']} GFLOP/s (1024^3). impl `grouped` = "
            "auto layout; `grouped:loop` / `grouped:torch` / `grouped:capacity` force the jagged per-expert mm loop "
-           "/ jagged torch._grouped_mm / padded bmm. CPU s = process CPU time (all threads).", "",
+           "/ jagged torch._grouped_mm / padded bmm; `hf_eager` / `hf_grouped_mm` = transformers' `MixtralExperts` "
+           "with the same weights. CPU s = process CPU time (all threads); faults = minor page faults per step.", "",
            "| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | "
-           "speed-up vs reference |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "speed-up vs reference | faults |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["bench"] == "moe_layer":
             sec.append(f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
                        f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
-                       f"{r['speedup_vs_reference']} |")
+                       f"{r['speedup_vs_reference']} | {r['page_faults']} |")
     m = next((r for r in rows if r["bench"] == "model_step"), None)
     if m:
         sec += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW): "
@@ -181,17 +228,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--impls", nargs="*",
-                    default=["reference", "grouped", "grouped:loop", "grouped:torch", "grouped:capacity", "dense"])
+                    default=["reference", "grouped", "grouped:loop", "grouped:torch", "grouped:capacity", "dense",
+                             *HF_IMPLS])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--write-doc", action="store_true")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="leave glibc's mmap threshold alone (to measure what moemix.kernels.cpu_memory buys)")
     args = ap.parse_args()
+    malloc_tuned = False if args.no_malloc_tuning else keep_large_allocations_on_heap()
     global DEVICE, DTYPE
     DEVICE, DTYPE = args.device, getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     peak = measure_matmul_flops(dtype=args.dtype, device=args.device)
     rows = [dict(bench="env", device=args.device, dtype=args.dtype, threads=args.threads, torch=torch.__version__,
-                 matmul_gflops=round(peak / 1e9, 1))]
+                 malloc_tuned=malloc_tuned, matmul_gflops=round(peak / 1e9, 1))]
     print(json.dumps(rows[0]), flush=True)
     for shape in args.shapes:
         for r in bench_layer(shape, args.repeats, args.impls):

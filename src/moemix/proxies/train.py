@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from moemix._io import atomic_path, stable_hash, to_jsonable
 from moemix.errors import MoemixError
+from moemix.kernels.cpu_memory import keep_large_allocations_on_heap
 from moemix.proxies.flops import peak_matmul_flops
 from moemix.proxies.shards import DomainTokens
 from moemix.proxies.stream import MixtureStream
@@ -250,6 +251,8 @@ def train(
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and distributed:
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cpu":
+        keep_large_allocations_on_heap()  # activations reused across steps instead of re-faulted
 
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = model_factory(model_cfg).to(device)
