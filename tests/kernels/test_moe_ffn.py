@@ -25,7 +25,7 @@ def make_case(t, d, f, e, k, dtype=torch.float32, seed=0, route=None):
 def run(impl, x, idx, w, w1, w2, seed=1):
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, w1, w2)]
     out = moe_ffn(leaves[0], idx, leaves[1], leaves[2], leaves[3], impl=impl)
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device, out.dtype)
     out.backward(gout)
     return [out.detach()] + [t.grad for t in leaves]
 
