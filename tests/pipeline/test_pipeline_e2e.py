@@ -32,14 +32,17 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config, capsys):
+def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config, capsys, monkeypatch):
     from moemix.pipeline.cli import main
     from moemix.ray_jobs.pipeline import run_pipeline
 
     cfg_path = _write_config(tmp_path, tiny_config)
     cfg = load_config(cfg_path)
     run_dir = tmp_path / "run"
-    res = run_pipeline(cfg, run_dir, progress=False)
+    # a relative run dir, as `moemix run --out runs/demo` passes: Ray (Train) workers have their own cwd
+    monkeypatch.chdir(tmp_path)
+    res = run_pipeline(cfg, "run", progress=False)
+    assert res.run_dir == run_dir
 
     doc = load_mixture(run_dir / "mixture.json")
     assert sorted(doc.weights) == sorted(res.domains.domains)
@@ -108,3 +111,14 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
     # finished proxies were not retrained: their results are untouched
     assert all(p.stat().st_mtime_ns == m for p, m in survivors.items())
     assert res.proxies.n_ok == 11
+
+
+def test_swarm_that_leaves_no_results_is_one_clear_error(tmp_path, tiny_config):
+    # e.g. workers that resolved the run dir against another cwd wrote their results elsewhere
+    from moemix.errors import MoemixError
+    from moemix.pipeline.stages import domains_stage, proxies_stage
+
+    cfg = load_config(_write_config(tmp_path, tiny_config))
+    domains = domains_stage(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(MoemixError, match="left no result.json under"):
+        proxies_stage(cfg, tmp_path / "run", domains, swarm_runner=lambda specs: None)

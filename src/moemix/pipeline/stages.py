@@ -124,6 +124,8 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
         log.info("proxies: %d runs under %s", len(specs), stage.path)
         swarm_runner(specs)
         runs = collect_runs(stage.path)
+        if runs.empty:
+            raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
         n_ok = int((runs["status"] == "ok").sum())
         if n_ok == 0:
             raise MoemixError(f"proxies: all {len(runs)} proxy runs failed; first error: {runs['error'].iloc[0]}")

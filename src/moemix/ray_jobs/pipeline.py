@@ -63,7 +63,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", prog
     if until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}")
     last = STAGES.index(until)
-    run_dir = Path(run_dir)
+    # absolute: Ray workers (Ray Train's above all) do not share the driver's working directory
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.resolved.yaml", dump_config(cfg))
     res = PipelineResult(run_dir=run_dir)

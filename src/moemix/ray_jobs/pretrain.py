@@ -126,7 +126,7 @@ def pretrain_mixtures(
                     "pretrain": pcfg,
                     "target": target,
                     "mixture": mixture,
-                    "tokens_dir": str(tokens_dir),
+                    "tokens_dir": str(Path(tokens_dir).resolve()),  # workers run in their own cwd
                     "out_dir": str(run_dir),
                     "seed": seed,
                 },
