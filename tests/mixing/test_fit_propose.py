@@ -150,3 +150,28 @@ def test_separate_auto_reuses_member_oof(tmp_path):
     res = fit_runs(df, "loss/web:0.5,loss/code:0.5", weight_cols(), cfg, tmp_path)
     assert res.cv["kind"] == "oof_of_selected_ensemble" and res.cv["n"] == 30
     assert res.cv["spearman"] > 0.9
+
+
+def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
+    # every run gives `math` at most 0.2 while the surface keeps rewarding it: unguarded proposers go further
+    df = runs_table(40, seed=3)
+    w = df[weight_cols()].to_numpy().copy()
+    w[:, 2] = np.minimum(w[:, 2], 0.2)
+    w /= w.sum(axis=1, keepdims=True)
+    df[weight_cols()] = w
+    df["target"] = 3.0 - 2.0 * w[:, 2] + 0.1 * w[:, 0]
+    res = fit_runs(df, "target", weight_cols(), FitConfig(predictor="linear", **FAST), tmp_path / "fit", prior=PRIOR)
+    observed = w.max(axis=0)
+    assert res.observed_max_weight == pytest.approx(observed.tolist())
+    assert load_fit(tmp_path / "fit").observed_max_weight == pytest.approx(observed.tolist())
+    for method in ("simulate", "constrained"):
+        free = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32,
+                                                max_weight_above_observed=None))
+        held = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32))
+        assert free.weights[2] > observed[2] + 0.1 + 0.05, method
+        assert np.all(held.weights <= observed + 0.1 + 1e-6), method
+        assert held.constraints["trust_region_max_weight"]["math"] == pytest.approx(observed[2] + 0.1, abs=1e-6)
+    doc = proposal_to_doc(held, res)
+    assert any("edge of the region the proxies explored" in n and "math" in n for n in doc.notes)
+    with pytest.raises(MoemixError, match="max_weight_above_observed must be >= 0"):
+        propose(res, None, ProposeConfig(max_weight_above_observed=-0.1))

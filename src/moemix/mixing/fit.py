@@ -80,6 +80,8 @@ class FitResult:
     scale_transfer: dict[str, Any] | None = None
     # lowest observed target among the fitted runs (to flag proposals that extrapolate below it)
     best_observed: float | None = None
+    # largest weight any fitted run gave each domain: the edge of the explored region
+    observed_max_weight: list[float] | None = None
 
     @property
     def cv_spearman(self) -> float | None:
@@ -210,7 +212,8 @@ def _fit_prepared(
         "target": asdict(runs.target), "prior": prior_list, "prior_source": prior_source,
         "domain_tokens": None if domain_tokens is None else [int(t) for t in np.asarray(domain_tokens)],
         "n_rows": runs.n_rows, "n_used": runs.n_used, "skipped": runs.skipped, "plots": plots,
-        "scale_transfer": scale_transfer, "best_observed": float(np.min(runs.y)), "config": asdict(cfg),
+        "scale_transfer": scale_transfer, "best_observed": float(np.min(runs.y)),
+        "observed_max_weight": [float(v) for v in runs.X.max(axis=0)], "config": asdict(cfg),
     }
     write_json_atomic(out_dir / "fit.json", meta)
     return load_fit(out_dir, predictor=predictor)
@@ -262,6 +265,7 @@ def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResu
             n_rows=int(meta["n_rows"]), n_used=int(meta["n_used"]), skipped=dict(meta.get("skipped", {})),
             plots=dict(meta.get("plots", {})), out_dir=out_dir, config=dict(meta.get("config", {})),
             scale_transfer=meta.get("scale_transfer"), best_observed=meta.get("best_observed"),
+            observed_max_weight=meta.get("observed_max_weight"),
         )
     except (KeyError, TypeError) as e:
         raise MoemixError(f"{meta_path}: malformed fit metadata (key {e})") from None

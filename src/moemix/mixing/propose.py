@@ -45,6 +45,10 @@ class ProposeConfig:
     min_weight: dict[str, float] = field(default_factory=dict)
     max_weight: dict[str, float] = field(default_factory=dict)
     max_epochs: float | None = None
+    # trust region: no domain may get more than (largest weight any fitted run gave it) + this margin.
+    # Predictors fitted on a few dozen noisy proxies extrapolate badly; the demo's unguarded proposal put
+    # 0.89 on a domain no run had given over 0.32, and lost to uniform in pretraining. null = no limit.
+    max_weight_above_observed: float | None = 0.1
     rounds: int = 4
     seed: int = 0
 
@@ -57,6 +61,8 @@ class ProposeConfig:
             raise ValueError("kl_weight and uncertainty_weight must be >= 0")
         if self.max_epochs is not None and self.max_epochs <= 0:
             raise ValueError("max_epochs must be > 0 or null")
+        if self.max_weight_above_observed is not None and self.max_weight_above_observed < 0:
+            raise ValueError("max_weight_above_observed must be >= 0 or null")
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
         if not 0 < self.concentration_min <= self.concentration_max:
@@ -244,6 +250,17 @@ def _constrained(obj: _Objective, prior, cfg, lo, hi, rng, smooth: bool) -> np.n
     return best
 
 
+def _trust_region(fit: FitResult, cfg: ProposeConfig, lo: np.ndarray) -> np.ndarray | None:
+    """Per-domain upper bounds that keep the proposal near the mixtures the predictor was fitted on."""
+    if cfg.max_weight_above_observed is None or fit.observed_max_weight is None:
+        return None
+    observed = np.asarray(fit.observed_max_weight, dtype=np.float64)
+    if observed.shape != lo.shape:
+        raise MoemixError(f"fit: observed_max_weight has {observed.size} entries, expected {lo.size}")
+    # a user's min_weight wins over the trust region
+    return np.maximum(np.minimum(observed + cfg.max_weight_above_observed, 1.0), lo)
+
+
 def propose(
     fit: FitResult,
     prior: np.ndarray | None,
@@ -276,6 +293,13 @@ def _propose(
     if domain_tokens is None and fit.domain_tokens is not None:
         domain_tokens = np.asarray(fit.domain_tokens, dtype=np.float64)
     lo, hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
+    trust_hi = _trust_region(fit, cfg, lo)
+    if trust_hi is not None:
+        hi = np.minimum(hi, trust_hi)
+        if hi.sum() < 1 - 1e-9:
+            raise MoemixError(f"constraints: upper bounds sum to {hi.sum():.4g} < 1 once limited to the explored "
+                              f"region (max_weight_above_observed={cfg.max_weight_above_observed}); raise it or "
+                              "set it to null")
     rng = np.random.default_rng(cfg.seed)
     obj = _Objective(fit, p, cfg)
     smooth = bool(getattr(fit.predictor, "smooth", True))
@@ -292,7 +316,10 @@ def _propose(
     constraints: dict[str, Any] = {
         "min_weight": dict(cfg.min_weight), "max_weight": dict(cfg.max_weight), "max_epochs": cfg.max_epochs,
         "target_tokens": target_tokens, "kl_weight": cfg.kl_weight, "uncertainty_weight": cfg.uncertainty_weight,
+        "max_weight_above_observed": cfg.max_weight_above_observed,
     }
+    if trust_hi is not None:
+        constraints["trust_region_max_weight"] = dict(zip(domains, (round(float(v), 6) for v in trust_hi)))
     return Proposal(domains=list(domains), weights=w, predicted_loss=float(mean[0]),
                     predicted_std=None if std is None else float(std[0]),
                     baselines={"uniform": float(base[0]), "natural": float(base[1])},
@@ -372,6 +399,12 @@ def proposal_to_doc(
     if fit.best_observed is not None and proposal.predicted_loss < fit.best_observed:
         notes.append(f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
                      f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic")
+    at_edge = [f"{name} {cap:.3g}" for name, w in zip(proposal.domains, proposal.weights)
+               if (cap := (proposal.constraints.get("trust_region_max_weight") or {}).get(name)) is not None
+               and cap < 1.0 and w >= cap - 1e-4]
+    if at_edge:
+        notes.append("held at the edge of the region the proxies explored (max_weight_above_observed): "
+                     + ", ".join(at_edge) + "; more proxy runs there would tell whether to go further")
     if fit.skipped and any(fit.skipped.values()):
         notes.append("skipped runs: " + ", ".join(f"{k}={v}" for k, v in fit.skipped.items() if v))
     return MixtureDoc(
