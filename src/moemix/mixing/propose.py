@@ -399,9 +399,9 @@ def proposal_to_doc(
     if fit.best_observed is not None and proposal.predicted_loss < fit.best_observed:
         notes.append(f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
                      f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic")
-    at_edge = [f"{name} {cap:.3g}" for name, w in zip(proposal.domains, proposal.weights)
-               if (cap := (proposal.constraints.get("trust_region_max_weight") or {}).get(name)) is not None
-               and cap < 1.0 and w >= cap - 1e-4]
+    caps = proposal.constraints.get("trust_region_max_weight") or {}
+    at_edge = [f"{n} {caps[n]:.3g}" for n, w in zip(proposal.domains, proposal.weights)
+               if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4]
     if at_edge:
         notes.append("held at the edge of the region the proxies explored (max_weight_above_observed): "
                      + ", ".join(at_edge) + "; more proxy runs there would tell whether to go further")
