@@ -173,8 +173,8 @@ HEADER = [
     "# MoE kernel benchmarks",
     "",
     "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; median of "
-    "interleaved repeats). Each run replaces only its own section (device, dtype, thread count). Other "
-    "processes shared the 2 cores, so compare ratios within one run.",
+    "interleaved repeats). Each run replaces only its own section (device, dtype, thread count, malloc "
+    "tuning). Load from other processes moves absolute times between runs: compare ratios within one run.",
 ]
 
 
