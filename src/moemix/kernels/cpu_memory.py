@@ -4,7 +4,7 @@ Why: glibc serves every allocation above ``M_MMAP_THRESHOLD`` (dynamic, at most 
 fresh ``mmap`` and returns it with ``munmap`` on free. An MoE layer's dispatched activations
 (``[T*k, 2f]`` fp32 is 35 MB on the fine-grained benchmark shape) cross that line, so every
 training step page-faults its biggest buffers in again: on a 2-core box the first touch of such a
-buffer costs ~27 ms against ~1.7 ms hot, which was a third of the grouped MoE layer's step time.
+buffer costs ~27 ms against ~1.7 ms hot (a third of the grouped MoE layer's gap to a dense layer).
 Raising the mmap threshold and the trim threshold lets the allocator reuse those pages across
 steps. This is the same as exporting ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, but
 works after the interpreter has started (a Ray worker, a notebook).
