@@ -103,8 +103,13 @@ def step_fn(name, x, idx, w, w1, w2, dense1, dense2):
             g, u = (xx @ da).chunk(2, -1)
             out = (F.silu(g) * u) @ db
         else:
-            impl, _, backend = name.partition(":")
+            spec, _, chunk_mib = name.partition("@")  # grouped@0: one chunk (no cache blocking)
+            impl, _, backend = spec.partition(":")
             os.environ["MOEMIX_GMM_BACKEND"] = backend or "auto"
+            if chunk_mib:
+                os.environ["MOEMIX_CHUNK_MIB"] = chunk_mib
+            else:
+                os.environ.pop("MOEMIX_CHUNK_MIB", None)
             out = moe_ffn(xx, idx, ww, a, b, impl=impl)
         out.backward(gout)
 
@@ -130,6 +135,7 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
             cpu[name].append(time.process_time() - c0)
             faults[name].append(_minor_faults() - f0)
     os.environ.pop("MOEMIX_GMM_BACKEND", None)
+    os.environ.pop("MOEMIX_CHUNK_MIB", None)
     flops = 3 * 2 * p["T"] * p["k"] * 3 * p["d"] * p["f"]  # fwd+bwd matmul FLOPs of the active experts
     dense_t = statistics.median(times["dense"]) if "dense" in times else float("nan")
     dense_c = statistics.median(cpu["dense"]) if "dense" in cpu else float("nan")
@@ -147,14 +153,16 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
 def bench_model_step(repeats: int, peak: float) -> dict:
     cfg = MoEConfig()  # the default ~1M-active proxy
     torch.manual_seed(0)
-    model = MoETransformer(cfg)
+    model = MoETransformer(cfg).to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     b, t = 16, 256
-    ids = torch.randint(0, cfg.vocab_size, (b, t + 1))
+    ids = torch.randint(0, cfg.vocab_size, (b, t + 1), device=DEVICE)
     times = []
+    lowp = DTYPE in (torch.bfloat16, torch.float16)  # fp32 master weights, bf16 compute: what training uses
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        out = model(ids[:, :-1], ids[:, 1:])
+        with torch.autocast(DEVICE, dtype=DTYPE, enabled=lowp):
+            out = model(ids[:, :-1], ids[:, 1:])
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -191,7 +199,8 @@ def write_doc(rows: list[dict], path: Path) -> None:
     sec = [key, title, "",
            f"torch {env['torch']}; measured matmul {env['matmul_gflops']} GFLOP/s (1024^3). impl `grouped` = "
            "auto layout; `grouped:loop` / `grouped:torch` / `grouped:capacity` force the jagged per-expert mm loop "
-           "/ jagged torch._grouped_mm / padded bmm; `hf_eager` / `hf_grouped_mm` = transformers' `MixtralExperts` "
+           "/ jagged torch._grouped_mm / padded bmm; `grouped@0` = one chunk (no cache blocking, "
+           "`MOEMIX_CHUNK_MIB=0`); `hf_eager` / `hf_grouped_mm` = transformers' `MixtralExperts` "
            "with the same weights. CPU s = process CPU time (all threads); faults = minor page faults per step.", "",
            "| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | "
            "speed-up vs reference | faults |",
@@ -203,7 +212,8 @@ def write_doc(rows: list[dict], path: Path) -> None:
                        f"{r['speedup_vs_reference']} | {r['page_faults']} |")
     m = next((r for r in rows if r["bench"] == "model_step"), None)
     if m:
-        sec += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW): "
+        amp = ", bf16 autocast over fp32 weights" if env["dtype"] != "float32" else ""
+        sec += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW{amp}): "
                 f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
                 f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
                 f"MFU {m['mfu']:.1%} of the measured matmul peak."]
@@ -228,7 +238,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--impls", nargs="*",
-                    default=["reference", "grouped", "grouped:loop", "grouped:torch", "grouped:capacity", "dense",
+                    default=["reference", "grouped", "grouped@0", "grouped:loop", "grouped:torch", "grouped:capacity", "dense",
                              *HF_IMPLS])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -52,9 +52,18 @@ CASES = {
 NAMES = ["out", "dx", "dw", "dw_gate_up", "dw_down"]
 
 
+@pytest.fixture(params=["whole", "chunked"])
+def chunking(request, monkeypatch):
+    """Run the grouped path as one chunk (small test shapes) or with the smallest chunks it makes
+    (one expert per jagged chunk, two per capacity chunk), so chunk seams are covered."""
+    if request.param == "chunked":
+        monkeypatch.setattr("moemix.kernels.grouped.CHUNK_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("backend", ["loop", "torch", "capacity", "auto"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_grouped_matches_reference_fp32(case, backend, monkeypatch):
+def test_grouped_matches_reference_fp32(case, backend, chunking, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     args = make_case(**CASES[case])
     ref = run("reference", *args)
@@ -74,7 +83,7 @@ def test_reference_matches_dense_math():
 
 
 @pytest.mark.parametrize("backend", ["loop", "torch", "capacity", "auto"])
-def test_grouped_bf16_close_to_fp32_reference(backend, monkeypatch):
+def test_grouped_bf16_close_to_fp32_reference(backend, chunking, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     x, idx, w, w1, w2 = make_case(t=96, d=32, f=32, e=4, k=2, route=skip_expert)
     ref = run("reference", x, idx, w, w1, w2)
@@ -86,7 +95,7 @@ def test_grouped_bf16_close_to_fp32_reference(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["loop", "capacity"])
-def test_gradcheck_float64(backend, monkeypatch):
+def test_gradcheck_float64(backend, chunking, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     x, idx, w, w1, w2 = make_case(t=13, d=6, f=4, e=3, k=2, dtype=torch.float64, route=skip_expert)
     leaves = [t.double().requires_grad_() for t in (x, w, w1, w2)]
@@ -105,6 +114,31 @@ def test_auto_layout_choice():
     assert _plan_rows(even, torch.ones(32, 2), 4, torch.float32).capacity == 0
     skewed = torch.stack([torch.zeros(32, dtype=torch.long), torch.arange(32).remainder(3) + 1], 1)
     assert _plan_rows(skewed, torch.ones(32, 2), 4, torch.float32).capacity == 0
+
+
+@pytest.mark.parametrize("backend", ["loop", "capacity"])
+def test_chunks_tile_experts_and_rows(backend, monkeypatch):
+    """CPU chunks: consecutive, covering every expert and every row once, at the configured size."""
+    from moemix.kernels import grouped
+
+    monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
+    idx = torch.tensor([[0, 1], [1, 3], [0, 3], [3, 1], [1, 0]])  # expert 2 and 4 get nothing
+    rows = grouped._plan_rows(idx, torch.ones(5, 2), 5, torch.float32)
+    assert bool(rows.capacity) == (backend == "capacity")
+    for budget, row_bytes in [(1 << 30, 4), (1, 4), (64, 4)]:
+        monkeypatch.setattr(grouped, "CHUNK_BYTES", budget)
+        chunks = rows.chunks(row_bytes)
+        assert chunks[0].e0 == 0 and chunks[0].r0 == 0
+        assert chunks[-1].e1 == 5 and chunks[-1].r1 == rows.n_rows
+        assert all(a.e1 == b.e0 and a.r1 == b.r0 for a, b in zip(chunks, chunks[1:]))
+        for c in chunks:
+            want = (c.e1 - c.e0) * rows.capacity if rows.capacity else sum(rows.counts[c.e0 : c.e1])
+            assert c.r1 - c.r0 == want
+        if budget == 1 << 30:
+            assert len(chunks) == 1
+        if budget == 1:  # smallest chunks: one loaded expert (jagged) or two slabs (capacity)
+            sizes = [c.e1 - c.e0 for c in chunks]
+            assert sizes == ([2, 2, 1] if rows.capacity else [1, 1, 2, 1])
 
 
 def test_dispatch_is_stable_and_counts():

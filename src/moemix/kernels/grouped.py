@@ -11,6 +11,14 @@ Two row layouts share one forward/backward:
   small (E * C <= 1.25 N); skewed loads and single-threaded runs use the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
   (``torch`` | ``loop`` | ``capacity``).
 
+On CPU the experts are processed in *chunks* of whole experts sized so that one chunk's buffers
+(gathered rows, gate/up, SwiGLU output, their gradients: ``_row_bytes``) stay in the last-level
+cache: the elementwise passes between two GEMMs then read what the GEMM just wrote from cache
+instead of memory. Measured on the fine-grained shape (2 cores, 41 interleaved repeats): 2-4% off
+the whole fwd+bwd in bf16 and fp32 - small, since the GEMMs dominate - and the backward's scratch
+(upstream rows, their SwiGLU gradient) shrinks from layer size to chunk size. On CUDA there is one
+chunk (more launches would only cost).
+
 Generic autograd over the unfused ops makes extra elementwise passes (SwiGLU backward as five
 separate ops, a ``cat`` of gate/up gradients, the gate weight applied on both branches). On CPU
 those passes cost as much as the GEMMs, so this Function
@@ -24,17 +32,37 @@ those passes cost as much as the GEMMs, so this Function
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from moemix.kernels.dispatch import make_dispatch
 from moemix.kernels.grouped_gemm import backend, gmm, gmm_wgrad
 
 CAPACITY_MAX_WASTE = 1.25
+# Working set one CPU chunk aims for: under the 32 MiB L3 of the machines we measured on, leaving
+# room for weights and other tenants (fine shape: 8-16 MiB chunks were best, whole-layer ~45 MiB worst).
+# MOEMIX_CHUNK_MIB overrides it (0 = one chunk), for machines with other caches.
+CHUNK_BYTES = 12 << 20
+# A bmm over a single expert parallelises worse across threads (coarse shape: one-expert chunks 10% slower)
+MIN_CAPACITY_CHUNK_EXPERTS = 2
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Experts [e0, e1) and the rows [r0, r1) of the expert buffers they own."""
+
+    e0: int
+    e1: int
+    r0: int
+    r1: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.r0, self.r1)
 
 
 @dataclass
@@ -48,19 +76,62 @@ class _Rows:
     counts: list[int]
     capacity: int  # 0 = jagged layout
 
-    def mm(self, a: Tensor, w: Tensor) -> Tensor:
-        """Row-wise ``a[rows of e] @ w[e]``."""
-        if self.capacity:
-            e = w.shape[0]
-            return torch.bmm(a.view(e, self.capacity, -1), w).view(a.shape[0], -1)
-        return gmm(a, w, self.offsets, self.counts)
+    @property
+    def n_rows(self) -> int:
+        return self.token.numel()
 
-    def wgrad(self, a: Tensor, g: Tensor) -> Tensor:
-        """Per-expert ``a[rows of e]^T @ g[rows of e]``."""
+    def chunks(self, row_bytes: int) -> list[_Chunk]:
+        """Split the experts into consecutive groups whose rows fill about ``CHUNK_BYTES``."""
+        n_exp = len(self.counts)
+        budget = _chunk_bytes()
+        if self.token.device.type != "cpu" or budget <= 0:
+            return [_Chunk(0, n_exp, 0, self.n_rows)]
         if self.capacity:
-            e, c = len(self.counts), self.capacity
-            return torch.bmm(a.view(e, c, -1).transpose(1, 2), g.view(e, c, -1))
-        return gmm_wgrad(a, g, self.offsets, self.counts)
+            per = max(MIN_CAPACITY_CHUNK_EXPERTS, budget // max(row_bytes * self.capacity, 1))
+            c = self.capacity
+            return [_Chunk(e, min(e + per, n_exp), e * c, min(e + per, n_exp) * c) for e in range(0, n_exp, per)]
+        out, e0, r0, rows = [], 0, 0, 0
+        for e, n in enumerate(self.counts):
+            rows += n
+            if rows * row_bytes >= budget or e == n_exp - 1:
+                out.append(_Chunk(e0, e + 1, r0, r0 + rows))
+                e0, r0, rows = e + 1, r0 + rows, 0
+        return out
+
+    def _sub_offsets(self, c: _Chunk) -> Tensor:
+        if c.e0 == 0 and c.e1 == len(self.counts):
+            return self.offsets
+        return torch.from_numpy(np.cumsum(self.counts[c.e0 : c.e1]).astype(np.int32)).to(self.offsets.device)
+
+    def mm(self, a: Tensor, w: Tensor, c: _Chunk, out: Tensor) -> Tensor:
+        """``out[rows of e] = a[rows of e] @ w[e]`` for the experts of chunk ``c`` (a, out: its rows)."""
+        if self.capacity:
+            g = c.e1 - c.e0
+            torch.bmm(a.view(g, self.capacity, -1), w[c.e0 : c.e1], out=out.view(g, self.capacity, -1))
+            return out
+        return gmm(a, w[c.e0 : c.e1], self._sub_offsets(c), self.counts[c.e0 : c.e1], out=out)
+
+    def wgrad(self, a: Tensor, g: Tensor, c: _Chunk, out: Tensor) -> Tensor:
+        """``out[e] = a[rows of e]^T @ g[rows of e]`` for the experts of chunk ``c``."""
+        if self.capacity:
+            n, cap = c.e1 - c.e0, self.capacity
+            return torch.bmm(a.view(n, cap, -1).transpose(1, 2), g.view(n, cap, -1), out=out)
+        return gmm_wgrad(a, g, self._sub_offsets(c), self.counts[c.e0 : c.e1], out=out)
+
+
+def _chunk_bytes() -> int:
+    value = os.environ.get("MOEMIX_CHUNK_MIB")
+    if value is None:
+        return CHUNK_BYTES
+    try:
+        return int(float(value) * (1 << 20))
+    except ValueError:
+        raise ValueError(f"MOEMIX_CHUNK_MIB must be a number of MiB (0 = no chunking), got {value!r}") from None
+
+
+def _row_bytes(d: int, f: int, dtype: torch.dtype) -> int:
+    """Bytes a row touches through forward + backward: xs, h, sg, a, y, gy, da, dh, dxs."""
+    return (4 * d + 7 * f) * torch.empty((), dtype=dtype).element_size()
 
 
 def _use_capacity(device: torch.device, n_experts: int, cap: int, n: int) -> bool:
@@ -116,25 +187,49 @@ def _plan_rows_cpu(topk_idx: Tensor, topk_weight: Tensor, n_experts: int, dtype:
     return _Rows(torch.from_numpy(token_pad), torch.from_numpy(inv), weight, offsets, counts.tolist(), cap)
 
 
+def _sum_rows(src: Tensor, inv_by_slot: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``out[t] = Σ_j weight[t, j] · src[inv_by_slot[j, t]]``: k row gathers and fused multiply-adds.
+
+    On CPU this is 1.2-3x faster than gathering [T, k, d] and reducing it with a [1, k] @ [k, d] bmm
+    or ``.sum(1)``, and ``index_add_`` (the scatter form) runs serially.
+    """
+    out = src.index_select(0, inv_by_slot[0])
+    if weight is not None:
+        out.mul_(weight[:, :1])
+    for j in range(1, inv_by_slot.shape[0]):
+        rows_j = src.index_select(0, inv_by_slot[j])
+        if weight is None:
+            out.add_(rows_j)
+        else:
+            out.addcmul_(rows_j, weight[:, j : j + 1])
+    return out
+
+
 class _GroupedMoEFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, topk_idx, topk_weight, w_gate_up, w_down):  # type: ignore[override]
         f = w_down.shape[1]
+        d = x.shape[1]
         rows = _plan_rows(topk_idx, topk_weight, w_gate_up.shape[0], x.dtype)
-        xs = x.index_select(0, rows.token)
-        h = rows.mm(xs, w_gate_up)
-        sg = F.silu(h[:, :f])  # kept for backward: saves one recompute pass over [R, f]
-        a = sg * h[:, f:]
-        y = rows.mm(a, w_down)
-        # combine the k rows of each token: one gather + a [1, k] @ [k, d] bmm per token, which also
-        # applies the gate weights (cheaper than weighting + index_add_, which is serial on CPU)
+        chunks = rows.chunks(_row_bytes(d, f, x.dtype))
+        r = rows.n_rows
+        xs, h, sg, a, y = (x.new_empty(r, n) for n in (d, 2 * f, f, f, d))
+        for c in chunks:
+            s = c.rows
+            torch.index_select(x, 0, rows.token[s], out=xs[s])
+            rows.mm(xs[s], w_gate_up, c, out=h[s])
+            torch.ops.aten.silu.out(h[s, :f], out=sg[s])  # kept for backward: saves a recompute pass
+            torch.mul(sg[s], h[s, f:], out=a[s])
+            rows.mm(a[s], w_down, c, out=y[s])
         k = topk_idx.shape[1]
         t = x.shape[0]
-        rows_of_token = y.index_select(0, rows.inv).view(t, k, y.shape[1])
-        out = torch.bmm(topk_weight.to(x.dtype).view(t, 1, k), rows_of_token).squeeze(1)
+        inv_by_slot = rows.inv.view(t, k).t().contiguous()  # [k, T]: the row of each token's j-th slot
+        out = _sum_rows(y, inv_by_slot, topk_weight.to(x.dtype))
         ctx.save_for_backward(xs, w_gate_up, w_down, h, sg, a, y)
         ctx.rows = rows
-        ctx.k = topk_idx.shape[1]
+        ctx.chunks = chunks
+        ctx.inv_by_slot = inv_by_slot
+        ctx.k = k
         ctx.weight_dtype = topk_weight.dtype
         ctx.x_shape = x.shape
         return out
@@ -143,31 +238,45 @@ class _GroupedMoEFFN(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         xs, w_gate_up, w_down, h, sg, a, y = ctx.saved_tensors
         rows: _Rows = ctx.rows
+        chunks: list[_Chunk] = ctx.chunks
         f = w_down.shape[1]
-        gy = grad_out.contiguous().index_select(0, rows.token)  # [R, d] upstream grad of each row
-        d_weight = None
-        if ctx.needs_input_grad[2]:
-            lowp = gy.dtype in (torch.bfloat16, torch.float16)  # reduce over d in fp32
-            dots = torch.linalg.vecdot(gy.float(), y.float()) if lowp else torch.linalg.vecdot(gy, y)
-            d_weight = dots[rows.inv].view(ctx.x_shape[0], ctx.k).to(ctx.weight_dtype)
-        gy.mul_(rows.weight[:, None])  # zero on padding rows: their gradients vanish below
-        dw_down = rows.wgrad(a, gy) if ctx.needs_input_grad[4] else None
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
-            return None, None, d_weight, None, dw_down
-        da = rows.mm(gy, w_down.transpose(1, 2))
-        del gy
-        g, u = h[:, :f], h[:, f:]
-        dh = torch.empty_like(h)
-        torch.mul(da, sg, out=dh[:, f:])
-        torch.ops.aten.silu_backward.grad_input(da.mul_(u), g, grad_input=dh[:, :f])
-        del da
-        dw_gate_up = rows.wgrad(xs, dh) if ctx.needs_input_grad[3] else None
+        t, d = ctx.x_shape
+        need_x, _, need_w, need_gu, need_down = ctx.needs_input_grad
+        need_dh = need_x or need_gu
+        grad_out = grad_out.contiguous()
+        width = max(c.r1 - c.r0 for c in chunks)
+        gy_buf = grad_out.new_empty(width, d)
+        da_buf = grad_out.new_empty(width, f) if need_dh else None
+        dh_buf = grad_out.new_empty(width, 2 * f) if need_dh else None
+        dots = grad_out.new_empty(rows.n_rows) if need_w else None
+        dw_down = torch.empty_like(w_down) if need_down else None
+        dw_gate_up = torch.empty_like(w_gate_up) if need_gu else None
+        dxs = xs.new_empty(rows.n_rows, d) if need_x else None
+        w_down_t, w_gate_up_t = w_down.transpose(1, 2), w_gate_up.transpose(1, 2)
+        for c in chunks:
+            s, n = c.rows, c.r1 - c.r0
+            gy = torch.index_select(grad_out, 0, rows.token[s], out=gy_buf[:n])  # upstream grad of each row
+            if need_w:
+                # in x's dtype, as autograd through the unfused ops would give (bf16: summed in fp32,
+                # rounded once; converting to fp32 first cost more than the whole dot)
+                torch.linalg.vecdot(gy, y[s], out=dots[s])
+            gy.mul_(rows.weight[s, None])  # zero on padding rows: their gradients vanish below
+            if need_down:
+                rows.wgrad(a[s], gy, c, out=dw_down[c.e0 : c.e1])
+            if not need_dh:
+                continue
+            da = rows.mm(gy, w_down_t, c, out=da_buf[:n])
+            dh = dh_buf[:n]
+            torch.mul(da, sg[s], out=dh[:, f:])
+            torch.ops.aten.silu_backward.grad_input(da.mul_(h[s, f:]), h[s, :f], grad_input=dh[:, :f])
+            if need_gu:
+                rows.wgrad(xs[s], dh, c, out=dw_gate_up[c.e0 : c.e1])
+            if need_x:
+                rows.mm(dh, w_gate_up_t, c, out=dxs[s])
+        d_weight = dots[rows.inv].view(t, ctx.k).to(ctx.weight_dtype) if need_w else None
         dx = None
-        if ctx.needs_input_grad[0]:
-            dxs = rows.mm(dh, w_gate_up.transpose(1, 2))
-            # sum the k rows of each token; a [1, k] @ [k, d] bmm is ~2x faster than .sum(1) on CPU
-            ones = dxs.new_ones(ctx.x_shape[0], 1, ctx.k)
-            dx = torch.bmm(ones, dxs.index_select(0, rows.inv).view(ctx.x_shape[0], ctx.k, dxs.shape[1])).squeeze(1)
+        if need_x:
+            dx = _sum_rows(dxs, ctx.inv_by_slot)
         return dx, None, d_weight, dw_gate_up, dw_down
 
 

@@ -57,13 +57,14 @@ def _try_torch(fn, key: tuple[str, torch.dtype]):
         return None
 
 
-def gmm(a: Tensor, b: Tensor, offsets: Tensor, counts: list[int]) -> Tensor:
+def gmm(a: Tensor, b: Tensor, offsets: Tensor, counts: list[int], out: Tensor | None = None) -> Tensor:
     """``out[rows of e] = a[rows of e] @ b[e]`` for a [N, K], b [E, K, M] -> [N, M]."""
     if _use_torch(a, b):
-        out = _try_torch(lambda: torch._grouped_mm(a, b, offs=offsets), (a.device.type, a.dtype))
-        if out is not None:
-            return out
-    out = a.new_empty(a.shape[0], b.shape[-1])
+        res = _try_torch(lambda: torch._grouped_mm(a, b, offs=offsets), (a.device.type, a.dtype))
+        if res is not None:
+            return res if out is None else out.copy_(res)  # _grouped_mm has no out=
+    if out is None:
+        out = a.new_empty(a.shape[0], b.shape[-1])
     start = 0
     for e, n in enumerate(counts):
         if n:
@@ -72,17 +73,20 @@ def gmm(a: Tensor, b: Tensor, offsets: Tensor, counts: list[int]) -> Tensor:
     return out
 
 
-def gmm_wgrad(a: Tensor, g: Tensor, offsets: Tensor, counts: list[int]) -> Tensor:
+def gmm_wgrad(a: Tensor, g: Tensor, offsets: Tensor, counts: list[int], out: Tensor | None = None) -> Tensor:
     """Per-expert weight gradient ``out[e] = a[rows of e]^T @ g[rows of e]`` -> [E, K, M]."""
     at = a.t()
     if _use_torch(at, g):
-        out = _try_torch(lambda: torch._grouped_mm(at, g, offs=offsets), (a.device.type, a.dtype))
-        if out is not None:
-            return out
-    out = a.new_zeros(len(counts), a.shape[1], g.shape[1])
+        res = _try_torch(lambda: torch._grouped_mm(at, g, offs=offsets), (a.device.type, a.dtype))
+        if res is not None:
+            return res if out is None else out.copy_(res)
+    if out is None:
+        out = a.new_empty(len(counts), a.shape[1], g.shape[1])
     start = 0
     for e, n in enumerate(counts):
         if n:
             torch.mm(at[:, start : start + n], g[start : start + n], out=out[e])
+        else:
+            out[e].zero_()  # an expert without tokens gets an exact zero gradient
         start += n
     return out
