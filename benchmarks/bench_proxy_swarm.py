@@ -8,6 +8,10 @@
   achieved FLOP/s (``model.flops_per_token``: 6 x active matmul params + attention), and MFU against
   the fp32 matmul throughput measured in the same process with the same thread count. Median of
   ``--repeats`` runs.
+* ``precision``: fp32 vs ``precision="bf16"`` (bf16 autocast over fp32 weights) training throughput,
+  interleaved, for the demo proxy and a 4x wider one (d_model 256, d_expert 512), 1 thread.
+  bf16 pays off on CPUs with native bf16 matmuls (AVX512-BF16/AMX) once the GEMMs are wide enough
+  to outweigh autocast's casts.
 * ``proxy``: one full demo proxy (``run_proxy``: train with the default TrainConfig + evaluation on
   every domain), wall seconds on 1 thread: the figure the demo budget is planned with.
 * ``swarm``: N identical-budget proxies (different mixtures) three ways, all on the same 2 cores:
@@ -69,6 +73,28 @@ def bench_train(data: DomainTokens, repeats: int, steps: int) -> None:
         )
 
 
+WIDE_MODEL = MoEConfig(
+    vocab_size=4096, max_seq_len=128, d_model=256, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=512
+)
+
+
+def bench_precision(data: DomainTokens, repeats: int, steps: int) -> None:
+    torch.set_num_threads(1)
+    for name, model in (("demo_d64", DEMO_MODEL), ("wide_d256", WIDE_MODEL)):
+        runs: dict[str, list] = {"fp32": [], "bf16": []}
+        for r in range(repeats):
+            for precision in runs:  # interleaved: load drifts hit both alike
+                cfg = TrainConfig(steps=steps, batch_size=16, seq_len=128, log_every=steps, seed=r,
+                                  precision=precision, measure_mfu=False)
+                runs[precision].append(train(model, cfg, data, MIX4))
+        tps = {p: statistics.median(x.tokens_per_s for x in v) for p, v in runs.items()}
+        loss = {p: statistics.median(x.final_loss for x in v) for p, v in runs.items()}
+        emit(bench="precision", model=name, d_model=model.d_model, threads=1, steps=steps, repeats=repeats,
+             fp32_tokens_per_s=round(tps["fp32"], 1), bf16_tokens_per_s=round(tps["bf16"], 1),
+             bf16_speedup=round(tps["bf16"] / tps["fp32"], 3), fp32_final_loss=round(loss["fp32"], 4),
+             bf16_final_loss=round(loss["bf16"], 4), cpu_native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
 def bench_proxy(tokens_dir: Path, data: DomainTokens, out: Path) -> None:
     torch.set_num_threads(1)
     cfg = TrainConfig()  # the default = demo proxy budget
@@ -127,7 +153,7 @@ def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["train", "proxy", "swarm"], default=None)
+    ap.add_argument("--only", choices=["train", "precision", "proxy", "swarm"], default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--swarm-proxies", type=int, default=8)
@@ -141,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         emit(bench="env", torch=torch.__version__, cpus=torch.get_num_threads(), python=sys.version.split()[0])
         if args.only in (None, "train"):
             bench_train(data, args.repeats, args.train_steps)
+        if args.only in (None, "precision"):
+            bench_precision(data, args.repeats, args.train_steps)
         if args.only in (None, "proxy"):
             bench_proxy(tmp / "tokens", data, tmp / "proxy")
         if args.only in (None, "swarm"):

@@ -92,3 +92,28 @@ def test_two_rank_data_parallel_stays_in_sync(markov_tokens, tmp_path):
     single = train(StubConfig(), _cfg(steps=15), DomainTokens(markov_tokens), MIX, model_factory=StubLM).model
     for k, v in single.state_dict().items():
         torch.testing.assert_close(r0[k], v, atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_bf16_precision_runs_autocast_on_cpu(markov_data, monkeypatch):
+    """precision bf16 on CPU trains under bf16 autocast (fp32 master weights), learns like fp32,
+    and reports MFU against the bf16 matmul peak."""
+    import moemix.proxies.train as train_mod
+
+    seen: list[torch.dtype] = []
+    real = train_mod.make_autocast
+
+    def spy(device, precision):
+        ctx = real(device, precision)
+        seen.append(ctx.fast_dtype if ctx._enabled else torch.float32)
+        return ctx
+
+    monkeypatch.setattr(train_mod, "make_autocast", spy)
+    peaks: list[str] = []
+    monkeypatch.setattr(train_mod, "peak_matmul_flops", lambda device, precision: peaks.append(precision) or 1e12)
+    fp32 = train(TINY, _cfg(), markov_data, MIX)
+    bf16 = train(TINY, _cfg(precision="bf16", measure_mfu=True), markov_data, MIX)
+    assert seen == [torch.float32, torch.bfloat16] and peaks == ["bf16"]
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert bf16.history[-1]["loss"] < bf16.history[0]["loss"] - 0.5
+    assert abs(bf16.history[-1]["loss"] - fp32.history[-1]["loss"]) < 0.1
+    assert bf16.history[-1]["loss"] != fp32.history[-1]["loss"]  # the bf16 path really ran
