@@ -1,0 +1,21 @@
+"""The MFU denominator: a ceiling, so the best of the timed runs rather than their median."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import moemix.kernels.flops as flops
+
+
+def test_peak_is_the_best_run(monkeypatch):
+    durations = [0.5, 0.2, 0.1, 0.4, 0.3]  # seconds per timed matmul; one fast run among slow ones
+    clock = itertools.accumulate(itertools.chain.from_iterable((0.0, d) for d in durations))
+    monkeypatch.setattr(flops.time, "perf_counter", lambda: next(clock))
+    got = flops.measure_matmul_flops.__wrapped__(n=64, repeats=len(durations))
+    assert got == pytest.approx(2.0 * 64**3 / 0.1)  # the median would give 2n^3 / 0.3
+
+
+def test_peak_measures_real_throughput():
+    assert 1e8 < flops.measure_matmul_flops.__wrapped__(n=256, repeats=3) < 1e14
