@@ -5,6 +5,7 @@ load from other processes hits them alike). Also measures this machine's fp32 ma
 small-model training step's MFU. ``--write-doc`` rewrites docs/benchmarks/kernels.md.
 
     .venv/bin/python benchmarks/bench_moe_layer.py [--repeats 7] [--threads 2] [--write-doc]
+    .venv/bin/python benchmarks/bench_moe_layer.py --goal-runs 5 [--dtype bfloat16]   # the goals, with spread
 """
 
 from __future__ import annotations
@@ -150,6 +151,34 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
     return rows
 
 
+GOAL_SPEEDUP_FINE = 2.0  # grouped vs reference on the fine-grained shape
+GOAL_VS_DENSE = 1.3  # grouped / dense on both shapes
+
+
+def check_goals(runs: int, repeats: int) -> dict:
+    """The issue's two goals over ``runs`` independent interleaved measurements: the per-run ratios,
+    then their median / min / max, since on a shared box a single run's ratio moves by +-10%."""
+    per_run: dict[str, list[float]] = {"fine_speedup_vs_reference": [], "fine_vs_dense": [], "coarse_vs_dense": []}
+    for i in range(runs):
+        for shape in ("fine", "coarse"):
+            rows = {r["impl"]: r for r in bench_layer(shape, repeats, ["reference", "grouped", "dense"])}
+            g = rows["grouped"]
+            per_run[f"{shape}_vs_dense"].append(g["vs_dense"])
+            if shape == "fine":
+                per_run["fine_speedup_vs_reference"].append(g["speedup_vs_reference"])
+            print(json.dumps(dict(bench="goal_run", run=i, shape=shape, grouped_s=g["median_s"],
+                                  reference_s=rows["reference"]["median_s"], dense_s=rows["dense"]["median_s"],
+                                  speedup_vs_reference=g["speedup_vs_reference"], vs_dense=g["vs_dense"])), flush=True)
+    summary = {k: dict(median=statistics.median(v), min=min(v), max=max(v)) for k, v in per_run.items()}
+    summary["fine_speedup_vs_reference"]["goal"] = f">= {GOAL_SPEEDUP_FINE}"
+    summary["fine_speedup_vs_reference"]["holds"] = summary["fine_speedup_vs_reference"]["median"] >= GOAL_SPEEDUP_FINE
+    for k in ("fine_vs_dense", "coarse_vs_dense"):
+        summary[k]["goal"] = f"<= {GOAL_VS_DENSE}"
+        summary[k]["holds"] = summary[k]["median"] <= GOAL_VS_DENSE
+    return dict(bench="goals", dtype=str(DTYPE).removeprefix("torch."), threads=torch.get_num_threads(), runs=runs,
+                repeats=repeats, **summary)
+
+
 def bench_model_step(repeats: int, peak: float) -> dict:
     cfg = MoEConfig()  # the default ~1M-active proxy
     torch.manual_seed(0)
@@ -243,6 +272,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--write-doc", action="store_true")
+    ap.add_argument("--goal-runs", type=int, default=0,
+                    help="only check the issue's goals: this many independent runs of reference/grouped/dense on "
+                         "both shapes, then their median/min/max ratios")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="leave glibc's mmap threshold alone (to measure what moemix.kernels.cpu_memory buys)")
     args = ap.parse_args()
@@ -254,6 +286,9 @@ def main() -> None:
     rows = [dict(bench="env", device=args.device, dtype=args.dtype, threads=args.threads, torch=torch.__version__,
                  malloc_tuned=malloc_tuned, matmul_gflops=round(peak / 1e9, 1))]
     print(json.dumps(rows[0]), flush=True)
+    if args.goal_runs:
+        print(json.dumps(check_goals(args.goal_runs, args.repeats)), flush=True)
+        return
     for shape in args.shapes:
         for r in bench_layer(shape, args.repeats, args.impls):
             print(json.dumps(r), flush=True)
