@@ -41,12 +41,19 @@ def one_hot_expert(t, e, k, g):  # expert 2 is in every token's top-k
     return torch.cat([torch.full((t, 1), 2), rest], dim=1)
 
 
+def idle_pair(t, e, k, g):  # only experts 0, 1, 4, 5 are ever chosen
+    used = torch.tensor([0, 1, 4, 5])
+    return torch.stack([used[torch.randperm(4, generator=g)[:k]] for _ in range(t)])
+
+
 CASES = {
     "basic": dict(t=64, d=32, f=16, e=4, k=2),
     "odd_T": dict(t=37, d=24, f=20, e=5, k=2),
     "k1": dict(t=50, d=16, f=8, e=4, k=1),
     "empty_expert": dict(t=40, d=16, f=8, e=6, k=2, route=skip_expert),
     "all_to_one": dict(t=33, d=16, f=8, e=4, k=2, route=one_hot_expert),
+    # experts 2 and 3 idle: with two-expert chunks one whole padded chunk has no rows
+    "idle_pair": dict(t=30, d=16, f=8, e=6, k=2, route=idle_pair),
     "single_expert_k1": dict(t=19, d=8, f=8, e=3, k=1, route=lambda t, e, k, g: torch.zeros(t, 1, dtype=torch.long)),
 }
 NAMES = ["out", "dx", "dw", "dw_gate_up", "dw_down"]
@@ -123,22 +130,37 @@ def test_chunks_tile_experts_and_rows(backend, monkeypatch):
 
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
     idx = torch.tensor([[0, 1], [1, 3], [0, 3], [3, 1], [1, 0]])  # expert 2 and 4 get nothing
-    rows = grouped._plan_rows(idx, torch.ones(5, 2), 5, torch.float32)
-    assert bool(rows.capacity) == (backend == "capacity")
+    counts = [3, 4, 0, 3, 0]
     for budget, row_bytes in [(1 << 30, 4), (1, 4), (64, 4)]:
         monkeypatch.setattr(grouped, "CHUNK_BYTES", budget)
-        chunks = rows.chunks(row_bytes)
+        rows = grouped._plan_rows(idx, torch.ones(5, 2), 5, torch.float32, row_bytes)
+        assert bool(rows.capacity) == (backend == "capacity")
+        chunks = rows.chunks
         assert chunks[0].e0 == 0 and chunks[0].r0 == 0
         assert chunks[-1].e1 == 5 and chunks[-1].r1 == rows.n_rows
         assert all(a.e1 == b.e0 and a.r1 == b.r0 for a, b in zip(chunks, chunks[1:]))
         for c in chunks:
-            want = (c.e1 - c.e0) * rows.capacity if rows.capacity else sum(rows.counts[c.e0 : c.e1])
-            assert c.r1 - c.r0 == want
+            if rows.capacity:  # each chunk pads to its own largest load, not the layer's
+                assert c.capacity == max(counts[c.e0 : c.e1])
+                assert c.r1 - c.r0 == (c.e1 - c.e0) * c.capacity
+            else:
+                assert c.r1 - c.r0 == sum(counts[c.e0 : c.e1])
         if budget == 1 << 30:
             assert len(chunks) == 1
         if budget == 1:  # smallest chunks: one loaded expert (jagged) or two slabs (capacity)
             sizes = [c.e1 - c.e0 for c in chunks]
             assert sizes == ([2, 2, 1] if rows.capacity else [1, 1, 2, 1])
+            if rows.capacity:  # the last chunk holds only expert 4, which has no tokens
+                assert rows.n_rows == 2 * 4 + 2 * 3 + 0
+        # every (token, slot) lands on a row of its own expert, holding that token
+        flat = idx.reshape(-1)
+        for c in chunks:
+            for e in range(c.e0, c.e1):
+                mine = (flat == e).nonzero().squeeze(1)
+                r = rows.inv[mine]
+                lo = c.r0 + ((e - c.e0) * c.capacity if rows.capacity else sum(counts[c.e0 : e]))
+                assert bool(((r >= lo) & (r < lo + counts[e])).all())
+                assert rows.token[r].tolist() == (mine // 2).tolist()
 
 
 def test_dispatch_is_stable_and_counts():
