@@ -13,8 +13,17 @@ def test_peak_is_the_best_run(monkeypatch):
     durations = [0.5, 0.2, 0.1, 0.4, 0.3]  # seconds per timed matmul; one fast run among slow ones
     clock = itertools.accumulate(itertools.chain.from_iterable((0.0, d) for d in durations))
     monkeypatch.setattr(flops.time, "perf_counter", lambda: next(clock))
-    got = flops.measure_matmul_flops.__wrapped__(n=64, repeats=len(durations))
+    got = flops.measure_matmul_flops.__wrapped__(n=64, repeats=len(durations), min_seconds=0)
     assert got == pytest.approx(2.0 * 64**3 / 0.1)  # the median would give 2n^3 / 0.3
+
+
+def test_peak_keeps_timing_for_min_seconds(monkeypatch):
+    """A burst of load shorter than the timing window cannot hide the ceiling."""
+    durations = [0.3] * 6 + [0.1] + [0.3] * 10  # the fast run comes after 1.8 s of slow ones
+    clock = itertools.accumulate(itertools.chain.from_iterable((0.0, d) for d in durations))
+    monkeypatch.setattr(flops.time, "perf_counter", lambda: next(clock))
+    got = flops.measure_matmul_flops.__wrapped__(n=64, repeats=3, min_seconds=2.0)
+    assert got == pytest.approx(2.0 * 64**3 / 0.1)
 
 
 def test_peak_measures_real_throughput():

@@ -10,13 +10,14 @@ import torch
 
 @functools.lru_cache(maxsize=8)
 def measure_matmul_flops(
-    n: int = 1024, dtype: str = "float32", device: str = "cpu", repeats: int = 15
+    n: int = 1024, dtype: str = "float32", device: str = "cpu", repeats: int = 15, min_seconds: float = 0.5
 ) -> float:
     """Best achieved FLOP/s of an ``n x n @ n x n`` matmul over ``repeats`` (cached per argument set).
 
     Uses the threads torch is configured with, so it is the ceiling a training step on the same
-    process can hope for; MFU = achieved model FLOP/s / this. The best run, not the median: on a
-    shared box a median taken during a burst of load understated the ceiling and gave MFU > 1.
+    process can hope for; MFU = achieved model FLOP/s / this. The best run, not the median, and
+    timed for at least ``min_seconds``: on a shared box 15 runs (0.2 s) inside one burst of load
+    understated the ceiling by 2x and gave MFU > 1.
     """
     dt = getattr(torch, dtype)
     a = torch.randn(n, n, dtype=dt, device=device)
@@ -25,8 +26,8 @@ def measure_matmul_flops(
     for _ in range(2):
         a @ b
     sync()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_seconds:
         t0 = time.perf_counter()
         a @ b
         sync()
