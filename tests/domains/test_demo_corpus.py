@@ -94,3 +94,16 @@ def test_source_config_reads_every_domain_with_its_label(demo_corpus):
     assert stats.docs_read == sum(demo_corpus.docs.values())
     assert sum(labels.values()) == stats.docs_read - stats.duplicates
     assert stats.duplicates < 0.01 * stats.docs_read  # whitespace-only variants, nothing systematic
+
+
+def test_own_readme_is_not_demo_text():
+    """moemix's METADATA body is this repo's README at install time: with it, the corpus (and every
+    demo result) would depend on when the environment was created."""
+    import importlib.metadata
+
+    from moemix.pipeline.demo_corpus import _dists, package_readmes
+
+    assert importlib.metadata.distribution("moemix")  # installed, so the filter is what keeps it out
+    names = {d.metadata["Name"].lower() for d in _dists()}
+    assert "moemix" not in names and len(names) > 10
+    assert not any(doc_id.startswith("package_readmes/moemix#") for doc_id, _ in package_readmes())

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from moemix._io import stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5  # 5: moemix's own README/licence left out
 MIN_TOTAL_BYTES = 20_000_000
 MIN_DOMAINS = 4
 # document size window: big enough to carry a topic, small enough for many docs per domain
@@ -346,10 +346,13 @@ _LICENSE_FILE = re.compile(r"(^|/)(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*$", re
 
 
 def _dists() -> list[importlib.metadata.Distribution]:
+    """Installed distributions by name, moemix itself left out: its METADATA body is this repo's README
+    as of install time, which would make the corpus (and every demo result) depend on when the
+    environment was created rather than on what is installed."""
     by_name = {}
     for d in importlib.metadata.distributions():
         name = (d.metadata.get("Name") or "").lower()
-        if name and name not in by_name:
+        if name and name != "moemix" and name not in by_name:
             by_name[name] = d
     return [by_name[n] for n in sorted(by_name)]
 
