@@ -9,7 +9,7 @@ Two row layouts share one forward/backward:
   padding rows carry gate weight 0, so their gradients are exactly zero. On a shared 2-core box one
   big parallel region beats E small ones by 3-6x in wall time (each OpenMP region pays a barrier that
   a descheduled thread stretches), so it is used with >1 intra-op thread while the padding waste is
-  small (E * C <= 1.25 N); skewed loads and single-threaded runs use the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
+  small (padded rows <= 1.25 N); skewed loads and single-threaded runs use the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
   (``torch`` | ``loop`` | ``capacity``).
 
 On CPU the experts are processed in *chunks* of whole experts sized so that one chunk's buffers
@@ -243,10 +243,9 @@ class _GroupedMoEFFN(torch.autograd.Function):
         f = w_down.shape[1]
         d = x.shape[1]
         rows = _plan_rows(topk_idx, topk_weight, w_gate_up.shape[0], x.dtype, _row_bytes(d, f, x.dtype))
-        chunks = rows.chunks
         r = rows.n_rows
         xs, h, sg, a, y = (x.new_empty(r, n) for n in (d, 2 * f, f, f, d))
-        for c in chunks:
+        for c in rows.chunks:
             s = c.rows
             torch.index_select(x, 0, rows.token[s], out=xs[s])
             rows.mm(xs[s], w_gate_up, c, out=h[s])
@@ -259,7 +258,6 @@ class _GroupedMoEFFN(torch.autograd.Function):
         out = _sum_rows(y, inv_by_slot, topk_weight.to(x.dtype))
         ctx.save_for_backward(xs, w_gate_up, w_down, h, sg, a, y)
         ctx.rows = rows
-        ctx.chunks = chunks
         ctx.inv_by_slot = inv_by_slot
         ctx.k = k
         ctx.weight_dtype = topk_weight.dtype
@@ -270,13 +268,12 @@ class _GroupedMoEFFN(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         xs, w_gate_up, w_down, h, sg, a, y = ctx.saved_tensors
         rows: _Rows = ctx.rows
-        chunks: list[_Chunk] = ctx.chunks
         f = w_down.shape[1]
         t, d = ctx.x_shape
         need_x, _, need_w, need_gu, need_down = ctx.needs_input_grad
         need_dh = need_x or need_gu
         grad_out = grad_out.contiguous()
-        width = max(c.r1 - c.r0 for c in chunks)
+        width = max(c.r1 - c.r0 for c in rows.chunks)
         gy_buf = grad_out.new_empty(width, d)
         da_buf = grad_out.new_empty(width, f) if need_dh else None
         dh_buf = grad_out.new_empty(width, 2 * f) if need_dh else None
@@ -285,7 +282,7 @@ class _GroupedMoEFFN(torch.autograd.Function):
         dw_gate_up = torch.empty_like(w_gate_up) if need_gu else None
         dxs = xs.new_empty(rows.n_rows, d) if need_x else None
         w_down_t, w_gate_up_t = w_down.transpose(1, 2), w_gate_up.transpose(1, 2)
-        for c in chunks:
+        for c in rows.chunks:
             s, n = c.rows, c.r1 - c.r0
             gy = torch.index_select(grad_out, 0, rows.token[s], out=gy_buf[:n])  # upstream grad of each row
             if need_w:
