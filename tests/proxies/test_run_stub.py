@@ -93,3 +93,42 @@ def test_scale_agreement_matches_rows_by_mixture():
                          "target": row[0] * (2 if scale == "large" else 1) + noise * i})
     out = scale_agreement(pd.DataFrame(rows))
     assert out["n"] == 6 and out["spearman"] == pytest.approx(1.0)
+
+
+def test_curves_record_every_domain_along_training_and_end_at_the_final_losses(
+        stub_train, markov_data, markov_tokens, tmp_path):
+    specs = _specs(markov_data, markov_tokens, tmp_path, n=2)
+    for s in specs:
+        s.curve_points = 4
+    run_sequential(specs)
+    runs = collect_runs(tmp_path)
+    curves = pd.read_parquet(tmp_path / "curves.parquet")
+    assert len(curves) == 2 * 4
+    assert list(curves[curves["run_id"] == specs[0].run_id]["step"]) == [3, 6, 9, 12]
+    np.testing.assert_allclose(curves["frac"].unique(), [0.25, 0.5, 0.75, 1.0])
+    last = curves[curves["step"] == 12].set_index("run_id").loc[runs["run_id"]]
+    for d in markov_data.domains:
+        np.testing.assert_allclose(last[f"loss/{d}"].to_numpy(), runs[f"loss/{d}"].to_numpy())
+    # the stub learns: the curve falls between its first and last evaluation
+    first = curves[curves["step"] == 3].set_index("run_id").loc[runs["run_id"]]
+    cols = [f"loss/{d}" for d in markov_data.domains]
+    assert first[cols].to_numpy().mean() > last[cols].to_numpy().mean() + 0.01
+
+
+def test_swarm_adds_uniform_seeds_and_its_run_ids_ignore_a_weighted_target(markov_data, markov_tokens, tmp_path):
+    from moemix.proxies.config import ProxiesConfig
+    from moemix.proxies.run import make_specs
+
+    mixtures = np.vstack([np.full(4, 0.25), np.random.default_rng(0).dirichlet(np.ones(4), size=3)])
+    cfg = ProxiesConfig(train=TrainConfig(steps=12, batch_size=4, seq_len=32, measure_mfu=False), uniform_seeds=3)
+    specs = make_specs(cfg, markov_data.domains, mixtures, markov_tokens, tmp_path)
+    assert len(specs) == 4 + 2
+    extra = specs[4:]
+    assert [s.train.seed for s in extra] == [1, 2] and all(s.mixture == specs[0].mixture for s in extra)
+    assert len({s.run_id for s in specs}) == 6
+    weighted = ProxiesConfig(train=cfg.train, uniform_seeds=3, target=TargetConfig(domains={"d0": 1.0}))
+    assert [s.run_id for s in make_specs(weighted, markov_data.domains, mixtures, markov_tokens, tmp_path)] == [
+        s.run_id for s in specs]
+    external = ProxiesConfig(train=cfg.train, uniform_seeds=3, target=TargetConfig(external=str(markov_tokens)))
+    assert not {s.run_id for s in make_specs(external, markov_data.domains, mixtures, markov_tokens, tmp_path)} & {
+        s.run_id for s in specs}

@@ -55,8 +55,19 @@ class ProxiesConfig:
     max_retries: int = 2  # Ray re-runs a task whose worker died (system failures)
     transient_retries: int = 1  # in-task retries of a proxy that raised (not for MoemixError)
     scale_check: ScaleCheckConfig = field(default_factory=ScaleCheckConfig)
+    # evaluations of every domain along each proxy's training (the last at its end): the loss curves
+    # let the fit model loss jointly in mixture and training tokens and extrapolate to the pretraining
+    # budget (BiMix, Data Mixing Laws); 1 = final losses only
+    curve_points: int = 5
+    # the uniform mixture trained under this many seeds: the seed-to-seed spread is the noise floor
+    # the proposer must beat before it moves away from the baselines
+    uniform_seeds: int = 3
 
     def validate(self) -> None:
+        if self.curve_points < 1:
+            raise ValueError("curve_points must be >= 1")
+        if self.uniform_seeds < 1:
+            raise ValueError("uniform_seeds must be >= 1")
         if self.num_cpus_per_proxy <= 0:
             raise ValueError("num_cpus_per_proxy must be > 0")
         if self.num_gpus_per_proxy < 0:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from moemix._io import atomic_path, stable_hash, to_jsonable, write_json_atomic
 from moemix.errors import MoemixError
-from moemix.proxies.evaluate import TargetConfig, evaluate
+from moemix.proxies.evaluate import EvalResult, TargetConfig, evaluate
 from moemix.proxies.shards import DomainTokens
 from moemix.proxies.stream import normalize_mixture
 from moemix.proxies.train import TrainConfig, train
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
 RUNS_TABLE = "runs.parquet"
+CURVES_TABLE = "curves.parquet"
 # TrainConfig fields that change how fast a run goes, not what it computes
 _EXECUTION_ONLY = ("num_threads", "device", "log_every", "checkpoint_every", "measure_mfu", "eval_every")
 
@@ -52,6 +53,9 @@ class ProxySpec:
     out_dir: str
     scale: str = "base"  # base | large (scale check)
     index: int = 0  # position in the swarm (row order of the runs table)
+    # evaluations of every domain along training (the last one at the end); > 1 gives the loss
+    # curves that the scaling-law fit extrapolates to the pretraining budget
+    curve_points: int = 1
     # Test hooks, not part of run_id: raise in the first N attempts / kill the worker process in
     # the first N process-level attempts (counted in a file, so only meaningful under Ray).
     inject_errors: int = 0
@@ -88,6 +92,9 @@ class ProxyResult:
     mfu: float = 0.0
     train_loss: float = float("nan")
     epochs: dict[str, float] = field(default_factory=dict)
+    # per-domain validation loss at several points of training: [{"step", "tokens", "loss": {d: nats}}]
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    seed: int = 0
     attempts: int = 0
     finished_at: float = 0.0
 
@@ -104,11 +111,22 @@ def _meta_fingerprint(data: DomainTokens) -> str:
 
 def make_run_id(
     mixture: Mapping[str, float], model: Any, train_cfg: TrainConfig, target: TargetConfig, fingerprint: str,
-    scale: str = "base",
+    scale: str = "base", curve_points: int = 1,
 ) -> str:
     tc = {k: v for k, v in to_jsonable(train_cfg).items() if k not in _EXECUTION_ONLY}
     mix = {d: round(float(w), 12) for d, w in mixture.items()}
-    return stable_hash({"mixture": mix, "model": model, "train": tc, "target": target, "domains": fingerprint, "scale": scale})
+    key: dict[str, Any] = {"mixture": mix, "model": model, "train": tc, "target": target, "domains": fingerprint,
+                           "scale": scale}
+    if curve_points > 1:  # keeps the ids of runs without curves as they were
+        key["curve_points"] = curve_points
+    return stable_hash(key)
+
+
+def swarm_target(target: TargetConfig) -> TargetConfig:
+    """The part of the target a proxy must evaluate itself: only an external set. A weighted-domain
+    target is a sum of per-domain losses that every run records anyway, so it is applied at fit time
+    and changing it retrains nothing."""
+    return TargetConfig(external=target.external) if target.external else TargetConfig()
 
 
 def fit_model_to_data(model: Any, vocab_size: int, seq_len: int) -> Any:
@@ -134,6 +152,8 @@ def specs_for_mixtures(
     scale: str = "base",
     data: DomainTokens | None = None,
     domains_fingerprint: str | None = None,
+    curve_points: int = 1,
+    start_index: int = 0,
 ) -> list[ProxySpec]:
     """One spec per mixture (rows of an [n, D] array in ``data.domains`` order, or dicts)."""
     data = data or DomainTokens(tokens_dir)
@@ -151,7 +171,7 @@ def specs_for_mixtures(
         mix = {d: float(x) for d, x in zip(data.domains, w)}
         specs.append(
             ProxySpec(
-                run_id=make_run_id(mix, model, train_cfg, target, fp, scale),
+                run_id=make_run_id(mix, model, train_cfg, target, fp, scale, curve_points),
                 mixture=mix,
                 model=model,
                 train=train_cfg,
@@ -159,7 +179,8 @@ def specs_for_mixtures(
                 tokens_dir=str(tokens_dir),
                 out_dir=str(out_dir),
                 scale=scale,
-                index=i,
+                index=start_index + i,
+                curve_points=curve_points,
             )
         )
     ids = [s.run_id for s in specs]
@@ -177,8 +198,9 @@ def make_specs(
     *,
     domains_fingerprint: str | None = None,
 ) -> list[ProxySpec]:
-    """The swarm of a ``ProxiesConfig``: every mixture at base scale, then the first
-    ``scale_check.n_mixtures`` again with the larger model (``scale='large'``)."""
+    """The swarm of a ``ProxiesConfig``: every mixture at base scale, the uniform mixture (row 0) again
+    under ``uniform_seeds - 1`` more training seeds (the swarm's own measure of seed noise), then the
+    first ``scale_check.n_mixtures`` again with the larger model (``scale='large'``)."""
     data = DomainTokens(tokens_dir)
     if list(domains) != data.domains:
         raise MoemixError(f"{tokens_dir}: domains {data.domains} do not match the mixtures' columns {list(domains)}")
@@ -186,12 +208,19 @@ def make_specs(
     if train_cfg.max_epochs is None and cfg.sampler.max_epochs is not None:
         # the sampler projected the mixtures onto this cap; enforce the same one in the stream
         train_cfg = dataclasses.replace(train_cfg, max_epochs=cfg.sampler.max_epochs)
-    kw = dict(train_cfg=train_cfg, target=cfg.target, tokens_dir=tokens_dir, out_dir=out_dir, data=data,
-              domains_fingerprint=domains_fingerprint)
-    specs = specs_for_mixtures(mixtures, model=cfg.model, scale="base", **kw)
+    kw = dict(target=swarm_target(cfg.target), tokens_dir=tokens_dir, out_dir=out_dir, data=data,
+              domains_fingerprint=domains_fingerprint, curve_points=cfg.curve_points)
+    mixtures = np.asarray(mixtures)
+    specs = specs_for_mixtures(mixtures, model=cfg.model, train_cfg=train_cfg, scale="base", **kw)
+    if cfg.sampler.include_references:
+        for seed in range(1, cfg.uniform_seeds):
+            reseeded = dataclasses.replace(train_cfg, seed=train_cfg.seed + seed)
+            specs += specs_for_mixtures(mixtures[:1], model=cfg.model, train_cfg=reseeded, scale="base",
+                                        start_index=len(specs), **kw)
     n_large = cfg.scale_check.n_mixtures
     if n_large:
-        specs += specs_for_mixtures(np.asarray(mixtures)[:n_large], model=cfg.scale_check.model, scale="large", **kw)
+        specs += specs_for_mixtures(mixtures[:n_large], model=cfg.scale_check.model, train_cfg=train_cfg,
+                                    scale="large", **kw)
     return specs
 
 
@@ -245,15 +274,29 @@ def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
     if attempt < spec.inject_errors:
         raise RuntimeError(f"injected transient failure (attempt {attempt + 1})")
     data = DomainTokens(spec.tokens_dir)
-    tr = train(spec.model, spec.train, data, spec.mixture)
-    ev = evaluate(
-        tr.model,
-        data,
-        spec.target,
-        seq_len=spec.train.seq_len,
-        eval_tokens=spec.train.eval_tokens,
-        batch_size=spec.train.eval_batch_size,
-    )
+    train_cfg = spec.train
+    curve: list[dict[str, Any]] = []
+
+    def evaluate_all(model: Any) -> EvalResult:
+        return evaluate(model, data, spec.target, seq_len=train_cfg.seq_len, eval_tokens=train_cfg.eval_tokens,
+                        batch_size=train_cfg.eval_batch_size)
+
+    eval_fn = None
+    if spec.curve_points > 1:
+        train_cfg = dataclasses.replace(train_cfg, eval_every=max(1, train_cfg.num_steps // spec.curve_points))
+        step = [0]
+
+        def eval_fn(model: Any) -> dict[str, Any]:
+            step[0] += train_cfg.eval_every
+            ev = evaluate_all(model)
+            curve.append({"step": step[0], "tokens": step[0] * train_cfg.tokens_per_step, "loss": ev.loss,
+                          "target": ev.target})
+            return {}
+
+    tr = train(spec.model, train_cfg, data, spec.mixture, eval_fn=eval_fn)
+    ev = evaluate_all(tr.model)
+    if spec.curve_points > 1:
+        curve.append({"step": tr.steps, "tokens": tr.tokens, "loss": ev.loss, "target": ev.target})
     return ProxyResult(
         run_id=spec.run_id,
         status="ok",
@@ -274,6 +317,8 @@ def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
         mfu=tr.mfu,
         train_loss=tr.final_loss,
         epochs=tr.epochs,
+        curve=curve,
+        seed=spec.train.seed,
         attempts=attempt + 1,
         finished_at=time.time(),
     )
@@ -327,7 +372,7 @@ def run_sequential(
 
 def _columns(domains: list[str]) -> list[str]:
     return (
-        ["run_id", "status", "error", "scale"]
+        ["run_id", "status", "error", "scale", "seed"]
         + [f"w/{d}" for d in domains]
         + [f"loss/{d}" for d in domains]
         + [f"bpb/{d}" for d in domains]
@@ -347,7 +392,8 @@ def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> 
                 domains.append(d)
     rows = []
     for r in sorted(results, key=lambda r: (r.scale != "base", r.scale, r.index, r.run_id)):
-        row: dict[str, Any] = {"run_id": r.run_id, "status": r.status, "error": r.error, "scale": r.scale}
+        row: dict[str, Any] = {"run_id": r.run_id, "status": r.status, "error": r.error, "scale": r.scale,
+                               "seed": int(r.seed)}
         for d in domains:
             row[f"w/{d}"] = float(r.mixture.get(d, 0.0))
         for d in domains:
@@ -364,7 +410,36 @@ def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> 
     if write:
         with atomic_path(proxies_dir / RUNS_TABLE) as tmp:
             df.to_parquet(tmp, index=False)
+        curves = curves_table(results, domains)
+        with atomic_path(proxies_dir / CURVES_TABLE) as tmp:
+            curves.to_parquet(tmp, index=False)
     return df
+
+
+def curves_table(results: Sequence[ProxyResult], domains: list[str]) -> pd.DataFrame:
+    """Long table of the proxies' loss curves: one row per (run, evaluation point), successful runs only.
+
+    Columns: run_id, scale, seed, step, tokens, frac (tokens / the run's tokens), w/<d>, loss/<d>, target
+    (the proxy's own target: an external set's loss, else the mean of the domains). A run
+    without a recorded curve contributes its final losses as one point at frac 1.
+    """
+    rows = []
+    for r in sorted(results, key=lambda r: (r.scale != "base", r.scale, r.index, r.run_id)):
+        if r.status != "ok":
+            continue
+        points = r.curve or [{"step": None, "tokens": r.tokens, "loss": r.loss, "target": r.target}]
+        last_tokens = points[-1]["tokens"] or r.tokens or 1
+        for pt in points:
+            row: dict[str, Any] = {"run_id": r.run_id, "scale": r.scale, "seed": int(r.seed),
+                                   "step": int(pt["step"] or 0), "tokens": int(pt["tokens"]),
+                                   "frac": float(pt["tokens"]) / float(last_tokens)}
+            row.update({f"w/{d}": float(r.mixture.get(d, 0.0)) for d in domains})
+            row.update({f"loss/{d}": float(pt["loss"].get(d, np.nan)) for d in domains})
+            row["target"] = float(pt.get("target", np.nan))
+            rows.append(row)
+    cols = (["run_id", "scale", "seed", "step", "tokens", "frac"] + [f"w/{d}" for d in domains]
+            + [f"loss/{d}" for d in domains] + ["target"])
+    return pd.DataFrame(rows, columns=cols)
 
 
 def scale_transfer_report(df: pd.DataFrame) -> dict[str, Any] | None:
