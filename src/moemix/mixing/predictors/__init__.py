@@ -10,7 +10,7 @@ from moemix.mixing.predictors.base import (
     save_predictor,
 )
 
-PREDICTOR_NAMES = ("auto", "linear", "lightgbm", "loglinear", "dml", "gp")
+PREDICTOR_NAMES = ("auto", "linear", "lightgbm", "loglinear", "dml", "gp", "scaling_law")
 
 __all__ = ["FEATURES", "PREDICTOR_NAMES", "Predictor", "featurize", "load_predictor", "make_predictor",
            "registry", "save_predictor"]

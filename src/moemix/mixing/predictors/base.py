@@ -75,6 +75,11 @@ class Predictor(ABC):
         """Mean and standard deviation (None where the model has no notion of uncertainty)."""
         return self.predict(X), None
 
+    def predict_members(self, X: np.ndarray) -> np.ndarray | None:
+        """[members, n] predictions of refits on resampled runs, for the uncertainty of a *difference*
+        between mixtures (None where the predictor keeps none)."""
+        return None
+
     @abstractmethod
     def get_state(self) -> dict[str, Any]: ...
 
@@ -112,7 +117,7 @@ def register(cls: type[Predictor]) -> type[Predictor]:
 
 
 def registry() -> dict[str, type[Predictor]]:
-    from moemix.mixing.predictors import auto, gbm, kernel, laws, linear  # noqa: F401 - registration
+    from moemix.mixing.predictors import auto, gbm, kernel, laws, linear, scaling  # noqa: F401 - registration
 
     return dict(_REGISTRY)
 
