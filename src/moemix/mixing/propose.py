@@ -11,7 +11,9 @@ Methods:
   a higher concentration (a shrinking search space); ``propose_next_batch`` gives the next batch
   of *real* proxy runs for the swarm's iterative mode.
 
-All methods share the objective ``pred + uncertainty_weight·std + kl_weight·KL`` and the bounds.
+All methods share the objective ``pred + uncertainty_weight·std + kl_weight·KL(w‖prior) +
+uncertainty_kl·noise·KL(w‖better baseline)`` and the bounds; ``_do_no_harm`` then shrinks the optimum
+toward the better baseline unless its predicted gain clears the bootstrap standard error of that gain.
 Baselines are the predictions at the uniform and natural (prior) mixtures.
 """
 
@@ -25,9 +27,19 @@ import numpy as np
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitResult
 from moemix.mixing.sampling import _dirichlet_batch, _sparsify, normalize_prior, project_capped, tempered
-from moemix.mixing.schema import Baselines, DomainWeight, MixtureDoc, ProposerInfo, ScaleTransfer, TargetInfo
+from moemix.mixing.schema import (
+    Baselines,
+    Decision,
+    DomainWeight,
+    MixtureDoc,
+    ProposerInfo,
+    ScaleTransfer,
+    TargetInfo,
+)
 
 CHUNK = 8192
+# bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
+PROPOSE_FORMAT = 2
 
 
 @dataclass
@@ -49,6 +61,16 @@ class ProposeConfig:
     # Predictors fitted on a few dozen noisy proxies extrapolate badly; the demo's unguarded proposal put
     # 0.89 on a domain no run had given over 0.32, and lost to uniform in pretraining. null = no limit.
     max_weight_above_observed: float | None = 0.1
+    # the lower side of the trust region: no domain goes below the weight that fewer than this many
+    # fitted runs went below (what happens there was never measured); 0 = no lower bound
+    min_support_runs: int = 3
+    # weight of KL(w || the better of uniform and natural), in units of the fit's noise (out-of-fold
+    # RMSE, seed spread): a noisier predictor is held closer to the mixture do-no-harm falls back to
+    uncertainty_kl: float = 1.0
+    # do no harm: when the predicted gain over the better of uniform and natural is below this many
+    # noise units, the mixture is shrunk toward that baseline in proportion to the evidence (all the
+    # way at zero gain); null = always ship the optimum
+    min_gain_sigmas: float | None = 1.0
     rounds: int = 4
     seed: int = 0
 
@@ -65,6 +87,10 @@ class ProposeConfig:
             raise ValueError("max_weight_above_observed must be >= 0 or null")
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if self.min_support_runs < 0 or self.uncertainty_kl < 0:
+            raise ValueError("min_support_runs and uncertainty_kl must be >= 0")
+        if self.min_gain_sigmas is not None and self.min_gain_sigmas < 0:
+            raise ValueError("min_gain_sigmas must be >= 0 or null")
         if not 0 < self.concentration_min <= self.concentration_max:
             raise ValueError("need 0 < concentration_min <= concentration_max")
 
@@ -79,6 +105,7 @@ class Proposal:
     method: str
     constraints: dict[str, Any]
     n_evaluated: int = 0
+    decision: Decision | None = None
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.domains, map(float, self.weights)))
@@ -122,9 +149,14 @@ def bounds_for(
 
 
 class _Objective:
-    def __init__(self, fit: FitResult, prior: np.ndarray, cfg: ProposeConfig):
+    """``pred + uncertainty_weight·std + kl_weight·KL(w‖prior) + anchor_weight·KL(w‖anchor)``."""
+
+    def __init__(self, fit: FitResult, prior: np.ndarray, cfg: ProposeConfig, anchor: np.ndarray | None = None,
+                 anchor_weight: float = 0.0):
         self.pred = fit.predictor
         self.prior = np.maximum(prior, 1e-12)
+        self.anchor = None if anchor is None else np.maximum(anchor, 1e-12)
+        self.anchor_weight = anchor_weight
         self.cfg = cfg
         self.n_eval = 0
 
@@ -148,10 +180,11 @@ class _Objective:
         out = mean.copy()
         if std is not None:
             out += self.cfg.uncertainty_weight * std
-        if self.cfg.kl_weight > 0:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                kl = np.where(W > 0, W * np.log(W / self.prior), 0.0).sum(axis=1)
-            out += self.cfg.kl_weight * kl
+        for weight, ref in ((self.cfg.kl_weight, self.prior), (self.anchor_weight, self.anchor)):
+            if weight > 0:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    kl = np.where(W > 0, W * np.log(W / ref), 0.0).sum(axis=1)
+                out += weight * kl
         return out
 
 
@@ -261,6 +294,61 @@ def _trust_region(fit: FitResult, cfg: ProposeConfig, lo: np.ndarray) -> np.ndar
     return np.maximum(np.minimum(observed + cfg.max_weight_above_observed, 1.0), lo)
 
 
+def _support_floor(fit: FitResult, cfg: ProposeConfig, hi: np.ndarray) -> np.ndarray | None:
+    """Per-domain lower bounds: the ``min_support_runs``-th smallest weight the fitted runs gave each domain."""
+    if cfg.min_support_runs == 0 or fit.observed_weights is None:
+        return None
+    W = np.asarray(fit.observed_weights, dtype=np.float64)
+    if W.ndim != 2 or W.shape[1] != hi.size or len(W) < cfg.min_support_runs:
+        return None
+    floor = np.sort(W, axis=0)[cfg.min_support_runs - 1]
+    return np.minimum(floor, hi)  # never above a cap (token budget, max_weight)
+
+
+def fit_noise(fit: FitResult) -> float | None:
+    """The loss difference the fit cannot tell from noise: the larger of its out-of-fold RMSE and the
+    spread of a difference of two seeds (sqrt 2 x the seed std of the replicated mixture)."""
+    parts = []
+    rmse = fit.cv.get("rmse")
+    if rmse is not None and np.isfinite(rmse):
+        parts.append(float(rmse))
+    if fit.seed_noise and fit.seed_noise.get("std") is not None:
+        parts.append(float(np.sqrt(2.0) * fit.seed_noise["std"]))
+    return max(parts) if parts else None
+
+
+def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: dict[str, np.ndarray],
+                noise: float | None) -> tuple[np.ndarray, Decision]:
+    """Shrink ``w`` toward the better baseline when its predicted gain is within the noise."""
+    names = list(baselines)
+    W = np.vstack([w, *baselines.values()])
+    pred = fit.predictor.predict(W)
+    best = int(np.argmin(pred[1:]))
+    name, base = names[best], baselines[names[best]]
+    gain = float(pred[1 + best] - pred[0])
+    members = fit.predictor.predict_members(W) if hasattr(fit.predictor, "predict_members") else None
+    if members is not None and len(members) >= 2:
+        # the standard error of this very difference across refits on resampled runs: it knows
+        # that two nearby mixtures share most of their errors, which a level RMSE does not
+        noise = float(np.std(members[:, 1 + best] - members[:, 0], ddof=1))
+    if cfg.min_gain_sigmas is None or noise is None or cfg.min_gain_sigmas == 0:
+        return w, Decision("optimum", name, gain, noise, 1.0, None)
+    need = cfg.min_gain_sigmas * noise
+    if gain >= need:
+        return w, Decision("optimum", name, gain, noise, 1.0,
+                           f"predicted gain {gain:.4f} over {name} >= {cfg.min_gain_sigmas:g} x noise {noise:.4f}")
+    lam = max(gain, 0.0) / need
+    if lam == 0.0:
+        return base.copy(), Decision(
+            "baseline", name, gain, noise, 0.0,
+            f"no predicted gain over {name} ({gain:.4f}); the proxies give no evidence to move away from it")
+    shrunk = base + lam * (w - base)
+    return shrunk, Decision(
+        "shrunk", name, gain, noise, float(lam),
+        f"predicted gain {gain:.4f} over {name} is within {cfg.min_gain_sigmas:g} x noise {noise:.4f}: "
+        f"kept {lam:.2f} of the step from {name} to the optimum")
+
+
 def propose(
     fit: FitResult,
     prior: np.ndarray | None,
@@ -300,8 +388,23 @@ def _propose(
             raise MoemixError(f"constraints: upper bounds sum to {hi.sum():.4g} < 1 once limited to the explored "
                               f"region (max_weight_above_observed={cfg.max_weight_above_observed}); raise it or "
                               "set it to null")
+    floor = _support_floor(fit, cfg, hi)
+    if floor is not None:
+        lo = np.maximum(lo, floor)
+        if lo.sum() > 1 - 1e-9:  # too little room left: keep the floors' proportions, scaled to fit
+            lo = lo * (0.9 / lo.sum())
+    noise = fit_noise(fit)
+    uniform = np.full(len(domains), 1.0 / len(domains))
+    user_lo, user_hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
+    # the baselines as the closest mixtures the user's own constraints allow (not the trust region:
+    # uniform and natural are always among the swarm's runs)
+    feasible = {name: project_capped(b, user_lo, user_hi)[0] for name, b in (("uniform", uniform), ("natural", p))}
+    # the noisier the fit, the harder the pull toward the better baseline (the one do-no-harm falls back to)
+    pred_base = fit.predictor.predict(np.vstack(list(feasible.values())))
+    anchor_name = list(feasible)[int(np.argmin(pred_base))]
+    anchor_weight = cfg.uncertainty_kl * noise if noise is not None else 0.0
     rng = np.random.default_rng(cfg.seed)
-    obj = _Objective(fit, p, cfg)
+    obj = _Objective(fit, p, cfg, anchor=feasible[anchor_name], anchor_weight=anchor_weight)
     smooth = bool(getattr(fit.predictor, "smooth", True))
     if cfg.method == "simulate":
         w = _simulate(obj, p, cfg, lo, hi, rng)
@@ -311,19 +414,24 @@ def _propose(
         w = _constrained(obj, p, cfg, lo, hi, rng, smooth)
     w = np.clip(w, 0.0, None)
     w = w / w.sum()
+    w, decision = _do_no_harm(fit, cfg, w, feasible, noise)
     mean, std = fit.predictor.predict_with_std(w[None, :])
-    base = fit.predictor.predict(np.vstack([np.full(len(domains), 1.0 / len(domains)), p]))
+    base = fit.predictor.predict(np.vstack([uniform, p]))
     constraints: dict[str, Any] = {
         "min_weight": dict(cfg.min_weight), "max_weight": dict(cfg.max_weight), "max_epochs": cfg.max_epochs,
         "target_tokens": target_tokens, "kl_weight": cfg.kl_weight, "uncertainty_weight": cfg.uncertainty_weight,
         "max_weight_above_observed": cfg.max_weight_above_observed,
+        "min_support_runs": cfg.min_support_runs, "min_gain_sigmas": cfg.min_gain_sigmas,
+        "uncertainty_kl": {"anchor": anchor_name, "weight": anchor_weight},
     }
     if trust_hi is not None:
         constraints["trust_region_max_weight"] = dict(zip(domains, (round(float(v), 6) for v in trust_hi)))
+    if floor is not None:
+        constraints["trust_region_min_weight"] = dict(zip(domains, (round(float(v), 6) for v in lo)))
     return Proposal(domains=list(domains), weights=w, predicted_loss=float(mean[0]),
                     predicted_std=None if std is None else float(std[0]),
                     baselines={"uniform": float(base[0]), "natural": float(base[1])},
-                    method=cfg.method, constraints=constraints, n_evaluated=obj.n_eval)
+                    method=cfg.method, constraints=constraints, n_evaluated=obj.n_eval, decision=decision)
 
 
 def propose_next_batch(
@@ -405,6 +513,9 @@ def proposal_to_doc(
     if at_edge:
         notes.append("held at the edge of the region the proxies explored (max_weight_above_observed): "
                      + ", ".join(at_edge) + "; more proxy runs there would tell whether to go further")
+    dec = proposal.decision
+    if dec is not None and dec.action != "optimum":
+        notes.append(f"do-no-harm guard: {dec.reason}")
     if fit.skipped and any(fit.skipped.values()):
         notes.append("skipped runs: " + ", ".join(f"{k}={v}" for k, v in fit.skipped.items() if v))
     return MixtureDoc(
@@ -422,4 +533,5 @@ def proposal_to_doc(
         proposer=ProposerInfo(name=proposal.method, constraints=proposal.constraints),
         scale_transfer=None if st is None else ScaleTransfer(**st),
         notes=notes or None,
+        decision=proposal.decision,
     )

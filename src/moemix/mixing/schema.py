@@ -57,6 +57,26 @@ class ScaleTransfer:
 
 
 @dataclass
+class Decision:
+    """What the do-no-harm guard did: ship the optimum, shrink it toward the better baseline, or ship
+    the baseline (``shrink`` = the share of the step from the baseline to the optimum that was kept)."""
+
+    action: str = "optimum"  # optimum | shrunk | baseline
+    baseline: str = "uniform"
+    predicted_gain: float | None = None
+    noise: float | None = None
+    shrink: float = 1.0
+    reason: str | None = None
+
+
+@dataclass
+class PretrainCheck:
+    target_loss: dict[str, float | None] = field(default_factory=dict)
+    beats_baselines: bool = False
+    verdict: str = ""
+
+
+@dataclass
 class MixtureDoc:
     domains: list[DomainWeight] = field(default_factory=list)
     target: TargetInfo = field(default_factory=TargetInfo)
@@ -77,6 +97,8 @@ class MixtureDoc:
     proposer: ProposerInfo | None = None
     scale_transfer: ScaleTransfer | None = None
     notes: list[str] | None = None
+    decision: Decision | None = None
+    pretrain_check: PretrainCheck | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -117,7 +139,7 @@ def _normalized(doc: MixtureDoc) -> MixtureDoc:
 
 
 def _drop_none_optionals(obj: dict) -> dict:
-    optional = {"cv", "plots", "reports", "proposer", "scale_transfer", "notes"}
+    optional = {"cv", "plots", "reports", "proposer", "scale_transfer", "notes", "decision", "pretrain_check"}
     return {k: v for k, v in obj.items() if not (k in optional and v is None)}
 
 
@@ -178,6 +200,8 @@ def _from_obj(obj: dict) -> MixtureDoc:
         proposer=sub(ProposerInfo, obj.get("proposer")),
         scale_transfer=sub(ScaleTransfer, obj.get("scale_transfer")),
         notes=obj.get("notes"),
+        decision=sub(Decision, obj.get("decision")),
+        pretrain_check=sub(PretrainCheck, obj.get("pretrain_check")),
     )
 
 

@@ -1,0 +1,105 @@
+"""The proposer's do-no-harm guards: shrinkage toward the better baseline, the support floor, and the
+uncertainty-scaled pull toward the prior."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from mixing_synth import PRIOR, runs_table, weight_cols
+
+from moemix.mixing.fit import FitConfig, fit_runs
+from moemix.mixing.propose import ProposeConfig, fit_noise, proposal_to_doc, propose
+
+CFG = ProposeConfig(method="constrained", n_samples=4000, max_weight_above_observed=None, min_support_runs=0,
+                    uncertainty_kl=0.0)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    return fit_runs(runs_table(40, seed=5), "target", weight_cols(),
+                    FitConfig(predictor="linear", predictor_params={"features": "sqrt"}, plots=False), out, prior=PRIOR)
+
+
+def _with_noise(fit, rmse: float, seed_std: float | None = None):
+    cv = {**fit.cv, "rmse": rmse}
+    noise = None if seed_std is None else {"n": 3, "mean": 3.0, "std": seed_std, "range": 2 * seed_std}
+    return dataclasses.replace(fit, cv=cv, seed_noise=noise)
+
+
+def test_noise_is_the_larger_of_cv_error_and_a_two_seed_difference(fitted):
+    assert fit_noise(_with_noise(fitted, 0.01)) == pytest.approx(0.01)
+    assert fit_noise(_with_noise(fitted, 0.01, seed_std=0.05)) == pytest.approx(0.05 * np.sqrt(2))
+
+
+def test_a_clear_gain_ships_the_optimum(fitted):
+    p = propose(_with_noise(fitted, 1e-4), None, CFG)
+    assert p.decision.action == "optimum" and p.decision.shrink == 1.0
+    unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
+    np.testing.assert_allclose(p.weights, unguarded.weights, atol=1e-9)
+
+
+def test_a_gain_within_the_noise_is_shrunk_toward_the_better_baseline(fitted):
+    unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
+    gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
+    assert gain > 0
+    p = propose(_with_noise(fitted, 2 * gain), None, CFG)
+    assert p.decision.action == "shrunk"
+    assert p.decision.shrink == pytest.approx(0.5, abs=0.02)
+    base = {"uniform": np.full(len(PRIOR), 1 / len(PRIOR)), "natural": PRIOR}[p.decision.baseline]
+    # on the segment from the baseline to the optimum, half way
+    np.testing.assert_allclose(p.weights, base + 0.5 * (unguarded.weights - base), atol=0.02)
+    doc = proposal_to_doc(p, fitted)
+    assert doc.decision.action == "shrunk" and any("do-no-harm" in n for n in doc.notes)
+
+
+def test_no_predicted_gain_ships_the_baseline(fitted):
+    # a predictor that thinks every mixture is the same: nothing justifies leaving the better baseline
+    class Flat:
+        label = name = "flat"
+        smooth = True
+
+        def predict(self, W):
+            return np.full(len(np.atleast_2d(W)), 3.0)
+
+        def predict_with_std(self, W):
+            return self.predict(W), None
+
+    flat = dataclasses.replace(_with_noise(fitted, 0.01), predictor=Flat())
+    p = propose(flat, None, CFG)
+    assert p.decision.action == "baseline" and p.decision.shrink == 0.0
+    base = {"uniform": np.full(len(PRIOR), 1 / len(PRIOR)), "natural": PRIOR}[p.decision.baseline]
+    np.testing.assert_allclose(p.weights, base, atol=1e-9)
+
+
+def test_support_floor_keeps_every_domain_above_its_third_smallest_observed_weight(fitted):
+    free = dataclasses.replace(CFG, min_gain_sigmas=None)
+    unguarded = propose(fitted, None, free)
+    j = int(np.argmin(unguarded.weights))
+    # runs that never gave domain j less than its unguarded weight + 0.1 (one run below: not enough support)
+    W = np.asarray(fitted.observed_weights).copy()
+    W[:, j] = np.maximum(W[:, j], unguarded.weights[j] + 0.1)
+    W[0, j] = 0.0
+    W /= W.sum(axis=1, keepdims=True)
+    floor = np.sort(W, axis=0)[2]
+    p = propose(dataclasses.replace(fitted, observed_weights=W.tolist()), None,
+                dataclasses.replace(free, min_support_runs=3))
+    assert floor[j] > unguarded.weights[j] + 0.05
+    assert (p.weights >= floor - 1e-9).all()
+    np.testing.assert_allclose(list(p.constraints["trust_region_min_weight"].values()), floor, atol=1e-6)
+
+
+def test_a_noisier_fit_stays_closer_to_the_better_baseline(fitted):
+    cfg = dataclasses.replace(CFG, uncertainty_kl=1.0, min_gain_sigmas=None)
+    sharp = propose(_with_noise(fitted, 1e-4), None, cfg)
+    noisy = propose(_with_noise(fitted, 0.05), None, cfg)
+    anchor = noisy.constraints["uncertainty_kl"]["anchor"]
+    assert noisy.constraints["uncertainty_kl"]["weight"] == pytest.approx(0.05)
+    base = {"uniform": np.full(len(PRIOR), 1 / len(PRIOR)), "natural": PRIOR}[anchor]
+
+    def kl(w):
+        return float(np.sum(np.where(w > 0, w * np.log(w / base), 0.0)))
+
+    assert kl(noisy.weights) < 0.85 * kl(sharp.weights), (kl(noisy.weights), kl(sharp.weights))
