@@ -24,7 +24,7 @@ TINY = {
                                                     "n_layers": 1, "n_heads": 2, "n_experts": 4, "top_k": 2,
                                                     "d_expert": 48}},
     },
-    "fit": {"predictor": "linear", "cv_folds": 3},
+    "fit": {"predictor": "scaling_law", "cv_folds": 3},
     "pretrain": {
         "num_workers": 1,
         "checkpoint_every": 5,

@@ -47,18 +47,25 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     doc = load_mixture(run_dir / "mixture.json")
     assert sorted(doc.weights) == sorted(res.domains.domains)
     assert abs(sum(doc.weights.values()) - 1.0) < 1e-9
-    assert doc.n_proxies == 8 and doc.domains_fingerprint == res.domains.fingerprint
+    assert doc.n_proxies == 8 + 2 and doc.domains_fingerprint == res.domains.fingerprint
+    assert doc.predictor.startswith("scaling_law") and doc.decision is not None
     runs = pd.read_parquet(res.proxies.runs_path)
-    assert len(runs) == 8 + 3 and (runs["status"] == "ok").all()
+    assert len(runs) == 8 + 2 + 3 and (runs["status"] == "ok").all()  # + 2 uniform seeds + 3 scale check
+    curves = pd.read_parquet(res.proxies.stage.path / "curves.parquet")
+    assert len(curves) == len(runs) * 6  # 12 steps, curve_points 5: every 2 steps + the end
     assert (runs["scale"] == "large").sum() == 3
     assert doc.scale_transfer is not None and doc.scale_transfer.n == 3
     assert runs[[f"w/{d}" for d in res.domains.domains]].sum(axis=1).round(6).eq(1).all()
     comp = res.pretrain.comparison
-    assert set(comp) >= {"chosen", "uniform"}
-    for name in ("chosen", "uniform"):
+    assert set(comp) >= {"chosen", "uniform", "natural", "verdict"}
+    for name in ("chosen", "uniform", "natural"):
         assert 0 < comp[name]["target_loss"] < 10
         assert Path(comp[name]["checkpoint"]).exists()
-    assert comp["chosen"]["tokens"] == comp["uniform"]["tokens"]
+    assert comp["chosen"]["tokens"] == comp["uniform"]["tokens"] == comp["natural"]["tokens"]
+    check = doc.pretrain_check
+    assert check is not None and check.target_loss["chosen"] == comp["chosen"]["target_loss"]
+    assert check.beats_baselines == (comp["chosen"]["target_loss"] < min(
+        comp[n]["target_loss"] for n in ("uniform", "natural") if comp[n]["same_as"] != "chosen"))
 
     before = _snapshot(run_dir)
     mixture_bytes = (run_dir / "mixture.json").read_bytes()
@@ -72,6 +79,15 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     changed = sorted(k for k in after if before.get(k) != after[k])
     # the published copy is rewritten with identical bytes; nothing is trained or refit
     assert changed in ([], ["mixture.json"]), changed
+
+    # another weighted target refits and re-proposes from the same swarm: no proxy is trained again
+    first = res.domains.domains[0]
+    retarget = load_config(cfg_path, overrides={"proxies": {"target": {"domains": {first: 1.0}}}})
+    again = run_pipeline(retarget, run_dir, until="propose", progress=False)
+    assert again.proxies.stage.key == res.proxies.stage.key
+    assert again.fit.stage.key != res.fit.stage.key
+    assert sorted(k for k, v in _snapshot(run_dir).items() if "/runs/" in k and after.get(k) != v) == []
+    assert load_mixture(run_dir / "mixture.json").target.name == f"loss/{first}"
 
 
 @pytest.mark.slow
@@ -101,16 +117,16 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     survivors = {p: p.stat().st_mtime_ns for p in run_dir.glob("proxies/*/runs/*/result.json")}
-    assert 2 <= len(survivors) < 11
+    assert 2 <= len(survivors) < 13
     assert not list(run_dir.glob("proxies/*/manifest.json"))
 
     cfg = load_config(cfg_path)
     res = run_pipeline(cfg, run_dir, until="proxies", progress=False)
     results = list(run_dir.glob("proxies/*/runs/*/result.json"))
-    assert len(results) == 8 + 3  # 3 scale-check runs
+    assert len(results) == 8 + 2 + 3  # 2 more uniform seeds, 3 scale-check runs
     # finished proxies were not retrained: their results are untouched
     assert all(p.stat().st_mtime_ns == m for p, m in survivors.items())
-    assert res.proxies.n_ok == 11
+    assert res.proxies.n_ok == 13
 
 
 def test_swarm_that_leaves_no_results_is_one_clear_error(tmp_path, tiny_config):

@@ -93,12 +93,17 @@ def _print_summary(result: Any) -> None:
     )
     if doc.scale_transfer is not None and doc.scale_transfer.warning:
         print(f"warning: {doc.scale_transfer.warning}")
+    if doc.decision is not None and doc.decision.action != "optimum":
+        print(f"do-no-harm guard: {doc.decision.reason}")
     if result.pretrain is not None:
         comp = result.pretrain.comparison
         line = f"pretrain target loss: chosen {comp['chosen']['target_loss']:.4f}"
-        if "uniform" in comp:
-            line += f" vs uniform {comp['uniform']['target_loss']:.4f} (same {comp['chosen']['tokens']:,} tokens)"
+        others = [f"{n} {comp[n]['target_loss']:.4f}" for n in ("uniform", "natural") if n in comp]
+        if others:
+            line += f" vs {', '.join(others)} (same {comp['chosen']['tokens']:,} tokens)"
         print(line)
+        if doc.pretrain_check is not None:
+            print(f"pretrain verdict: {doc.pretrain_check.verdict}")
     print(f"mixture.json: {result.mixture_path}")
 
 

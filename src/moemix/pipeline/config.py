@@ -54,6 +54,7 @@ class PretrainConfig:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     compare_uniform: bool = True
+    compare_natural: bool = True  # and on the natural (token-proportional) mixture
     checkpoint_every: int = 100
 
     def validate(self) -> None:

@@ -8,12 +8,13 @@ without Ray; ``moemix.ray_jobs.pipeline`` binds the Ray implementations.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pandas as pd
 from moemix import __version__
 from moemix._io import stable_hash
 from moemix.errors import MoemixError
+from moemix.mixing.schema import PretrainCheck
 from moemix.pipeline.config import Config
 from moemix.pipeline.stage import Stage, stage_for
 from moemix.proxies.shards import DomainTokens
@@ -45,9 +47,13 @@ class DomainsOutput:
     def fingerprint(self) -> str:
         return self.stage.key
 
+    def token_counts(self) -> np.ndarray:
+        """Training tokens per domain, in ``domains`` order."""
+        return np.array([self.train_tokens[d] for d in self.domains], dtype=np.float64)
+
     def prior(self) -> np.ndarray:
         """Natural mixture: each domain's share of training tokens."""
-        tok = np.array([self.train_tokens[d] for d in self.domains], dtype=np.float64)
+        tok = self.token_counts()
         return tok / tok.sum()
 
 
@@ -107,16 +113,18 @@ def proxy_specs(cfg: Config, domains: DomainsOutput, stage: Stage) -> list[Any]:
         domains.prior(),
         pcfg.sampler,
         seed=cfg.seed,
-        domain_tokens=np.array([domains.train_tokens[d] for d in domains.domains], dtype=np.float64),
+        domain_tokens=domains.token_counts(),
         tokens_per_run=tokens_per_run,
     )
     return make_specs(pcfg, domains.domains, mixtures, domains.tokens_dir, stage.path, domains_fingerprint=domains.fingerprint)
 
 
 def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runner: Callable[[list[Any]], Any]) -> ProxiesOutput:
-    from moemix.proxies.run import collect_runs, scale_transfer_report
+    from moemix.proxies.run import collect_runs, scale_transfer_report, swarm_target
 
-    stage = stage_for(run_dir, "proxies", {"proxies": cfg.proxies, "seed": cfg.seed}, {"domains": domains.stage.key})
+    # the swarm's key sees only what a proxy computes: a weighted-domain target is applied at fit time
+    swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
+    stage = stage_for(run_dir, "proxies", {"proxies": swarm_cfg, "seed": cfg.seed}, {"domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: finished proxies under runs/ are kept and skipped
@@ -142,6 +150,27 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
     return ProxiesOutput(stage, stage.path / out["runs"], out["n_ok"], out["n_failed"], out.get("scale_transfer"))
 
 
+def target_expression(cfg: Config, domains: list[str]) -> str:
+    """The configured target as a runs-table expression: weighted ``loss/<domain>`` columns, or the
+    proxies' own ``target`` column for an external set."""
+    from moemix.proxies.evaluate import target_weights
+
+    if cfg.proxies.target.external:
+        return "target"
+    try:
+        weights = target_weights(cfg.proxies.target, domains)
+    except MoemixError as e:
+        raise MoemixError(f"proxies.target: {e}") from None
+    return ",".join(f"loss/{d}:{w!r}" for d, w in weights.items())
+
+
+def target_scale(cfg: Config) -> float:
+    """Pretraining tokens over one proxy's: how far the fit extrapolates (1 when nothing is pretrained)."""
+    if not cfg.pretrain.enabled:
+        return 1.0
+    return cfg.pretrain.train.tokens_per_run() / cfg.proxies.train.tokens_per_run()
+
+
 # ---------------------------------------------------------------- fit
 @dataclass(frozen=True)
 class FitOutput:
@@ -149,26 +178,86 @@ class FitOutput:
 
 
 def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput) -> FitOutput:
-    from moemix.mixing.fit import fit_runs
+    from moemix.mixing.fit import FIT_FORMAT, fit_runs, seed_noise
+    from moemix.proxies.run import CURVES_TABLE
 
-    stage = stage_for(run_dir, "fit", {"fit": cfg.fit, "seed": cfg.seed}, {"proxies": proxies.stage.key})
+    fit_cfg = cfg.fit
+    if fit_cfg.predictor == "scaling_law":
+        vocab = DomainTokens(domains.tokens_dir).vocab_size
+        params = {"target_scale": target_scale(cfg), "target_params": target_params_ratio(cfg, vocab),
+                  **fit_cfg.predictor_params}
+        fit_cfg = dataclasses.replace(fit_cfg, predictor_params=params)
+    target = target_expression(cfg, domains.domains)
+    stage = stage_for(run_dir, "fit", {"fit": fit_cfg, "target": target, "seed": cfg.seed, "format": FIT_FORMAT},
+                      {"proxies": proxies.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start(fresh=True)
         runs = pd.read_parquet(proxies.runs_path)
         base = runs[runs["scale"] == "base"] if "scale" in runs else runs
+        curves_path = proxies.stage.path / CURVES_TABLE
+        curves = pd.read_parquet(curves_path) if curves_path.exists() else None
         result = fit_runs(
             base,
-            target="target",
+            target=target,
             weight_cols=[f"w/{d}" for d in domains.domains],
-            cfg=cfg.fit,
+            cfg=fit_cfg,
             out_dir=stage.path,
             prior=domains.prior(),
-            domain_tokens=np.array([domains.train_tokens[d] for d in domains.domains], dtype=np.float64),
+            domain_tokens=domains.token_counts(),
             where=str(proxies.runs_path),
+            curves=curves,
+            seed_noise=seed_noise(_replicate_targets(base, target, len(domains.domains))),
+            size_check=_size_check(runs, curves),
         )
         stage.complete({"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started)
     return FitOutput(stage)
+
+
+def target_params_ratio(cfg: Config, vocab_size: int) -> float | None:
+    """Active parameters of the pretrain model over the proxy's, both at the trained tokenizer's vocab
+    (None when nothing is pretrained)."""
+    if not cfg.pretrain.enabled:
+        return None
+    return _active_params(cfg.pretrain.model, vocab_size) / _active_params(cfg.proxies.model, vocab_size)
+
+
+def _active_params(model_cfg: Any, vocab_size: int) -> int:
+    import torch
+
+    from moemix.moe_model import MoETransformer
+
+    with torch.device("meta"):  # counts only: a cluster-size model allocates nothing
+        model = MoETransformer(dataclasses.replace(model_cfg, vocab_size=vocab_size))
+        return int(model.num_params(active_only=True))
+
+
+def _size_check(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Any:
+    """The scale check's curves and active-parameter ratio, for the fit's model-size extrapolation."""
+    from moemix.mixing.fit import SizeCheck
+
+    if curves is None or "scale" not in runs or not (runs["scale"] == "large").any():
+        return None
+    ok = runs[runs["status"] == "ok"]
+    base, large = ok[ok["scale"] == "base"], ok[ok["scale"] == "large"]
+    if large.empty or base.empty:
+        return None
+    ratio = float(large["params_active"].median()) / float(base["params_active"].median())
+    return SizeCheck(curves=curves[curves["run_id"].isin(large["run_id"])], params_ratio=ratio)
+
+
+def _replicate_targets(runs: pd.DataFrame, target: str, n_domains: int) -> np.ndarray:
+    """Target of every successful run of the swarm's first mixture (uniform, under several seeds)."""
+    from moemix.mixing.runs import parse_target
+
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return np.zeros(0)
+    wcols = [c for c in runs.columns if c.startswith("w/")]
+    first = runs[wcols].to_numpy(dtype=np.float64)[0]
+    same = np.all(np.abs(ok[wcols].to_numpy(dtype=np.float64) - first) < 1e-9, axis=1)
+    spec = parse_target(target, [str(c) for c in runs.columns])
+    return ok[same][spec.columns].to_numpy(dtype=np.float64) @ np.asarray(spec.coefs)
 
 
 # ---------------------------------------------------------------- propose
@@ -183,16 +272,17 @@ class ProposeOutput:
 
 def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput, fit: FitOutput) -> ProposeOutput:
     from moemix.mixing.fit import load_fit
-    from moemix.mixing.propose import proposal_to_doc, propose
+    from moemix.mixing.propose import PROPOSE_FORMAT, proposal_to_doc, propose
     from moemix.mixing.report import plot_mixture
     from moemix.mixing.schema import write_mixture
 
-    stage = stage_for(run_dir, "propose", {"propose": cfg.propose, "seed": cfg.seed}, {"fit": fit.stage.key, "domains": domains.stage.key})
+    stage = stage_for(run_dir, "propose", {"propose": cfg.propose, "seed": cfg.seed, "format": PROPOSE_FORMAT},
+                      {"fit": fit.stage.key, "domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start(fresh=True)
         fitted = load_fit(fit.stage.path)
-        domain_tokens = np.array([domains.train_tokens[d] for d in domains.domains], dtype=np.float64)
+        domain_tokens = domains.token_counts()
         target_tokens = cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
         proposal = propose(fitted, domains.prior(), cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens)
         plots = {}
@@ -270,10 +360,11 @@ def pretrain_stage(
     propose_out: ProposeOutput,
     pretrain_runner: Callable[[dict[str, dict[str, float]], Path, Path], dict[str, dict[str, Any]]],
 ) -> PretrainOutput:
-    """Pretrain on the chosen mixture and, with the same tokens, on the uniform one.
+    """Pretrain on the chosen mixture and, with the same tokens, on the uniform and natural ones.
 
     ``pretrain_runner(mixtures, tokens_dir, out_dir) -> {name: result dict}`` trains each named mixture
     under ``out_dir/<name>/`` (resuming from its checkpoint) and returns its final validation losses.
+    A baseline equal to the chosen mixture (the do-no-harm guard can ship one) is not trained twice.
     """
     from moemix.mixing.schema import load_mixture
 
@@ -282,19 +373,67 @@ def pretrain_stage(
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: checkpoints inside are how a crashed run resumes
-        mixtures = {"chosen": doc.weights}
+        wanted = {"chosen": doc.weights}
         if cfg.pretrain.compare_uniform:
-            mixtures["uniform"] = {d: 1.0 / len(domains.domains) for d in domains.domains}
+            wanted["uniform"] = {d: 1.0 / len(domains.domains) for d in domains.domains}
+        if cfg.pretrain.compare_natural:
+            wanted["natural"] = dict(zip(domains.domains, domains.prior().tolist()))
+        same_as: dict[str, str] = {}
+        mixtures: dict[str, dict[str, float]] = {}
+        for name, mix in wanted.items():
+            twin = next((n for n, m in mixtures.items() if _same_mixture(m, mix)), None)
+            if twin is None:
+                mixtures[name] = mix
+            else:
+                same_as[name] = twin
         results = pretrain_runner(mixtures, domains.tokens_dir, stage.path)
-        comparison = {
-            name: {"target_loss": r["target_loss"], "target_bpb": r.get("target_bpb"), "tokens": r.get("tokens"), "checkpoint": r.get("checkpoint")}
+        results.update({name: results[twin] for name, twin in same_as.items()})
+        comparison: dict[str, Any] = {
+            name: {"target_loss": r["target_loss"], "target_bpb": r.get("target_bpb"), "tokens": r.get("tokens"),
+                   "checkpoint": r.get("checkpoint"), "loss": r.get("loss"), "same_as": same_as.get(name)}
             for name, r in results.items()
         }
         if "uniform" in comparison:
             comparison["improvement_vs_uniform"] = comparison["uniform"]["target_loss"] - comparison["chosen"]["target_loss"]
+        comparison["verdict"] = asdict(pretrain_verdict(comparison))
         comparison["moemix_version"] = __version__
         from moemix._io import write_json_atomic
 
         write_json_atomic(stage.path / "comparison.json", comparison)
         stage.complete({"comparison": comparison}, started)
     return PretrainOutput(stage, stage.manifest()["outputs"]["comparison"])
+
+
+def _same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:
+    return set(a) == set(b) and all(abs(a[d] - b[d]) < 1e-9 for d in a)
+
+
+BASELINES = ("uniform", "natural")
+
+
+def pretrain_verdict(comparison: dict[str, Any]) -> PretrainCheck:
+    """Did the chosen mixture beat every baseline it was pretrained next to?"""
+    losses = {n: float(comparison[n]["target_loss"]) for n in ("chosen", *BASELINES) if n in comparison}
+    chosen = losses["chosen"]
+    base = {n: v for n, v in losses.items() if n != "chosen"}
+    if not base:
+        return PretrainCheck(losses, True, f"chosen {chosen:.4f} (no baseline pretrained)")
+    lost = [n for n, v in base.items() if v <= chosen and comparison[n].get("same_as") != "chosen"]
+    vs = ", ".join(f"{n} {v:.4f}" for n, v in base.items())
+    if not lost:
+        return PretrainCheck(losses, True, f"chosen {chosen:.4f} beats {vs}")
+    return PretrainCheck(losses, False, f"WARNING: chosen {chosen:.4f} does not beat {', '.join(lost)} ({vs})")
+
+
+def annotate_mixture(mixture_path: Path, comparison: dict[str, Any]) -> PretrainCheck:
+    """Record the pretraining verdict in the published mixture.json (what users read), and warn on a loss."""
+    from moemix.mixing.schema import load_mixture, write_mixture
+
+    check = PretrainCheck(**comparison["verdict"]) if "verdict" in comparison else pretrain_verdict(comparison)
+    doc = load_mixture(mixture_path)
+    notes = [n for n in (doc.notes or []) if not n.startswith("pretraining: ")]
+    if not check.beats_baselines:
+        log.warning("pretraining: %s", check.verdict)
+        notes.append(f"pretraining: {check.verdict}")
+    write_mixture(mixture_path, dataclasses.replace(doc, pretrain_check=check, notes=notes or None))
+    return check

@@ -20,6 +20,7 @@ from moemix.pipeline.stages import (
     PretrainOutput,
     ProposeOutput,
     ProxiesOutput,
+    annotate_mixture,
     domains_stage,
     fit_stage,
     pretrain_stage,
@@ -106,6 +107,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", prog
             return pretrain_mixtures(cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed)
 
         res.pretrain = pretrain_stage(cfg, run_dir, res.domains, res.propose, pretrain_runner)
+        annotate_mixture(res.mixture_path, res.pretrain.comparison)
         _log_comparison(res.pretrain)
         return res
     finally:
@@ -127,6 +129,6 @@ def _assign_fn(cfg: Config, lazy: _LazyRay):  # noqa: ANN202
 
 def _log_comparison(pre: PretrainOutput) -> None:
     comp = pre.comparison
-    for name in ("chosen", "uniform"):
+    for name in ("chosen", "uniform", "natural"):
         if name in comp:
             log.info("pretrain %-7s target loss %.4f", name, comp[name]["target_loss"])
