@@ -132,3 +132,12 @@ def test_swarm_adds_uniform_seeds_and_its_run_ids_ignore_a_weighted_target(marko
     external = ProxiesConfig(train=cfg.train, uniform_seeds=3, target=TargetConfig(external=str(markov_tokens)))
     assert not {s.run_id for s in make_specs(external, markov_data.domains, mixtures, markov_tokens, tmp_path)} & {
         s.run_id for s in specs}
+
+
+def test_scale_agreement_counts_a_mixture_trained_under_several_seeds_once():
+    w = np.random.default_rng(2).dirichlet(np.ones(3), size=4)
+    rows = [{"status": "ok", "scale": s, **{f"w/d{j}": x for j, x in enumerate(row)}, "target": row[0] + off}
+            for s, off in (("base", 0.0), ("large", 0.5)) for row in w]
+    rows += [{**rows[0], "target": rows[0]["target"] + 0.01}, {**rows[0], "target": rows[0]["target"] - 0.01}]
+    out = scale_agreement(pd.DataFrame(rows))
+    assert out["n"] == 4 and out["spearman"] == pytest.approx(1.0)

@@ -461,9 +461,10 @@ def scale_agreement(df: pd.DataFrame, column: str = "target") -> dict[str, float
     wcols = [c for c in df.columns if c.startswith("w/")]
     ok = df[df["status"] == "ok"]
     key = ok[wcols].round(9).astype(str).agg("|".join, axis=1)
-    base = ok[ok["scale"] == "base"].assign(_k=key)
-    large = ok[ok["scale"] == "large"].assign(_k=key)
-    both = base.merge(large, on="_k", suffixes=("_base", "_large"))
+    # a mixture trained under several seeds (the uniform one) counts once, at its seed-mean
+    base = ok[ok["scale"] == "base"].assign(_k=key).groupby("_k")[[column]].mean()
+    large = ok[ok["scale"] == "large"].assign(_k=key).groupby("_k")[[column]].mean()
+    both = base.merge(large, left_index=True, right_index=True, suffixes=("_base", "_large"))
     n = len(both)
     if n < 3:
         return {"n": n, "spearman": float("nan")}
