@@ -381,6 +381,7 @@ def _propose(
     if domain_tokens is None and fit.domain_tokens is not None:
         domain_tokens = np.asarray(fit.domain_tokens, dtype=np.float64)
     lo, hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
+    user_lo, user_hi = lo.copy(), hi.copy()  # the user's own constraints, before the trust region
     trust_hi = _trust_region(fit, cfg, lo)
     if trust_hi is not None:
         hi = np.minimum(hi, trust_hi)
@@ -395,7 +396,6 @@ def _propose(
             lo = lo * (0.9 / lo.sum())
     noise = fit_noise(fit)
     uniform = np.full(len(domains), 1.0 / len(domains))
-    user_lo, user_hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
     # the baselines as the closest mixtures the user's own constraints allow (not the trust region:
     # uniform and natural are always among the swarm's runs)
     feasible = {name: project_capped(b, user_lo, user_hi)[0] for name, b in (("uniform", uniform), ("natural", p))}
