@@ -207,7 +207,7 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
             domain_tokens=domains.token_counts(),
             where=str(proxies.runs_path),
             curves=curves,
-            seed_noise=seed_noise(_replicate_targets(base, target, len(domains.domains))),
+            seed_noise=seed_noise(_replicate_targets(base, target)),
             size_check=_size_check(runs, curves),
         )
         stage.complete({"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started)
@@ -246,7 +246,7 @@ def _size_check(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Any:
     return SizeCheck(curves=curves[curves["run_id"].isin(large["run_id"])], params_ratio=ratio)
 
 
-def _replicate_targets(runs: pd.DataFrame, target: str, n_domains: int) -> np.ndarray:
+def _replicate_targets(runs: pd.DataFrame, target: str) -> np.ndarray:
     """Target of every successful run of the swarm's first mixture (uniform, under several seeds)."""
     from moemix.mixing.runs import parse_target
 
