@@ -123,7 +123,10 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
     from moemix.proxies.run import collect_runs, scale_transfer_report, swarm_target
 
     # the swarm's key sees only what a proxy computes: a weighted-domain target is applied at fit time
-    swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
+    # (unless later rounds search around the target's optimum)
+    swarm_cfg = cfg.proxies
+    if cfg.proxies.rounds == 1:
+        swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
     stage = stage_for(run_dir, "proxies", {"proxies": swarm_cfg, "seed": cfg.seed}, {"domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
@@ -131,6 +134,12 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
         specs = proxy_specs(cfg, domains, stage)
         log.info("proxies: %d runs under %s", len(specs), stage.path)
         swarm_runner(specs)
+        earlier = [s.run_id for s in specs if s.scale == "base"]
+        for round_idx in range(1, cfg.proxies.rounds):
+            more = next_round_specs(cfg, domains, stage, round_idx, earlier)
+            log.info("proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more))
+            swarm_runner(more)
+            earlier += [s.run_id for s in more]
         runs = collect_runs(stage.path)
         if runs.empty:
             raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
@@ -148,6 +157,46 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
         )
     out = stage.manifest()["outputs"]
     return ProxiesOutput(stage, stage.path / out["runs"], out["n_ok"], out["n_failed"], out.get("scale_transfer"))
+
+
+def next_round_specs(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int,
+                     earlier: list[str]) -> list[Any]:
+    """CLIMB: fit the base runs of the earlier rounds (``earlier``: their run ids), then sample the next
+    batch around the best predicted mixtures.
+
+    Deterministic given those runs, so a resumed stage asks for the same batch again and the finished
+    part of it is skipped. The round's fit is kept under ``rounds/<i>/`` for inspection.
+    """
+    from moemix.mixing.fit import fit_runs
+    from moemix.mixing.propose import ProposeConfig, propose_next_batch
+    from moemix.proxies.run import CURVES_TABLE, collect_runs, round_specs
+
+    runs = collect_runs(stage.path)
+    base = runs[runs["run_id"].isin(earlier) & (runs["status"] == "ok")]
+    wcols = [f"w/{d}" for d in domains.domains]
+    fit_cfg = dataclasses.replace(fit_config(cfg, domains), plots=False)
+    fitted = fit_runs(base, target_expression(cfg, domains.domains), wcols, fit_cfg, stage.path / "rounds" / str(round_idx),
+                      prior=domains.prior(), domain_tokens=domains.token_counts(), where=str(stage.path),
+                      curves=pd.read_parquet(stage.path / CURVES_TABLE))
+    pcfg = cfg.proxies
+    mixtures = propose_next_batch(
+        fitted, None, pcfg.next_round_size, round_idx,
+        cfg=ProposeConfig(n_samples=20_000, max_epochs=pcfg.sampler.max_epochs, seed=cfg.seed),
+        existing=base[wcols].to_numpy(dtype=np.float64), domain_tokens=domains.token_counts(),
+        tokens_per_run=pcfg.train.tokens_per_run())
+    return round_specs(pcfg, mixtures, domains.tokens_dir, stage.path, start_index=len(earlier),
+                       domains_fingerprint=domains.fingerprint)
+
+
+def fit_config(cfg: Config, domains: DomainsOutput) -> Any:
+    """``cfg.fit`` with what the pipeline knows added: for ``scaling_law``, how far to extrapolate."""
+    fit_cfg = cfg.fit
+    if fit_cfg.predictor == "scaling_law":
+        vocab = DomainTokens(domains.tokens_dir).vocab_size
+        params = {"target_scale": target_scale(cfg), "target_params": target_params_ratio(cfg, vocab),
+                  **fit_cfg.predictor_params}
+        fit_cfg = dataclasses.replace(fit_cfg, predictor_params=params)
+    return fit_cfg
 
 
 def target_expression(cfg: Config, domains: list[str]) -> str:
@@ -181,12 +230,7 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
     from moemix.mixing.fit import FIT_FORMAT, fit_runs, seed_noise
     from moemix.proxies.run import CURVES_TABLE
 
-    fit_cfg = cfg.fit
-    if fit_cfg.predictor == "scaling_law":
-        vocab = DomainTokens(domains.tokens_dir).vocab_size
-        params = {"target_scale": target_scale(cfg), "target_params": target_params_ratio(cfg, vocab),
-                  **fit_cfg.predictor_params}
-        fit_cfg = dataclasses.replace(fit_cfg, predictor_params=params)
+    fit_cfg = fit_config(cfg, domains)
     target = target_expression(cfg, domains.domains)
     stage = stage_for(run_dir, "fit", {"fit": fit_cfg, "target": target, "seed": cfg.seed, "format": FIT_FORMAT},
                       {"proxies": proxies.stage.key})

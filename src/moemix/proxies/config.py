@@ -62,8 +62,19 @@ class ProxiesConfig:
     # the uniform mixture trained under this many seeds: the seed-to-seed spread is the noise floor
     # the proposer must beat before it moves away from the baselines
     uniform_seeds: int = 3
+    # CLIMB-style iterative search: after the first swarm, rounds - 1 more batches of round_mixtures
+    # proxies, each sampled around the best mixtures predicted by a fit on every run so far (the search
+    # region shrinks round by round); the target then shapes the swarm and joins its cache key
+    rounds: int = 1
+    round_mixtures: int = 0  # 0 = half of sampler.n_mixtures
+
+    @property
+    def next_round_size(self) -> int:
+        return self.round_mixtures or max(1, self.sampler.n_mixtures // 2)
 
     def validate(self) -> None:
+        if self.rounds < 1 or self.round_mixtures < 0:
+            raise ValueError("rounds must be >= 1 and round_mixtures >= 0")
         if self.curve_points < 1:
             raise ValueError("curve_points must be >= 1")
         if self.uniform_seeds < 1:

@@ -204,10 +204,7 @@ def make_specs(
     data = DomainTokens(tokens_dir)
     if list(domains) != data.domains:
         raise MoemixError(f"{tokens_dir}: domains {data.domains} do not match the mixtures' columns {list(domains)}")
-    train_cfg = cfg.train
-    if train_cfg.max_epochs is None and cfg.sampler.max_epochs is not None:
-        # the sampler projected the mixtures onto this cap; enforce the same one in the stream
-        train_cfg = dataclasses.replace(train_cfg, max_epochs=cfg.sampler.max_epochs)
+    train_cfg = swarm_train_config(cfg)
     kw = dict(target=swarm_target(cfg.target), tokens_dir=tokens_dir, out_dir=out_dir, data=data,
               domains_fingerprint=domains_fingerprint, curve_points=cfg.curve_points)
     mixtures = np.asarray(mixtures)
@@ -222,6 +219,23 @@ def make_specs(
         specs += specs_for_mixtures(mixtures[:n_large], model=cfg.scale_check.model, train_cfg=train_cfg,
                                     scale="large", **kw)
     return specs
+
+
+def swarm_train_config(cfg: Any) -> TrainConfig:
+    """A ``ProxiesConfig``'s training config as its proxies run it: the sampler projected the mixtures
+    onto its epoch cap, so the stream enforces the same one."""
+    if cfg.train.max_epochs is None and cfg.sampler.max_epochs is not None:
+        return dataclasses.replace(cfg.train, max_epochs=cfg.sampler.max_epochs)
+    return cfg.train
+
+
+def round_specs(cfg: Any, mixtures: np.ndarray, tokens_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                *, start_index: int, domains_fingerprint: str | None = None) -> list[ProxySpec]:
+    """Base-scale specs for a later round of an iterative swarm (indices continue after ``start_index``)."""
+    return specs_for_mixtures(mixtures, model=cfg.model, train_cfg=swarm_train_config(cfg),
+                              target=swarm_target(cfg.target), tokens_dir=tokens_dir, out_dir=out_dir,
+                              domains_fingerprint=domains_fingerprint, curve_points=cfg.curve_points,
+                              start_index=start_index)
 
 
 def load_result(spec_or_path: ProxySpec | str | os.PathLike[str]) -> ProxyResult | None:

@@ -1,0 +1,71 @@
+"""CLIMB-style rounds in the proxies stage: later batches come from a fit of every run so far."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from moemix.pipeline.config import load_config
+from moemix.pipeline.stages import domains_stage, proxies_stage
+from moemix.proxies.run import run_sequential
+
+
+def _config(tmp_path, tiny_config, **proxies):
+    tiny_config["proxies"].update({"scale_check": {"n_mixtures": 0}, "rounds": 2, "round_mixtures": 3, **proxies})
+    tiny_config["proxies"]["sampler"]["n_mixtures"] = 6
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return load_config(path)
+
+
+def test_a_second_round_samples_new_mixtures_from_a_fit_of_the_first(tmp_path, tiny_config):
+    cfg = _config(tmp_path, tiny_config)
+    domains = domains_stage(cfg, tmp_path / "run", progress=False)
+    batches = []
+
+    def runner(specs):
+        batches.append(specs)
+        run_sequential(specs)
+
+    out = proxies_stage(cfg, tmp_path / "run", domains, runner)
+    assert [len(b) for b in batches] == [6 + 2, 3]  # first swarm (+ 2 uniform seeds), then one round
+    assert [s.index for s in batches[1]] == [8, 9, 10]
+    runs = pd.read_parquet(out.runs_path)
+    assert out.n_ok == 11 and list(runs["run_id"])[-3:] == [s.run_id for s in batches[1]]
+    wcols = [f"w/{d}" for d in domains.domains]
+    first = runs[wcols].to_numpy()[:8]
+    for s in batches[1]:
+        w = np.array([s.mixture[d] for d in domains.domains])
+        assert np.min(np.abs(first - w).max(axis=1)) >= 0.02  # new mixtures, not repeats
+    assert json.loads((out.stage.path / "rounds" / "1" / "fit.json").read_text())["n_used"] == 8
+
+    # the batch is a function of the runs before it: a resumed stage asks for the same one, trains nothing
+    stamps = {p: p.stat().st_mtime_ns for p in out.stage.path.glob("runs/*/result.json")}
+    out.stage.manifest_path.unlink()
+    again = proxies_stage(cfg, tmp_path / "run", domains, run_sequential)
+    assert again.n_ok == 11
+    assert {p: p.stat().st_mtime_ns for p in out.stage.path.glob("runs/*/result.json")} == stamps
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
+    a = _config(tmp_path, tiny_config)
+    domains = domains_stage(a, tmp_path / "run", progress=False)
+    b = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {"target": {"domains": {domains.domains[0]: 1.0}}}})
+    chosen = []
+
+    def runner(specs):
+        chosen.append(specs[0].out_dir)  # the stage directory the swarm would fill
+        raise _Stop
+
+    for cfg in (a, b):
+        with pytest.raises(_Stop):
+            proxies_stage(cfg, tmp_path / "run", domains, runner)
+    assert chosen[0] != chosen[1]
