@@ -130,3 +130,19 @@ def test_bf16_autocast_and_bf16_weights_train():
     out = model(ids, ids)
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("d_model,init_std,want", [(64, None, 0.0625), (256, None, 0.03125), (64, 0.02, 0.02)])
+def test_init_std_follows_width_unless_set(d_model, init_std, want):
+    """Default init is 0.5/sqrt(d_model) (a fixed 0.02 undertrains narrow models); an explicit value wins.
+    Residual-branch outputs are scaled down by sqrt(2 * n_layers) on top of it."""
+    model = tiny(d_model=d_model, init_std=init_std)
+    assert model.cfg.weight_init_std == pytest.approx(want)
+    assert model.embed.weight.std().item() == pytest.approx(want, rel=0.05)
+    w_down = dict(model.named_parameters())["blocks.0.ffn.experts.w_down"]
+    assert w_down.std().item() == pytest.approx(want / 2.0, rel=0.1)  # n_layers 2
+
+
+def test_init_std_must_be_positive():
+    with pytest.raises(ValueError, match="init_std"):
+        dataclasses.replace(TINY, init_std=0.0).validate()

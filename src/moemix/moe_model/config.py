@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moemix.kernels.api import IMPLS
@@ -34,7 +35,11 @@ class MoEConfig:
     bias_update_rate: float = 0.001
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
-    init_std: float = 0.02
+    # None = 0.5 / sqrt(d_model): GPT-2's 0.02 at d_model 768, DeepSeek-V3's 0.006 at 7168. A fixed
+    # 0.02 is far too small for narrow models: the d_model-96 demo pretrain model then lost 0.5 nats at
+    # 614k tokens and its loss depended on the init seed by 0.13 nats (0.006 at this width's rule);
+    # docs/benchmarks/mixture_quality.md
+    init_std: float | None = None
     norm_eps: float = 1e-6
 
     # ---- derived sizes ----
@@ -58,6 +63,11 @@ class MoEConfig:
     @property
     def d_dense_hidden(self) -> int:
         return self.d_dense or self.top_k * self.d_expert
+
+    @property
+    def weight_init_std(self) -> float:
+        """The std weights are drawn with (``init_std``, or the width rule when it is None)."""
+        return self.init_std if self.init_std is not None else 0.5 / math.sqrt(self.d_model)
 
     @property
     def n_moe_layers(self) -> int:
@@ -91,7 +101,9 @@ class MoEConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate", "init_std", "norm_eps"):
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate", "norm_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rope_theta <= 0:

@@ -68,7 +68,7 @@ class MoETransformer(nn.Module):
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoEBlock)]
 
     def _init_weights(self) -> None:
-        std = self.cfg.init_std
+        std = self.cfg.weight_init_std
         # residual-branch outputs scaled down with depth (GPT-2) so the residual stream variance stays O(1)
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
