@@ -44,8 +44,17 @@ def test_aux_free_bias_evens_skewed_router(score):
     assert after < 1.25, (before, after)
     assert block.router.expert_bias[:2].max() < block.router.expert_bias[2:].min()  # hot experts pushed down
     # the bias only selects: weights still come from the unbiased scores (renormalised)
-    r = block.router(torch.randn(8, D))
-    torch.testing.assert_close(r.topk_weight.sum(-1), torch.ones(8))
+    x = torch.randn(64, D, generator=gen) + offset
+    r = block.router(x)
+    with torch.no_grad():
+        logits = x @ block.router.gate.weight.T
+        scores = torch.softmax(logits, -1) if score == "softmax" else torch.sigmoid(logits)
+        bias = block.router.expert_bias
+    # the learned bias really does change the choice for some tokens (else this check would be vacuous)
+    assert torch.equal(r.topk_idx.sort(-1).values, torch.topk(scores + bias, K, -1).indices.sort(-1).values)
+    assert not torch.equal(r.topk_idx.sort(-1).values, torch.topk(scores, K, -1).indices.sort(-1).values)
+    chosen = scores.gather(-1, r.topk_idx)
+    torch.testing.assert_close(r.topk_weight, chosen / chosen.sum(-1, keepdim=True))
 
 
 def test_bias_untouched_without_aux_free_and_in_eval():
