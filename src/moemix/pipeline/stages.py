@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from moemix import __version__
 from moemix._io import stable_hash
 from moemix.errors import MoemixError
 from moemix.mixing.schema import PretrainCheck
+from moemix.mixing.transfer import transfer_summary
 from moemix.pipeline.config import Config
 from moemix.pipeline.stage import Stage, stage_for
 from moemix.proxies.shards import DomainTokens
@@ -349,26 +349,14 @@ def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: P
     return ProposeOutput(stage)
 
 
-SCALE_TRANSFER_WARN_BELOW = 0.8
-
-
 def scale_transfer_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     """The swarm's base-vs-large rank agreement as mixture.json reports it, with a warning when low."""
     if not report:
         return None
-    rho, n = report["target"]["spearman"], int(report["target"]["n"])
-    rho = None if rho is None or math.isnan(rho) else float(rho)
-    warning = None
-    if rho is None:
-        warning = f"only {n} mixtures trained at both scales: no rank correlation"
-    elif rho < SCALE_TRANSFER_WARN_BELOW:
-        warning = (
-            f"proxy rankings transfer poorly to the larger proxy (Spearman {rho:.2f} < {SCALE_TRANSFER_WARN_BELOW}); "
-            "consider larger proxies"
-        )
-    if warning:
-        log.warning("scale check: %s", warning)
-    return {"spearman": rho, "n": n, "warning": warning}
+    summary = transfer_summary(report["target"]["spearman"], int(report["target"]["n"]))
+    if summary["warning"]:
+        log.warning("scale check: %s", summary["warning"])
+    return summary
 
 
 def _target_description(cfg: Config) -> str:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from moemix._io import atomic_path, stable_hash, to_jsonable, write_json_atomic
 from moemix.errors import MoemixError
+from moemix.mixing.transfer import has_large_runs, scale_agreement
 from moemix.proxies.evaluate import EvalResult, TargetConfig, evaluate
 from moemix.proxies.shards import DomainTokens
 from moemix.proxies.stream import normalize_mixture
@@ -458,7 +459,7 @@ def curves_table(results: Sequence[ProxyResult], domains: list[str]) -> pd.DataF
 
 def scale_transfer_report(df: pd.DataFrame) -> dict[str, Any] | None:
     """Rank agreement of proxy losses across model scales (None when no scale check ran)."""
-    if "scale" not in df.columns or not (df["scale"] == "large").any():
+    if not has_large_runs(df):
         return None
     out: dict[str, Any] = {"target": scale_agreement(df, "target")}
     ok = df[df["status"] == "ok"]
@@ -466,21 +467,3 @@ def scale_transfer_report(df: pd.DataFrame) -> dict[str, Any] | None:
         sub = ok[ok["scale"] == scale]
         out[f"params_active_{scale}"] = int(sub["params_active"].median()) if len(sub) else 0
     return out
-
-
-def scale_agreement(df: pd.DataFrame, column: str = "target") -> dict[str, float]:
-    """Spearman rank correlation of ``column`` between base and large runs of the same mixture."""
-    from scipy.stats import spearmanr
-
-    wcols = [c for c in df.columns if c.startswith("w/")]
-    ok = df[df["status"] == "ok"]
-    key = ok[wcols].round(9).astype(str).agg("|".join, axis=1)
-    # a mixture trained under several seeds (the uniform one) counts once, at its seed-mean
-    base = ok[ok["scale"] == "base"].assign(_k=key).groupby("_k")[[column]].mean()
-    large = ok[ok["scale"] == "large"].assign(_k=key).groupby("_k")[[column]].mean()
-    both = base.merge(large, left_index=True, right_index=True, suffixes=("_base", "_large"))
-    n = len(both)
-    if n < 3:
-        return {"n": n, "spearman": float("nan")}
-    rho = spearmanr(both[f"{column}_base"], both[f"{column}_large"]).statistic
-    return {"n": n, "spearman": float(rho)}
