@@ -89,7 +89,7 @@ def target_loss(loss: dict[str, float], target: dict[str, float] | None) -> floa
 
 def run_pipeline(config: str | None, run_dir: Path, target: dict[str, float] | None, sets: list[str]) -> dict[str, Any]:
     """``moemix run --until propose`` for one target; returns wall time and per-stage seconds (None = cached)."""
-    cmd = [sys.executable, "-m", "moemix.pipeline.cli", "run", *([config] if config else [])]
+    cmd = [sys.executable, "-m", "moemix.cli", "run", *([config] if config else [])]
     cmd += ["--out", str(run_dir), "--until", "propose", "--quiet"]
     for s in sets:
         cmd += ["--set", s]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moemix.pipeline.cli import main
+from moemix.cli import main
 from moemix.pipeline.cluster import ClusterConfig, fit_cluster_model
 
 sys.path.insert(0, str(Path(__file__).parent))

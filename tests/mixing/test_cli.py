@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from mixing_synth import runs_table
 
+from moemix.cli.commands.mixing import register
 from moemix.errors import MoemixError
 from moemix.mixing.schema import load_mixture
-from moemix.pipeline.commands.mixing import register
 
 
 def _run(*argv):

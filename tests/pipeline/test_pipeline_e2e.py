@@ -33,7 +33,7 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_config, capsys, monkeypatch):
-    from moemix.pipeline.cli import main
+    from moemix.cli import main
     from moemix.ray_jobs.pipeline import run_pipeline
 
     cfg_path = _write_config(tmp_path, tiny_config)
@@ -100,7 +100,7 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moemix.pipeline.cli", "run", str(cfg_path), "--out", str(run_dir), "--until", "proxies", "--quiet"],
+        [sys.executable, "-m", "moemix.cli", "run", str(cfg_path), "--out", str(run_dir), "--until", "proxies", "--quiet"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:

@@ -71,7 +71,7 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
         deadline = time.time() + 90
         while time.time() < deadline:
             proc = subprocess.run(
-                [sys.executable, "-m", "moemix.pipeline.cli", "submit", "tiny.yaml", "--address", address,
+                [sys.executable, "-m", "moemix.cli", "submit", "tiny.yaml", "--address", address,
                  "--out", str(tmp_path / "run")],
                 env={**env, "RAY_AUTH_MODE": "token"}, cwd=tmp_path, capture_output=True, text=True, timeout=400,
             )

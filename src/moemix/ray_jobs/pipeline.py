@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 
 from moemix._io import write_text_atomic
+from moemix.pipeline import STAGES
 from moemix.pipeline.config import Config, dump_config
 from moemix.pipeline.stages import (
     DomainsOutput,
@@ -31,9 +32,6 @@ from moemix.pipeline.stages import (
 from moemix.ray_jobs.cluster import init_ray
 
 log = logging.getLogger(__name__)
-
-STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
-
 
 @dataclass
 class PipelineResult:

@@ -18,10 +18,10 @@ import yaml
 
 from moemix import __version__
 from moemix.errors import MoemixError
+from moemix.pipeline import STAGES
 
-STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
 # modules that add their own subcommands (fit/predict/propose, assign)
-COMMAND_MODULES = ("moemix.pipeline.commands.mixing", "moemix.pipeline.commands.assign")
+COMMAND_MODULES = ("moemix.cli.commands.mixing", "moemix.cli.commands.assign")
 
 
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -213,7 +213,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moemix: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
