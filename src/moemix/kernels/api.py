@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-IMPLS = ("auto", "reference", "grouped", "triton")
+Impl = Literal["auto", "reference", "grouped", "triton"]
+IMPLS: tuple[str, ...] = get_args(Impl)
 
 
 def triton_available() -> bool:

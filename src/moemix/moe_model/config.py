@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
-from moemix.kernels.api import IMPLS
+from moemix.kernels.api import Impl
 
 
 @dataclass
@@ -25,12 +28,12 @@ class MoEConfig:
     n_shared_experts: int = 0  # always-on experts, each the size of one (fine-grained) expert
     n_dense_layers: int = 0  # the first n layers use a dense SwiGLU instead of an MoE block
     d_dense: int = 0  # hidden size of those dense layers; 0 = top_k * d_expert (same active FLOPs)
-    kernel_impl: str = "auto"  # "auto" | "reference" | "grouped" | "triton"
-    router_score: str = "softmax"  # "softmax" | "sigmoid"
+    kernel_impl: Impl = "auto"
+    router_score: Literal["softmax", "sigmoid"] = "softmax"
     router_renorm: bool = True  # renormalise the chosen top-k weights to sum to 1
-    balance: str = "aux"  # "aux" (Switch loss) | "aux_free" (DeepSeek-V3 bias) | "none"
+    balance: Literal["aux", "aux_free", "none"] = "aux"  # Switch loss | DeepSeek-V3 bias | none
     aux_loss_coef: float = 0.01
-    aux_loss_scope: str = "micro"  # "micro" | "global" (expert frequencies over the global batch)
+    aux_loss_scope: Literal["micro", "global"] = "micro"  # global: expert frequencies over the global batch
     z_loss_coef: float = 0.001
     bias_update_rate: float = 0.001
     tie_embeddings: bool = True
@@ -94,13 +97,12 @@ class MoEConfig:
             raise ValueError(f"d_expert={self.d_expert} must be divisible by granularity={self.granularity}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
-        if self.kernel_impl not in IMPLS:
-            raise ValueError(f"kernel_impl must be one of {', '.join(IMPLS)}, got {self.kernel_impl!r}")
-        choices = {"router_score": ("softmax", "sigmoid"), "balance": ("aux", "aux_free", "none"),
-                   "aux_loss_scope": ("micro", "global")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        # the Literal annotations are the one list of choices (the YAML loader checks the same ones)
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, got {getattr(self, f.name)!r}")
         if self.init_std is not None and self.init_std <= 0:
             raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
         for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate", "norm_eps"):
