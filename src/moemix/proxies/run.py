@@ -26,21 +26,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moemix._io import atomic_path, stable_hash, to_jsonable, write_json_atomic
+from moemix._io import atomic_path, stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.mixing.transfer import has_large_runs, scale_agreement
 from moemix.proxies.evaluate import EvalResult, TargetConfig, evaluate
 from moemix.proxies.shards import DomainTokens
 from moemix.proxies.stream import normalize_mixture
-from moemix.proxies.train import TrainConfig, train
+from moemix.proxies.train import TrainConfig, outcome_config, train
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
 RUNS_TABLE = "runs.parquet"
 CURVES_TABLE = "curves.parquet"
-# TrainConfig fields that change how fast a run goes, not what it computes
-_EXECUTION_ONLY = ("num_threads", "device", "log_every", "checkpoint_every", "measure_mfu", "eval_every")
 
 
 @dataclass
@@ -114,7 +112,7 @@ def make_run_id(
     mixture: Mapping[str, float], model: Any, train_cfg: TrainConfig, target: TargetConfig, fingerprint: str,
     scale: str = "base", curve_points: int = 1,
 ) -> str:
-    tc = {k: v for k, v in to_jsonable(train_cfg).items() if k not in _EXECUTION_ONLY}
+    tc = outcome_config(train_cfg)
     mix = {d: round(float(w), 12) for d, w in mixture.items()}
     key: dict[str, Any] = {"mixture": mix, "model": model, "train": tc, "target": target, "domains": fingerprint,
                            "scale": scale}

@@ -108,6 +108,16 @@ class TrainConfig:
         return self.planned_tokens
 
 
+# TrainConfig fields that change how fast or how visibly a run goes, not what it computes: a proxy's
+# run id and a checkpoint's fingerprint leave them out
+EXECUTION_ONLY = ("num_threads", "device", "log_every", "checkpoint_every", "measure_mfu", "eval_every")
+
+
+def outcome_config(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as plain JSON without its ``EXECUTION_ONLY`` fields: what a run's outcome depends on."""
+    return {k: v for k, v in to_jsonable(cfg).items() if k not in EXECUTION_ONLY}
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -202,8 +212,7 @@ def _sync_buffers(model: torch.nn.Module, world_size: int) -> None:
 
 def _fingerprint(model_cfg: Any, cfg: TrainConfig, mixture: Mapping[str, float], world_size: int) -> str:
     # Only what changes the trajectory; logging/checkpoint cadence may differ across restarts
-    skip = {"log_every", "checkpoint_every", "eval_every", "num_threads", "measure_mfu", "device"}
-    tc = {k: v for k, v in to_jsonable(cfg).items() if k not in skip}
+    tc = outcome_config(cfg)
     # world_size is left out on purpose: the global batch and data order do not depend on it, so a
     # run may resume on a different number of workers
     return stable_hash({"model": model_cfg, "train": tc, "mixture": dict(mixture)})
