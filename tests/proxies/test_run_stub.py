@@ -13,6 +13,7 @@ from proxies_stub import StubConfig, StubLM
 import moemix.proxies.run as run_mod
 from moemix.proxies.evaluate import TargetConfig
 from moemix.proxies.run import collect_runs, run_proxy, run_sequential, scale_agreement, specs_for_mixtures
+from moemix.proxies.shards import DomainTokens
 from moemix.proxies.train import TrainConfig, train
 
 
@@ -38,6 +39,46 @@ def test_run_ids_are_stable_and_ignore_execution_settings(markov_data, markov_to
     assert len({s.run_id for s in a}) == 5
     c = _specs(markov_data, markov_tokens, tmp_path, lr=1e-3)
     assert not {s.run_id for s in a} & {s.run_id for s in c}
+
+
+def _proxies_stage(markov_tokens, run_dir, runner, **train_kw):
+    """``proxies_stage`` as ``moemix run`` calls it, on the Markov domains (a domains stage in place)."""
+    from moemix.mixing.sampling import SamplerConfig
+    from moemix.pipeline.config import Config
+    from moemix.pipeline.stage import Stage
+    from moemix.pipeline.stages import DomainsOutput, proxies_stage
+    from moemix.proxies.config import ProxiesConfig
+
+    data = DomainTokens(markov_tokens)
+    domains = DomainsOutput(Stage("domains", "markov", markov_tokens.parent), data.domains,
+                            {d: data.n_tokens("train", d) for d in data.domains})
+    tc = TrainConfig(steps=6, batch_size=4, seq_len=32, eval_tokens=128, log_every=6, measure_mfu=False, **train_kw)
+    cfg = Config(proxies=ProxiesConfig(sampler=SamplerConfig(n_mixtures=3, max_epochs=None), train=tc,
+                                       uniform_seeds=1, curve_points=1))
+    return proxies_stage(cfg, run_dir, domains, swarm_runner=runner)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: the proxies stage key hashes all of proxies.train, so "
+                   "changing num_threads moves the swarm to a new stage directory and retrains every proxy, "
+                   "although each run_id ignores it")
+def test_changing_num_threads_reuses_the_finished_swarm(stub_train, markov_tokens, tmp_path):
+    """What a user hits: `moemix run` again with only proxies.train.num_threads changed must find the swarm
+    done (same stage directory, no proxy trained), while an outcome setting (lr) does start a new swarm."""
+    trained: list[str] = []
+
+    def runner(specs):
+        trained.extend(s.run_id for s in specs)
+        run_sequential(specs)
+
+    first = _proxies_stage(markov_tokens, tmp_path, runner, num_threads=1)
+    assert len(trained) == 3 and first.n_ok == 3
+    trained.clear()
+    lr = _proxies_stage(markov_tokens, tmp_path, runner, num_threads=1, lr=1e-3)
+    assert lr.stage.path != first.stage.path and len(trained) == 3  # control: the key does see the outcome
+    trained.clear()
+    again = _proxies_stage(markov_tokens, tmp_path, runner, num_threads=2)
+    assert again.stage.path == first.stage.path
+    assert trained == []
 
 
 def test_runs_write_results_table_and_skip_finished_on_rerun(stub_train, markov_data, markov_tokens, tmp_path):
