@@ -27,6 +27,7 @@ from moemix.mixing.predictors import (
     Predictor,
     load_predictor,
     make_predictor,
+    predictor_class,
     save_predictor,
 )
 from moemix.mixing.predictors.auto import AutoPredictor, WeightedSumPredictor
@@ -108,7 +109,7 @@ def _params(cfg: FitConfig, name: str) -> dict[str, Any]:
     p = dict(cfg.predictor_params)
     if name == "auto":
         p.setdefault("cv_folds", cfg.cv_folds)
-    if name in ("auto", "gp", "loglinear", "dml", "lightgbm", "scaling_law"):
+    if predictor_class(name).seeded:
         p.setdefault("seed", cfg.seed)
     return p
 

@@ -6,11 +6,13 @@ from moemix.mixing.predictors.base import (
     featurize,
     load_predictor,
     make_predictor,
+    predictor_class,
     registry,
     save_predictor,
 )
 
-PREDICTOR_NAMES = ("auto", "linear", "lightgbm", "loglinear", "dml", "gp", "scaling_law")
+# what ``fit.predictor`` accepts, read off the registry (``base.register``, ``base._MODULES``)
+PREDICTOR_NAMES = tuple(name for name, cls in registry().items() if cls.selectable)
 
 __all__ = ["FEATURES", "PREDICTOR_NAMES", "Predictor", "featurize", "load_predictor", "make_predictor",
-           "registry", "save_predictor"]
+           "predictor_class", "registry", "save_predictor"]

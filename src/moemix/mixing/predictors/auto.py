@@ -75,6 +75,7 @@ def greedy_ensemble(oof: np.ndarray, y: np.ndarray, max_steps: int = 12) -> np.n
 @register
 class AutoPredictor(Predictor):
     name = "auto"
+    seeded = True
 
     def __init__(self, cv_folds: int = 5, seed: int = 0, candidates: list[dict[str, Any]] | None = None,
                  mode: str = "ensemble", **params: Any) -> None:
@@ -171,6 +172,7 @@ class WeightedSumPredictor(Predictor):
     """Sum of per-column predictors (target mode "separate"): each loss column fitted on its own."""
 
     name = "weighted_sum"
+    selectable = False
 
     def __init__(self, columns: list[str] | None = None, coefs: list[float] | None = None, **params: Any) -> None:
         super().__init__(columns=list(columns or []), coefs=list(coefs or []), **params)

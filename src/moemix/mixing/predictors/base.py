@@ -6,6 +6,7 @@ and loadable without pickle (no arbitrary code execution when loading someone's 
 
 from __future__ import annotations
 
+import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -55,6 +56,10 @@ class Predictor(ABC):
     name: ClassVar[str] = "base"
     #: whether predictions are smooth in the weights (gradient-based proposers need this)
     smooth: ClassVar[bool] = True
+    #: whether the constructor takes ``seed`` (the fit passes its own seed unless the user set one)
+    seeded: ClassVar[bool] = False
+    #: whether ``fit.predictor`` may name it (False: built by the fit itself, e.g. a sum of members)
+    selectable: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = dict(params)
@@ -109,6 +114,8 @@ class Predictor(ABC):
 
 
 _REGISTRY: dict[str, type[Predictor]] = {}
+# the modules whose classes ``register``; their order is the order ``PREDICTOR_NAMES`` lists names in
+_MODULES = ("auto", "linear", "gbm", "laws", "kernel", "scaling")
 
 
 def register(cls: type[Predictor]) -> type[Predictor]:
@@ -117,16 +124,21 @@ def register(cls: type[Predictor]) -> type[Predictor]:
 
 
 def registry() -> dict[str, type[Predictor]]:
-    from moemix.mixing.predictors import auto, gbm, kernel, laws, linear, scaling  # noqa: F401 - registration
-
+    """Every predictor class by name: the one list of predictors."""
+    for module in _MODULES:
+        importlib.import_module(f"moemix.mixing.predictors.{module}")
     return dict(_REGISTRY)
 
 
-def make_predictor(name: str, **params: Any) -> Predictor:
+def predictor_class(name: str) -> type[Predictor]:
     reg = registry()
     if name not in reg:
         raise MoemixError(f"predictor: unknown predictor {name!r} (choose from {', '.join(sorted(reg))})")
-    return reg[name](**params)
+    return reg[name]
+
+
+def make_predictor(name: str, **params: Any) -> Predictor:
+    return predictor_class(name)(**params)
 
 
 def from_dict(obj: dict[str, Any]) -> Predictor:

@@ -18,6 +18,7 @@ class LightGBMPredictor(Predictor):
 
     name = "lightgbm"
     smooth = False
+    seeded = True
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ def _kernel(n_dims: int):
 @register
 class GPPredictor(Predictor):
     name = "gp"
+    seeded = True
 
     def __init__(self, features: str = "sqrt", n_restarts: int = 1, seed: int = 0, **params: Any) -> None:
         super().__init__(features=features, n_restarts=n_restarts, seed=seed, **params)

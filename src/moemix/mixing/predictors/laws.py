@@ -20,6 +20,7 @@ from moemix.mixing.predictors.base import Predictor, featurize, register
 
 class _ExpLaw(Predictor):
     free_floor: bool = False
+    seeded = True
 
     def __init__(self, features: str = "raw", n_restarts: int = 8, huber_delta: float | None = None,
                  l2: float = 1e-3, seed: int = 0, **params: Any) -> None:

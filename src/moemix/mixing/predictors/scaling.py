@@ -191,6 +191,7 @@ class ScalingLawPredictor(Predictor):
 
     name = "scaling_law"
     smooth = True
+    seeded = True
 
     def __init__(self, target_scale: float = 1.0, n_restarts: int = 4, l2: float = 1e-2, seed: int = 0,
                  bootstrap: int = 16, target_params: float | None = None, **params: Any) -> None:
