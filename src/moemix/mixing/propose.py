@@ -26,7 +26,7 @@ import numpy as np
 
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitResult
-from moemix.mixing.sampling import _dirichlet_batch, _sparsify, normalize_prior, project_capped, tempered
+from moemix.mixing.sampling import dirichlet_batch, normalize_prior, project_capped, sparsify, tempered
 from moemix.mixing.schema import (
     Baselines,
     Decision,
@@ -192,8 +192,8 @@ def _samples(rng: np.random.Generator, prior: np.ndarray, n: int, cfg: ProposeCo
              lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     base = tempered(prior, cfg.temperature)
     scales = np.exp(rng.uniform(np.log(cfg.concentration_min), np.log(cfg.concentration_max), size=n))
-    W = _dirichlet_batch(rng, base, scales)
-    W = _sparsify(W, cfg.sample_min_weight)
+    W = dirichlet_batch(rng, base, scales)
+    W = sparsify(W, cfg.sample_min_weight)
     return project_capped(W, lo, hi)
 
 

@@ -130,7 +130,8 @@ def project_capped(w: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return w
 
 
-def _sparsify(w: np.ndarray, min_weight: float) -> np.ndarray:
+def sparsify(w: np.ndarray, min_weight: float) -> np.ndarray:
+    """Rows with weights below ``min_weight`` zeroed and renormalised (a row never becomes all zero)."""
     if min_weight <= 0:
         return w
     out = np.where(w < min_weight, 0.0, w)
@@ -140,7 +141,7 @@ def _sparsify(w: np.ndarray, min_weight: float) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def _dirichlet_batch(rng: np.random.Generator, base: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def dirichlet_batch(rng: np.random.Generator, base: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Dirichlet via gammas; tiny alphas underflow to all-zero rows, which are redrawn."""
     alpha = np.maximum(scales[:, None] * base[None, :] * base.size, 1e-6)
     out = np.empty_like(alpha)
@@ -232,8 +233,8 @@ def sample_mixtures(
         else:
             lo_c, hi_c = np.log(cfg.concentration_min), np.log(cfg.concentration_max)
             scales = np.exp(rng.uniform(lo_c, hi_c, size=batch))
-            cand = _dirichlet_batch(rng, base, scales)
-        cand = _sparsify(cand, cfg.min_weight)
+            cand = dirichlet_batch(rng, base, scales)
+        cand = sparsify(cand, cfg.min_weight)
         cand = project_capped(cand, lo, caps)
         _dedup_append(rows, cand, cfg.dedup_tol, cfg.n_mixtures)
     if len(rows) < cfg.n_mixtures:

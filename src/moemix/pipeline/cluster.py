@@ -24,7 +24,7 @@ import numpy as np
 
 from moemix._io import atomic_path, write_json_atomic
 from moemix.errors import MoemixError
-from moemix.pipeline.embed import EmbedConfig, Embedder, _save_npy
+from moemix.pipeline.embed import EmbedConfig, Embedder, save_npy
 
 MODEL_FILE = "cluster_model.json"  # written last: its presence marks a complete saved model
 CENTROIDS_FILE = "fine_centroids.npy"
@@ -132,7 +132,7 @@ class ClusterModel:
         dir = Path(dir)
         dir.mkdir(parents=True, exist_ok=True)
         self.embedder.save(dir / EMBEDDER_DIR)
-        _save_npy(dir / CENTROIDS_FILE, self.centroids)
+        save_npy(dir / CENTROIDS_FILE, self.centroids)
         write_json_atomic(
             dir / MODEL_FILE,
             {
@@ -393,11 +393,16 @@ def _examples(
 
 
 # ------------------------------------------------------------------------------------ parquet streaming
-def _output_names(in_files: list[Path], suffix: str = ".parquet") -> list[str]:
+def output_names(in_files: list[Path], suffix: str = ".parquet") -> list[str]:
     """Output file names, one per input, in input order; an index prefix disambiguates repeated names."""
     stems = [Path(f).stem for f in in_files]
     dup = len(set(stems)) < len(stems)
     return [f"{i:05d}-{s}{suffix}" if dup else f"{s}{suffix}" for i, s in enumerate(stems)]
+
+
+# the old private name, kept until cli/commands/assign.py and ray_jobs/data.py (being restructured
+# elsewhere) import output_names
+_output_names = output_names
 
 
 def assign_parquet(
@@ -425,7 +430,7 @@ def assign_parquet(
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in in_files)
     written = []
     with tqdm(total=total, desc="assign", unit="doc", disable=not progress) as bar:
-        for f, name in zip(in_files, _output_names(in_files)):
+        for f, name in zip(in_files, output_names(in_files)):
             pf = pq.ParquetFile(f)
             if text_column not in pf.schema_arrow.names:
                 raise MoemixError(f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})")

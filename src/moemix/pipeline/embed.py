@@ -132,8 +132,8 @@ class Embedder:
         if self.cfg.kind == "hashed":
             if self.components is None or self.idf is None:
                 raise MoemixError("embed: cannot save an unfitted hashed embedder")
-            _save_npy(dir / "idf.npy", self.idf)
-            _save_npy(dir / "components.npy", self.components)
+            save_npy(dir / "idf.npy", self.idf)
+            save_npy(dir / "components.npy", self.components)
         write_json_atomic(dir / EMBED_CONFIG_FILE, asdict(self.cfg))
 
     @classmethod
@@ -268,6 +268,7 @@ class Embedder:
         return state
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
