@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from moemix._io import to_jsonable
 from moemix.errors import MoemixError
-from moemix.pipeline.configtools import from_dict, to_dict
+from moemix.pipeline.configtools import from_dict
 from moemix.pipeline.domains import DomainsConfig
 
 YAML = """
@@ -36,7 +37,7 @@ def test_yaml_maps_onto_the_config():
     assert [s.path or s.hub for s in cfg.sources] == ["data/web/*.jsonl.zst", "data/code/", "someone/corpus"]
     assert cfg.sources[1].label_column == "lang" and cfg.sources[2].label == "books"
     assert cfg.cluster.n_domains == 4 and cfg.tokenizer.vocab_size == 8192 and cfg.split_labels == 3
-    again = from_dict(DomainsConfig, to_dict(cfg), where="domains")
+    again = from_dict(DomainsConfig, to_jsonable(cfg), where="domains")
     assert again == cfg
 
 

@@ -5,8 +5,9 @@ from typing import Literal
 
 import pytest
 
+from moemix._io import to_jsonable
 from moemix.errors import MoemixError
-from moemix.pipeline.configtools import from_dict, to_dict
+from moemix.pipeline.configtools import from_dict
 
 
 @dataclass
@@ -34,7 +35,7 @@ def test_builds_nested_and_coerces_ints_to_floats():
     assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
     assert cfg.inner.steps == 5
     assert cfg.weights == {"a": 1.0}
-    assert to_dict(cfg)["inner"] == {"lr": 1.0, "steps": 5, "kind": "a"}
+    assert to_jsonable(cfg)["inner"] == {"lr": 1.0, "steps": 5, "kind": "a"}
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,12 @@ from typing import Any
 
 import yaml
 
+from moemix._io import to_jsonable
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitConfig
 from moemix.mixing.propose import ProposeConfig
 from moemix.moe_model.config import MoEConfig
-from moemix.pipeline.configtools import from_dict, to_dict
+from moemix.pipeline.configtools import from_dict
 from moemix.pipeline.domains import DomainsConfig
 from moemix.proxies.config import ProxiesConfig
 from moemix.proxies.train import TrainConfig
@@ -152,4 +153,4 @@ def _resolve_source_paths(cfg: Config, base_dir: Path, where: str) -> None:
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(to_jsonable(cfg), sort_keys=False)

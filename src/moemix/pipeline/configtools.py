@@ -1,7 +1,8 @@
 """Strict conversion of nested dicts (parsed YAML) into typed dataclasses.
 
 Errors name the full dotted key (``proxies.train.lr``) and what was expected, so a typo in a
-config file is one clear line instead of a stack trace deep in a stage.
+config file is one clear line instead of a stack trace deep in a stage. The other way, dataclasses
+to plain dicts, is ``moemix._io.to_jsonable``.
 """
 
 from __future__ import annotations
@@ -97,13 +98,3 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return value
     return value
 
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass tree -> plain dict (for hashing and for writing resolved configs)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj

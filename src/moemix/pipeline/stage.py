@@ -16,7 +16,6 @@ from typing import Any
 
 from moemix import __version__
 from moemix._io import stable_hash, write_json_atomic
-from moemix.pipeline.configtools import to_dict
 
 MANIFEST = "manifest.json"
 
@@ -59,7 +58,7 @@ class Stage:
 
 
 def stage_key(config: Any, inputs: dict[str, str] | None = None) -> str:
-    return stable_hash({"config": to_dict(config), "inputs": inputs or {}, "version": __version__})
+    return stable_hash({"config": config, "inputs": inputs or {}, "version": __version__})
 
 
 def stage_for(run_dir: str | Path, name: str, config: Any, inputs: dict[str, str] | None = None) -> Stage:
