@@ -29,7 +29,6 @@ moved to valid; splits stay disjoint because documents are unique after deduplic
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import re
@@ -238,7 +237,7 @@ class DomainRouter:
         self.valid: Counter[str] = Counter()
         self.force_after = math.ceil(1.0 / cfg.valid_fraction)
         # a uniform sample per domain (by hashed id) for top terms and examples, not the first files read
-        self.samples: dict[str, _CountSample] = {}
+        self.samples: dict[str, BottomKSample] = {}
         self.labels: dict[str, Counter] = {}
 
     def add(self, domain: str, split: str, doc_id: str, source: str, label: str | None, text: str) -> None:
@@ -252,7 +251,7 @@ class DomainRouter:
         if split == "valid":
             self.valid[domain] += 1
         self.parts.add((split, domain), (doc_id, source, label, text))
-        sample = self.samples.setdefault(domain, _CountSample(200, 0, 2000))  # <= 400 KB per domain
+        sample = self.samples.setdefault(domain, BottomKSample(max_chars=2000, max_docs=200, seed=0))  # <= 400 KB a domain
         sample.offer(zlib.crc32(doc_id.encode("utf-8", "replace")) * 0x9E3779B1, text)
         self.labels.setdefault(domain, Counter())[label] += 1
 
@@ -500,7 +499,7 @@ def _run_clustered(
     shutil.rmtree(staging, ignore_errors=True)
     parts = PartRouter(staging / "docs", STAGING_SCHEMA, cfg.text_shard_rows)
     slugs = SlugMap(cfg.max_domains, f"label column {cfg.label_column!r}" if cfg.label_column else "labels")
-    samples: dict[str, _CountSample] = {}
+    samples: dict[str, BottomKSample] = {}
     # the embedder only reads a prefix of each document; keeping more would only cost memory
     sample_chars = max(1000, cfg.cluster.embed.max_chars)
     for batch in docs:
@@ -513,9 +512,8 @@ def _run_clustered(
                 continue
             group = slugs(label) if label is not None else ""
             parts.add((group or "_all",), (d.id, d.source, label, d.text, d.split))
-            samples.setdefault(group, _CountSample(cfg.cluster.sample_size, seed, sample_chars)).offer(
-                d.split_key, d.text
-            )
+            sample = BottomKSample(max_chars=sample_chars, max_docs=cfg.cluster.sample_size, seed=seed)
+            samples.setdefault(group, sample).offer(d.split_key, d.text)
         bar.update(len(batch))
     bar.close()
     parts.close()
@@ -567,29 +565,6 @@ def _run_clustered(
     router.close()
     shutil.rmtree(staging, ignore_errors=True)
     return slugs, models
-
-
-class _CountSample:
-    """Uniform sample of up to ``k`` documents: the smallest seeded hashes of a per-document key.
-
-    Deterministic, independent of input order, memory bounded by ``k * max_chars``.
-    """
-
-    def __init__(self, k: int, seed: int, max_chars: int = 8000):
-        self.k = k
-        self.max_chars = max_chars
-        self.salt = (seed * 0x9E3779B97F4A7C15 + 1) & ((1 << 64) - 1)
-        self._heap: list[tuple[int, str]] = []
-
-    def offer(self, key: int, text: str) -> None:
-        key = ((key ^ self.salt) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-        if len(self._heap) < self.k:
-            heapq.heappush(self._heap, (-key, text[: self.max_chars]))
-        elif key < -self._heap[0][0]:
-            heapq.heapreplace(self._heap, (-key, text[: self.max_chars]))
-
-    def texts(self) -> list[str]:
-        return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
 
 
 class DomainAssigner:

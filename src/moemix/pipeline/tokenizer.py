@@ -37,28 +37,48 @@ class TokenizerConfig:
             raise ValueError("tokenizer.train_sample_bytes must be positive")
 
 
-class BottomKSample:
-    """Uniform sample of texts under a byte budget: keep the docs with the smallest content hashes.
+_MASK64 = (1 << 64) - 1
 
-    Hash order is a random permutation fixed by content, so the sample is deterministic,
-    independent of input order, and needs only the budget's worth of memory.
+
+class BottomKSample:
+    """Uniform sample of texts: keep the docs with the smallest hashes of a per-document key, up to a
+    byte budget (``budget_bytes``) or a number of docs (``max_docs``).
+
+    Hash order is a random permutation fixed by content, so the sample is deterministic, independent
+    of input order, and needs only the budget's worth of memory. ``seed`` (None: keys as given) salts
+    and remixes the keys, so samples drawn under different seeds differ.
     """
 
-    def __init__(self, budget_bytes: int, max_chars: int = 16_000):
+    def __init__(self, budget_bytes: int | None = None, max_chars: int = 16_000, *, max_docs: int | None = None,
+                 seed: int | None = None):
         self.budget = budget_bytes
+        self.max_docs = max_docs
         self.max_chars = max_chars
+        self.salt = None if seed is None else (seed * 0x9E3779B97F4A7C15 + 1) & _MASK64
         self._heap: list[tuple[int, str]] = []  # (-key, text): a max-heap on key
         self._bytes = 0
 
     def offer(self, key: int, text: str) -> None:
-        if self._bytes >= self.budget and self._heap and key >= -self._heap[0][0]:
+        if self.salt is not None:
+            key = ((key ^ self.salt) * 0xBF58476D1CE4E5B9) & _MASK64
+        if self._full() and key >= -self._heap[0][0]:
             return
         text = text[: self.max_chars]
-        heapq.heappush(self._heap, (-key, text))
-        self._bytes += len(text)
-        while self._bytes > self.budget and len(self._heap) > 1:
+        if self.max_docs is not None and len(self._heap) >= self.max_docs:
+            _, dropped = heapq.heapreplace(self._heap, (-key, text))
+            self._bytes += len(text) - len(dropped)
+        else:
+            heapq.heappush(self._heap, (-key, text))
+            self._bytes += len(text)
+        while self.budget is not None and self._bytes > self.budget and len(self._heap) > 1:
             _, dropped = heapq.heappop(self._heap)
             self._bytes -= len(dropped)
+
+    def _full(self) -> bool:
+        if not self._heap:
+            return False
+        over_budget = self.budget is not None and self._bytes >= self.budget
+        return over_budget or (self.max_docs is not None and len(self._heap) >= self.max_docs)
 
     def texts(self) -> list[str]:
         return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
