@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from moemix._io import stable_hash, write_json_atomic
 from moemix.errors import MoemixError
+from moemix.pipeline.ingest import unique_name
 
 BUILDER_VERSION = 5  # 5: moemix's own README/licence left out
 MIN_TOTAL_BYTES = 20_000_000
@@ -408,9 +409,7 @@ def _collect(gen: Docs, seen: set[bytes]) -> tuple[list[str], list[str], int]:
         if h in seen:
             continue
         seen.add(h)
-        base, k = doc_id, 2
-        while doc_id in used_ids:  # same relative path in two roots: keep ids unique
-            doc_id, k = f"{base}~{k}", k + 1
+        doc_id = unique_name(doc_id, used_ids, sep="~")  # same relative path in two roots: keep ids unique
         used_ids.add(doc_id)
         ids.append(doc_id)
         texts.append(text)

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from moemix._io import atomic_path, to_jsonable, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.pipeline.cluster import ClusterConfig
-from moemix.pipeline.ingest import IngestStats, SourceConfig, ingest
+from moemix.pipeline.ingest import IngestStats, SourceConfig, ingest, unique_name
 from moemix.pipeline.tokenizer import (
     BottomKSample,
     TokenizerConfig,
@@ -159,10 +159,7 @@ class SlugMap:
                     f"{self.what} has more than max_domains={self.max} distinct values (e.g. {label[:40]!r}); "
                     "is it really a domain label?"
                 )
-            base = slug = slugify(label)
-            k = 2
-            while slug in self.used:
-                slug, k = f"{base}_{k}", k + 1
+            slug = unique_name(slugify(label), self.used)
             self.map[label] = slug
             self.used.add(slug)
         return slug
@@ -540,10 +537,8 @@ def _run_clustered(
         model = ClusterModel.load(model_dir)
         names = []
         for n in model.domain_names:
-            name = base = slugify(f"{group}_{n}" if group else n)
-            k = 2
-            while name in taken:  # a cluster name must not merge into a label's domain
-                name, k = f"{base}_{k}", k + 1
+            # a cluster name must not merge into a label's domain
+            name = unique_name(slugify(f"{group}_{n}" if group else n), taken)
             taken.add(name)
             names.append(name)
         models[group] = {"dir": str(model_dir.relative_to(out_dir)), "names": names}

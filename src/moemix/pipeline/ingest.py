@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -231,6 +231,14 @@ def source_name(src: SourceConfig) -> str:
         parent = Path(*[part for part in p.parts if not any(ch in part for ch in "*?[")])
         return parent.name or "source"
     return p.name if p.is_dir() else _stem(p)
+
+
+def unique_name(base: str, taken: Container[str], sep: str = "_") -> str:
+    """``base``, or the first of ``base<sep>2``, ``base<sep>3``, ... that is not in ``taken``."""
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}{sep}{k}", k + 1
+    return name
 
 
 # --------------------------------------------------------------------------- readers
@@ -556,10 +564,7 @@ def ingest(
     names: set[str] = set()
     for src in sources:
         src.validate()
-        name = source_name(src)
-        base, k = name, 2
-        while name in names:  # two sources called 'train' must stay distinguishable
-            name, k = f"{base}_{k}", k + 1
+        name = unique_name(source_name(src), names)  # two sources called 'train' must stay distinguishable
         names.add(name)
         col = src.label_column or (None if src.label is not None else label_column)
         per = stats.per_source.setdefault(name, {"read": 0, "kept": 0, "duplicates": 0, "skipped": 0})
