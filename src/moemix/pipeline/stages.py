@@ -174,15 +174,16 @@ def next_round_specs(cfg: Config, domains: DomainsOutput, stage: Stage, round_id
     runs = collect_runs(stage.path)
     base = runs[runs["run_id"].isin(earlier) & (runs["status"] == "ok")]
     wcols = [f"w/{d}" for d in domains.domains]
+    tokens = domains.token_counts()
     fit_cfg = dataclasses.replace(fit_config(cfg, domains), plots=False)
     fitted = fit_runs(base, target_expression(cfg, domains.domains), wcols, fit_cfg, stage.path / "rounds" / str(round_idx),
-                      prior=domains.prior(), domain_tokens=domains.token_counts(), where=str(stage.path),
+                      prior=domains.prior(), domain_tokens=tokens, where=str(stage.path),
                       curves=pd.read_parquet(stage.path / CURVES_TABLE))
     pcfg = cfg.proxies
     mixtures = propose_next_batch(
         fitted, None, pcfg.next_round_size, round_idx,
         cfg=ProposeConfig(n_samples=20_000, max_epochs=pcfg.sampler.max_epochs, seed=cfg.seed),
-        existing=base[wcols].to_numpy(dtype=np.float64), domain_tokens=domains.token_counts(),
+        existing=base[wcols].to_numpy(dtype=np.float64), domain_tokens=tokens,
         tokens_per_run=pcfg.train.tokens_per_run())
     return round_specs(pcfg, mixtures, domains.tokens_dir, stage.path, start_index=len(earlier),
                        domains_fingerprint=domains.fingerprint)
@@ -326,12 +327,12 @@ def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: P
         started = time.time()
         stage.start(fresh=True)
         fitted = load_fit(fit.stage.path)
-        domain_tokens = domains.token_counts()
+        domain_tokens, prior = domains.token_counts(), domains.prior()
         target_tokens = cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
-        proposal = propose(fitted, domains.prior(), cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens)
+        proposal = propose(fitted, prior, cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens)
         plots = {}
         if cfg.fit.plots:
-            plot_mixture(list(proposal.domains), proposal.weights, domains.prior(), stage.path / "mixture.png")
+            plot_mixture(list(proposal.domains), proposal.weights, prior, stage.path / "mixture.png")
             # paths relative to RUN_DIR/mixture.json, the copy users consume
             plots["mixture"] = f"propose/{stage.key}/mixture.png"
             plots.update({k: f"fit/{fit.stage.key}/{v}" for k, v in fitted.plots.items()})
