@@ -328,6 +328,7 @@ def _fold_tiny(
     return groups
 
 
+# not domains.describe_domains (another regex and score): these terms name the cluster domains, which must not change
 def _top_terms(texts: list[str], labels: np.ndarray, n_domains: int, n_top: int) -> list[list[str]]:
     """Class-based TF-IDF (as in BERTopic): terms frequent in a domain and rare across domains."""
     from sklearn.feature_extraction.text import CountVectorizer

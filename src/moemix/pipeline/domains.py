@@ -264,6 +264,7 @@ class DomainRouter:
 
 # --------------------------------------------------------------------------- descriptions
 
+# not cluster._top_terms (another regex and score): sharing one would change cluster domain names or stats.json's terms
 _TERM = re.compile(r"(?u)\b[a-zA-Z][a-zA-Z0-9_]{2,}\b")
 
 
