@@ -241,22 +241,38 @@ def _site_packages_modules() -> list[Path]:
     return sorted(set(out))
 
 
+def _numbered(prefix: str, chunks: Iterable[str], min_chars: int = MIN_DOC_CHARS) -> Docs:
+    """``(f"{prefix}#{k}", chunk)`` for the chunks of at least ``min_chars``; k counts every chunk, so a
+    document's id does not depend on which of its neighbours are too short."""
+    for k, doc in enumerate(chunks):
+        if len(doc) >= min_chars:
+            yield f"{prefix}#{k}", doc
+
+
+def _until(docs: Docs, budget: int) -> Docs:
+    """``docs`` until their UTF-8 size reaches ``budget`` bytes (the one that crosses it included); what
+    comes after is never read."""
+    used = 0
+    for doc_id, doc in docs:
+        yield doc_id, doc
+        used += len(doc.encode())
+        if used >= budget:
+            return
+
+
 def python_code(budget: int) -> Docs:
     """Standard-library source first; site-packages only tops it up when the budget asks for more."""
+    return _until(_python_modules_docs(), budget)
+
+
+def _python_modules_docs() -> Docs:
     root = _stdlib()
-    used = 0
     for path in _stdlib_modules() + _site_packages_modules():
         src = _read_text(path)
         if not src:
             continue
         rel = path.relative_to(root) if path.is_relative_to(root) else path.name
-        for k, doc in enumerate(chunk_blocks(python_blocks(src))):
-            if len(doc) < MIN_DOC_CHARS:
-                continue
-            yield f"python_code/{rel}#{k}", doc
-            used += len(doc.encode())
-            if used >= budget:
-                return
+        yield from _numbered(f"python_code/{rel}", chunk_blocks(python_blocks(src)))
 
 
 _DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -283,10 +299,7 @@ def docstrings() -> Docs:
             if doc and len(doc) >= 80:
                 texts.append(doc.strip() + "\n\n")
             stack.extend(reversed([n for n in node.body if isinstance(n, _DEFS)]))  # type: ignore[attr-defined]
-        rel = path.relative_to(root)
-        for k, doc in enumerate(chunk_blocks(texts)):
-            if len(doc) >= MIN_DOC_CHARS:
-                yield f"docstrings/{rel}#{k}", doc
+        yield from _numbered(f"docstrings/{path.relative_to(root)}", chunk_blocks(texts))
 
 
 def reference_manual() -> Docs:
@@ -296,9 +309,7 @@ def reference_manual() -> Docs:
     except ImportError:
         return
     for name in sorted(topics):
-        for k, doc in enumerate(chunk_blocks(paragraphs(topics[name]))):
-            if len(doc) >= MIN_DOC_CHARS:
-                yield f"reference_manual/{name}#{k}", doc
+        yield from _numbered(f"reference_manual/{name}", chunk_blocks(paragraphs(topics[name])))
 
 
 def emails() -> Docs:
@@ -313,17 +324,18 @@ def emails() -> Docs:
         msg = email.message_from_string(text, policy=email.policy.compat32)
         if not msg.keys():  # not a message after all
             continue
-        for k, doc in enumerate(chunk_blocks([text], target=MAX_DOC_CHARS)):
-            if len(doc) >= 100:
-                yield f"emails/{path.name}#{k}", doc
+        yield from _numbered(f"emails/{path.name}", chunk_blocks([text], target=MAX_DOC_CHARS), min_chars=100)
 
 
 def c_headers(budget: int = C_HEADER_CAP) -> Docs:
     """C headers of the interpreter, then of installed extension packages (numpy, torch, ...)."""
+    return _until(_header_docs(), budget)
+
+
+def _header_docs() -> Docs:
     paths = sysconfig.get_paths()
     roots = [Path(paths["include"])] + [Path(paths[k]) for k in ("platlib", "purelib")]
     seen: set[Path] = set()
-    used = 0
     for root in roots:
         if not root.is_dir():
             continue
@@ -334,13 +346,7 @@ def c_headers(budget: int = C_HEADER_CAP) -> Docs:
             text = _read_text(path)
             if not text:
                 continue
-            for k, doc in enumerate(chunk_blocks(paragraphs(text))):
-                if len(doc) < MIN_DOC_CHARS:
-                    continue
-                yield f"c_headers/{root.name}/{path.relative_to(root)}#{k}", doc
-                used += len(doc.encode())
-                if used >= budget:
-                    return
+            yield from _numbered(f"c_headers/{root.name}/{path.relative_to(root)}", chunk_blocks(paragraphs(text)))
 
 
 _LICENSE_FILE = re.compile(r"(^|/)(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*$", re.IGNORECASE)
@@ -370,9 +376,7 @@ def licenses() -> Docs:
             text = _read_text(Path(dist.locate_file(f)))
             if not text:
                 continue
-            for k, doc in enumerate(chunk_blocks(paragraphs(text))):
-                if len(doc) >= MIN_DOC_CHARS:
-                    yield f"licenses/{name}/{f}#{k}", doc
+            yield from _numbered(f"licenses/{name}/{f}", chunk_blocks(paragraphs(text)))
 
 
 def package_readmes() -> Docs:
@@ -383,9 +387,7 @@ def package_readmes() -> Docs:
         body = body or dist.metadata.get("Description") or ""
         if not isinstance(body, str) or len(body) < MIN_DOC_CHARS:
             continue
-        for k, doc in enumerate(chunk_blocks(paragraphs(body))):
-            if len(doc) >= MIN_DOC_CHARS:
-                yield f"package_readmes/{name}#{k}", doc
+        yield from _numbered(f"package_readmes/{name}", chunk_blocks(paragraphs(body)))
 
 
 # --------------------------------------------------------------------------- build
