@@ -172,26 +172,8 @@ def prepare_runs(
         raise MoemixError(f"{where}: row {int(inf_rows[0])} has an infinite loss in {target.columns} "
                           f"(mark diverged runs status=failed)")
 
-    try:
-        W = df[weight_cols].to_numpy(dtype=np.float64)
-    except (ValueError, TypeError):
-        raise MoemixError(f"{where}: weight columns are not numeric") from None
-    Wk = W[keep]
-    rows = np.nonzero(keep)[0]
-    bad = ~np.isfinite(Wk)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise MoemixError(f"{where}: row {int(rows[i])} has a non-finite weight in {weight_cols[j]!r}")
-    if (Wk < 0).any():
-        i, j = np.argwhere(Wk < 0)[0]
-        raise MoemixError(f"{where}: row {int(rows[i])} has a negative weight in {weight_cols[j]!r}")
-    sums = Wk.sum(axis=1)
-    off = np.nonzero(np.abs(sums - 1.0) > weight_sum_tol)[0]
-    if off.size:
-        i = off[0]
-        raise MoemixError(f"{where}: weights in row {int(rows[i])} sum to {sums[i]:.6g}, not 1 "
-                          f"(tolerance {weight_sum_tol:g}; {off.size} such rows)")
-    Wk = Wk / sums[:, None]
+    Wk = _normalized_weights(_weights(df, weight_cols, where)[keep], np.nonzero(keep)[0], weight_cols, where,
+                             weight_sum_tol)
     if len(Wk) < min_runs:
         raise MoemixError(f"{where}: only {len(Wk)} usable runs after skipping {skipped}; need at least {min_runs}")
     Y = Yall[keep]
@@ -207,19 +189,32 @@ def mixtures_matrix(df: pd.DataFrame, weight_cols: list[str], where: str, weight
     missing = [c for c in weight_cols if c not in df.columns]
     if missing:
         raise MoemixError(f"{where}: weight column {missing[0]!r} (used at fit time) not found")
+    W = _weights(df, weight_cols, where)
+    return _normalized_weights(W, np.arange(len(W)), weight_cols, where, weight_sum_tol)
+
+
+def _weights(df: pd.DataFrame, weight_cols: list[str], where: str) -> np.ndarray:
     try:
-        W = df[weight_cols].to_numpy(dtype=np.float64)
+        return df[weight_cols].to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
         raise MoemixError(f"{where}: weight columns are not numeric") from None
-    if not np.isfinite(W).all():
-        i, j = np.argwhere(~np.isfinite(W))[0]
-        raise MoemixError(f"{where}: row {int(i)} has a non-finite weight in {weight_cols[j]!r}")
+
+
+def _normalized_weights(W: np.ndarray, rows: np.ndarray, weight_cols: list[str], where: str,
+                        weight_sum_tol: float) -> np.ndarray:
+    """``W`` over its row sums, once every weight is finite and >= 0 and every row sums to 1 within
+    ``weight_sum_tol``; errors name the table row (``rows[i]`` for row i of ``W``)."""
+    bad = ~np.isfinite(W)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise MoemixError(f"{where}: row {int(rows[i])} has a non-finite weight in {weight_cols[j]!r}")
     if (W < 0).any():
         i, j = np.argwhere(W < 0)[0]
-        raise MoemixError(f"{where}: row {int(i)} has a negative weight in {weight_cols[j]!r}")
+        raise MoemixError(f"{where}: row {int(rows[i])} has a negative weight in {weight_cols[j]!r}")
     sums = W.sum(axis=1)
     off = np.nonzero(np.abs(sums - 1.0) > weight_sum_tol)[0]
     if off.size:
-        raise MoemixError(f"{where}: weights in row {int(off[0])} sum to {sums[off[0]]:.6g}, not 1 "
-                          f"(tolerance {weight_sum_tol:g})")
+        i = off[0]
+        raise MoemixError(f"{where}: weights in row {int(rows[i])} sum to {sums[i]:.6g}, not 1 "
+                          f"(tolerance {weight_sum_tol:g}; {off.size} such rows)")
     return W / sums[:, None]
