@@ -31,6 +31,7 @@ from moemix.mixing.predictors import (
     save_predictor,
 )
 from moemix.mixing.predictors.auto import AutoPredictor, WeightedSumPredictor
+from moemix.mixing.predictors.base import one_blas_thread
 from moemix.mixing.predictors.scaling import CurvePoints
 from moemix.mixing.runs import DEFAULT_WEIGHTS_PREFIX, PreparedRuns, TargetSpec, parse_target, prepare_runs
 
@@ -192,6 +193,7 @@ def _mixture_folds(X: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(np.isin(group, f)) for f in folds]
 
 
+@one_blas_thread
 def fit_prepared(
     runs: PreparedRuns,
     cfg: FitConfig,
@@ -206,24 +208,6 @@ def fit_prepared(
     """``fit_runs`` on an already prepared runs table (same files, same result). ``curves`` gives the
     ``scaling_law`` predictor the proxies' loss curves, ``size_check`` the larger proxies' curves for its
     model-size extrapolation; ``seed_noise`` (``seed_noise()``) is recorded for the proposer's guard."""
-    from moemix.mixing.predictors.base import blas_threads
-
-    with blas_threads(1):
-        return _fit_prepared(runs, cfg, out_dir, prior, domain_tokens, scale_transfer, curves, seed_noise,
-                             size_check)
-
-
-def _fit_prepared(
-    runs: PreparedRuns,
-    cfg: FitConfig,
-    out_dir: str | Path,
-    prior: np.ndarray | None = None,
-    domain_tokens: np.ndarray | None = None,
-    scale_transfer: dict[str, Any] | None = None,
-    curves: RunCurves | None = None,
-    seed_noise: dict[str, Any] | None = None,
-    size_check: SizeCheck | None = None,
-) -> FitResult:
     try:
         cfg.validate()
     except ValueError as e:

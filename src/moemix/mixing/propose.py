@@ -26,6 +26,7 @@ import numpy as np
 
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitResult
+from moemix.mixing.predictors.base import one_blas_thread
 from moemix.mixing.sampling import dirichlet_batch, normalize_prior, project_capped, sparsify, tempered
 from moemix.mixing.schema import (
     Baselines,
@@ -349,6 +350,7 @@ def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: di
         f"kept {lam:.2f} of the step from {name} to the optimum")
 
 
+@one_blas_thread
 def propose(
     fit: FitResult,
     prior: np.ndarray | None,
@@ -357,19 +359,6 @@ def propose(
     target_tokens: int | None = None,
 ) -> Proposal:
     """Best mixture under ``cfg``. ``prior=None`` uses the prior stored at fit time (else uniform)."""
-    from moemix.mixing.predictors.base import blas_threads
-
-    with blas_threads(1):
-        return _propose(fit, prior, cfg, domain_tokens, target_tokens)
-
-
-def _propose(
-    fit: FitResult,
-    prior: np.ndarray | None,
-    cfg: ProposeConfig,
-    domain_tokens: np.ndarray | None,
-    target_tokens: int | None,
-) -> Proposal:
     try:
         cfg.validate()
     except ValueError as e:

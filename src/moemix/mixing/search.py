@@ -16,7 +16,7 @@ import numpy as np
 
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitResult
-from moemix.mixing.predictors import make_predictor
+from moemix.mixing.predictors import make_predictor, predictor_class
 from moemix.mixing.predictors.base import blas_threads
 from moemix.mixing.propose import ProposeConfig, propose_next_batch
 from moemix.mixing.runs import TargetSpec
@@ -56,7 +56,7 @@ class SearchResult:
 def _fit_in_memory(X: np.ndarray, y: np.ndarray, domains: list[str], prior: np.ndarray, name: str,
                    params: dict[str, Any], seed: int) -> FitResult:
     ok = np.isfinite(y)
-    params = {**({"seed": seed} if name != "linear" else {}), **params}
+    params = {**({"seed": seed} if predictor_class(name).seeded else {}), **params}
     with blas_threads(1):
         pred = make_predictor(name, **params).fit(X[ok], y[ok])
     return FitResult(predictor=pred, domains=list(domains), weight_cols=[f"w/{d}" for d in domains],

@@ -6,16 +6,21 @@ and loadable without pickle (no arbitrary code execution when loading someone's 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import numpy as np
 
 from moemix._io import to_jsonable, write_json_atomic
 from moemix.errors import MoemixError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EPS_LOG = 1e-3  # log features: log(w + eps); eps ~ the smallest weight a swarm samples
 
@@ -50,6 +55,17 @@ def blas_threads(n: int = 1):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
+
+
+def one_blas_thread(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run under ``blas_threads(1)``."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with blas_threads(1):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 class Predictor(ABC):
