@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from moemix._io import write_json_atomic
-from moemix.errors import MoemixError
+from moemix.errors import MoemixError, check_config
 from moemix.mixing.metrics import all_metrics, kfold_indices
 from moemix.mixing.predictors import (
     PREDICTOR_NAMES,
@@ -208,10 +208,7 @@ def fit_prepared(
     """``fit_runs`` on an already prepared runs table (same files, same result). ``curves`` gives the
     ``scaling_law`` predictor the proxies' loss curves, ``size_check`` the larger proxies' curves for its
     model-size extrapolation; ``seed_noise`` (``seed_noise()``) is recorded for the proposer's guard."""
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise MoemixError(f"fit config: {e}") from None
+    check_config(cfg, "fit config")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

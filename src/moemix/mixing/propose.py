@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from moemix.errors import MoemixError
+from moemix.errors import MoemixError, check_config
 from moemix.mixing.fit import FitResult
 from moemix.mixing.predictors.base import one_blas_thread
 from moemix.mixing.sampling import dirichlet_batch, normalize_prior, project_capped, sparsify, tempered
@@ -359,10 +359,7 @@ def propose(
     target_tokens: int | None = None,
 ) -> Proposal:
     """Best mixture under ``cfg``. ``prior=None`` uses the prior stored at fit time (else uniform)."""
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise MoemixError(f"propose config: {e}") from None
+    check_config(cfg, "propose config")
     domains = fit.domains
     p = normalize_prior(fit.prior_array() if prior is None else prior, "prior")
     if p.size != len(domains):

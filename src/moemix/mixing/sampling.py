@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from moemix.errors import MoemixError
+from moemix.errors import MoemixError, check_config
 
 
 @dataclass
@@ -206,10 +206,7 @@ def sample_mixtures(
     ``prior ** temperature``. Rows respect the token caps (see module docstring) and
     ``cfg.min_weight`` for sampled rows; reference rows are only projected onto the caps.
     """
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise MoemixError(f"sampler config: {e}") from None
+    check_config(cfg, "sampler config")
     p = normalize_prior(prior)
     d = p.size
     caps = token_caps(domain_tokens, tokens_per_run, cfg.max_epochs, d, domain_names)

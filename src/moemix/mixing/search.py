@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moemix.errors import MoemixError
+from moemix.errors import MoemixError, check_config
 from moemix.mixing.fit import FitResult
 from moemix.mixing.predictors import make_predictor, predictor_class
 from moemix.mixing.predictors.base import blas_threads
@@ -74,10 +74,7 @@ def iterative_search(
     tokens_per_run: int | None = None,
 ) -> SearchResult:
     """Run ``cfg.rounds`` rounds; ``evaluate(W [b, D]) -> losses [b]`` (NaN for a failed run)."""
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise MoemixError(f"search config: {e}") from None
+    check_config(cfg, "search config")
     p = np.asarray(prior, dtype=np.float64)
     p = p / p.sum()
     scfg = SamplerConfig(**{**cfg.sampler.__dict__, "n_mixtures": cfg.first_batch})
