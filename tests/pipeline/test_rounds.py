@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from moemix.mixing.fit import load_fit
 from moemix.pipeline.config import load_config
 from moemix.pipeline.stages import domains_stage, proxies_stage
 from moemix.proxies.run import run_sequential
@@ -42,6 +43,12 @@ def test_a_second_round_samples_new_mixtures_from_a_fit_of_the_first(tmp_path, t
         w = np.array([s.mixture[d] for d in domains.domains])
         assert np.min(np.abs(first - w).max(axis=1)) >= 0.02  # new mixtures, not repeats
     assert json.loads((out.stage.path / "rounds" / "1" / "fit.json").read_text())["n_used"] == 8
+    # "around the best predicted mixtures": the round's own fit rates every new mixture better than every
+    # run of the first swarm (a batch of fresh random mixtures would not be)
+    round_fit = load_fit(out.stage.path / "rounds" / "1")
+    new = np.array([[s.mixture[d] for d in domains.domains] for s in batches[1]])
+    predicted_new, predicted_first = round_fit.predictor.predict(new), round_fit.predictor.predict(first)
+    assert predicted_new.max() < predicted_first.min(), (predicted_new, predicted_first)
 
     # the batch is a function of the runs before it: a resumed stage asks for the same one, trains nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.stage.path.glob("runs/*/result.json")}
