@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -10,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from proxies_stub import StubConfig, StubLM
 
-from moemix.moe_model import MoEConfig
+from moemix.moe_model import MoEConfig, MoETransformer
 from moemix.proxies.evaluate import evaluate
 from moemix.proxies.shards import DomainTokens
 from moemix.proxies.train import TrainConfig, train
@@ -36,7 +37,12 @@ def test_moe_learns_and_reports_flops_and_mfu(markov_data):
     assert load.shape == (2, 4, 4)
     torch.testing.assert_close(load.sum(-1), torch.ones(2, 4), atol=1e-6, rtol=0)
     ev = evaluate(res.model, markov_data, None, seq_len=32, eval_tokens=512)
-    assert all(2.0 < v < 4.2 for v in ev.loss.values())  # learned something (uniform = ln 64 = 4.16)
+    # learned something: below a uniform guess (ln 64 = 4.16) and the same model untrained (~4.3), per domain
+    torch.manual_seed(0)
+    untrained = evaluate(MoETransformer(TINY), markov_data, None, seq_len=32, eval_tokens=512)
+    for d, v in ev.loss.items():
+        assert v < math.log(64) - 0.1 and v < untrained.loss[d] - 0.3, (d, v, untrained.loss[d])
+    assert sum(ev.loss.values()) / len(ev.loss) < math.log(64) - 0.5, ev.loss  # measured 3.2
 
 
 def test_moe_resume_matches_uninterrupted(markov_data, tmp_path):
