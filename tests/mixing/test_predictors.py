@@ -73,6 +73,21 @@ def test_auto_beats_raw_linear_and_gives_std(data, tmp_path):
     np.testing.assert_allclose(load_predictor(tmp_path / "a.json").predict(Xte), a.predict(Xte), atol=1e-10)
 
 
+def test_auto_std_is_the_spread_of_its_weighted_members(data):
+    """An ensemble's std is the mixture's: each member's own variance (none for LightGBM) plus how far the
+    members disagree, so two confident members that disagree still give a wide std."""
+    X, y, Xte = data
+    a = make_predictor("auto", candidates=[{"name": "linear", "features": "sqrt"}]).fit(X, y)
+    a.members = [make_predictor("linear", features="sqrt").fit(X, y), make_predictor("lightgbm", **FAST["lightgbm"]).fit(X, y)]
+    a.weights = np.array([0.6, 0.4])
+    (m1, s1), (m2, s2) = (p.predict_with_std(Xte) for p in a.members)
+    assert s2 is None
+    mean, std = a.predict_with_std(Xte)
+    np.testing.assert_allclose(mean, 0.6 * m1 + 0.4 * m2)
+    np.testing.assert_allclose(std**2, 0.6 * s1**2 + 0.6 * (m1 - mean) ** 2 + 0.4 * (m2 - mean) ** 2, rtol=1e-10)
+    assert (std > s1 * np.sqrt(0.6)).all() and np.abs(m1 - m2).max() > 0.01  # the disagreement is counted
+
+
 def test_lightgbm_tiny_n_is_not_constant():
     df = runs_table(24, seed=3)
     X, y = df[weight_cols()].to_numpy(), df["target"].to_numpy()
