@@ -45,7 +45,8 @@ def test_a_gain_within_the_noise_is_shrunk_toward_the_better_baseline(fitted):
     unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
     gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
     assert gain > 0
-    p = propose(_with_noise(fitted, 2 * gain), None, CFG)
+    # noise gain/sqrt(2): the James-Stein factor 1 - (noise/gain)^2 keeps half the step
+    p = propose(_with_noise(fitted, gain / np.sqrt(2)), None, CFG)
     assert p.decision.action == "shrunk"
     assert p.decision.shrink == pytest.approx(0.5, abs=0.02)
     base = {"uniform": np.full(len(PRIOR), 1 / len(PRIOR)), "natural": PRIOR}[p.decision.baseline]
@@ -53,6 +54,14 @@ def test_a_gain_within_the_noise_is_shrunk_toward_the_better_baseline(fitted):
     np.testing.assert_allclose(p.weights, base + 0.5 * (unguarded.weights - base), atol=0.02)
     doc = proposal_to_doc(p, fitted)
     assert doc.decision.action == "shrunk" and any("do-no-harm" in n for n in doc.notes)
+
+
+def test_a_gain_of_about_one_noise_unit_ships_the_baseline(fitted):
+    """A gain just over 1 sigma is wrong about one time in six: no step at all, not the whole step."""
+    unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
+    gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
+    p = propose(_with_noise(fitted, gain / 1.01), None, CFG)
+    assert p.decision.action == "shrunk" and p.decision.shrink < 0.03
 
 
 def test_no_predicted_gain_ships_the_baseline(fitted):

@@ -40,7 +40,7 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 2
+PROPOSE_FORMAT = 3  # 3: James-Stein shrinkage in do-no-harm
 
 
 @dataclass
@@ -68,9 +68,10 @@ class ProposeConfig:
     # weight of KL(w || the better of uniform and natural), in units of the fit's noise (out-of-fold
     # RMSE, seed spread): a noisier predictor is held closer to the mixture do-no-harm falls back to
     uncertainty_kl: float = 1.0
-    # do no harm: when the predicted gain over the better of uniform and natural is below this many
-    # noise units, the mixture is shrunk toward that baseline in proportion to the evidence (all the
-    # way at zero gain); null = always ship the optimum
+    # do no harm: the step from the better of uniform and natural to the optimum is shrunk by the
+    # positive-part James-Stein factor max(0, 1 - (k * noise / gain)^2), k this value: the baseline when
+    # the predicted gain is within k noise units, nearly the optimum when it is many; null = always ship
+    # the optimum
     min_gain_sigmas: float | None = 1.0
     rounds: int = 4
     seed: int = 0
@@ -318,6 +319,10 @@ def fit_noise(fit: FitResult) -> float | None:
     return max(parts) if parts else None
 
 
+# a shrink factor this close to 1 ships the optimum itself (the rest is below any measurable difference)
+SHIP_WHOLE_STEP = 0.99
+
+
 def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: dict[str, np.ndarray],
                 noise: float | None) -> tuple[np.ndarray, Decision]:
     """Shrink ``w`` toward the better baseline when its predicted gain is within the noise."""
@@ -335,18 +340,22 @@ def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: di
     if cfg.min_gain_sigmas is None or noise is None or cfg.min_gain_sigmas == 0:
         return w, Decision("optimum", name, gain, noise, 1.0, None)
     need = cfg.min_gain_sigmas * noise
-    if gain >= need:
+    # positive-part James-Stein: the predicted gain is an estimate with this standard error, and the step
+    # toward the optimum is kept in the share its signal exceeds that noise (a cliff at k sigma would ship
+    # the whole step on a gain of just over 1 sigma, which is wrong one time in six)
+    lam = max(0.0, 1.0 - (need / gain) ** 2) if gain > 0 else 0.0
+    if lam >= SHIP_WHOLE_STEP:
         return w, Decision("optimum", name, gain, noise, 1.0,
-                           f"predicted gain {gain:.4f} over {name} >= {cfg.min_gain_sigmas:g} x noise {noise:.4f}")
-    lam = max(gain, 0.0) / need
+                           f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}")
     if lam == 0.0:
-        return base.copy(), Decision(
-            "baseline", name, gain, noise, 0.0,
-            f"no predicted gain over {name} ({gain:.4f}); the proxies give no evidence to move away from it")
+        why = (f"no predicted gain over {name} ({gain:.4f})" if gain <= 0 else
+               f"predicted gain {gain:.4f} over {name} is within {cfg.min_gain_sigmas:g} x its noise {noise:.4f}")
+        return base.copy(), Decision("baseline", name, gain, noise, 0.0,
+                                     f"{why}; the proxies give no evidence to move away from it")
     shrunk = base + lam * (w - base)
     return shrunk, Decision(
         "shrunk", name, gain, noise, float(lam),
-        f"predicted gain {gain:.4f} over {name} is within {cfg.min_gain_sigmas:g} x noise {noise:.4f}: "
+        f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}: "
         f"kept {lam:.2f} of the step from {name} to the optimum")
 
 
