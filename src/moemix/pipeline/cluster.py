@@ -394,10 +394,6 @@ def output_names(in_files: list[Path], suffix: str = ".parquet") -> list[str]:
     return [f"{i:05d}-{s}{suffix}" if dup else f"{s}{suffix}" for i, s in enumerate(stems)]
 
 
-# the old private name, kept until cli/commands/assign.py and ray_jobs/data.py (being restructured
-# elsewhere) import output_names
-_output_names = output_names
-
 
 def assign_parquet(
     model_dir: Path,

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from moemix.errors import MoemixError
-from moemix.pipeline.cluster import ClusterModel, _output_names, add_domain_column, domain_schema
+from moemix.pipeline.cluster import ClusterModel, add_domain_column, domain_schema, output_names
 
 
 class AssignActor:
@@ -124,7 +124,7 @@ def _map_parquet(
             raise MoemixError(f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})")
         schemas.append(schema_fn(pf.schema_arrow))
         counts.append(pf.metadata.num_rows)
-    out_paths = [out_dir / n for n in _output_names(in_files)]
+    out_paths = [out_dir / n for n in output_names(in_files)]
     n_actors = num_actors or _default_actors(num_gpus_per_actor)
 
     ctx = ray.data.DataContext.get_current()

@@ -77,7 +77,7 @@ def assign_files(
     from tqdm.auto import tqdm
 
     from moemix._io import atomic_path
-    from moemix.pipeline.cluster import ClusterModel, _output_names, add_domain_column
+    from moemix.pipeline.cluster import ClusterModel, add_domain_column, output_names
 
     if batch_size < 1:
         raise MoemixError(f"assign: --batch-size must be >= 1, got {batch_size}")
@@ -89,7 +89,7 @@ def assign_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with tqdm(desc="assign", unit="doc", disable=not progress) as bar:
-        for f, out_name in zip(inputs, _output_names(inputs)):
+        for f, out_name in zip(inputs, output_names(inputs)):
             out_path = out_dir / out_name
             with atomic_path(out_path) as tmp:
                 writer = None
