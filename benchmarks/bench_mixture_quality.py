@@ -20,7 +20,7 @@ trained under ``--chosen-seeds`` seeds too: seed-mean minus seed-mean, and the s
 and what mixture.json says about its own trust (predictor, CV Spearman, decision, notes). PASS means
 rank 1 and a margin larger than the uniform max-min spread, i.e. larger than seed noise.
 
-Why in-process and no Ray Train: ``moemix.proxies.train.train`` at world size 1 with the same global
+Why in-process and no Ray Train: ``moemix.training.loop.train`` at world size 1 with the same global
 ``batch_size`` trains on the same number of tokens per step and in total as the pipeline's
 data-parallel Ray Train run (the batch is split across ranks there, gradients averaged); results are
 not bit-identical (per-rank data order differs) but the budget is, and ``--jobs`` single-threaded runs
@@ -81,7 +81,7 @@ def slug(spec: str) -> str:
 
 
 def target_loss(loss: dict[str, float], target: dict[str, float] | None) -> float:
-    from moemix.proxies.evaluate import TargetConfig, target_weights
+    from moemix.training.evaluate import TargetConfig, target_weights
 
     w = target_weights(TargetConfig(domains=target), list(loss))
     return sum(wd * loss[d] for d, wd in w.items())
@@ -124,14 +124,14 @@ def pretrain_one(model_cfg: Any, train_cfg: Any, tokens_dir: str, mixture: dict[
     """Train one model on ``mixture`` and evaluate it on every domain (runs in a worker process)."""
     import torch
 
-    from moemix.proxies.evaluate import TargetConfig, evaluate
-    from moemix.proxies.run import fit_model_to_data
-    from moemix.proxies.shards import DomainTokens
-    from moemix.proxies.train import train
+    from moemix.proxies.run import model_config_for_data
+    from moemix.training.evaluate import TargetConfig, evaluate
+    from moemix.training.loop import train
+    from moemix.training.shards import DomainTokens
 
     torch.set_num_threads(max(1, train_cfg.num_threads))
     data = DomainTokens(tokens_dir)
-    model_cfg = fit_model_to_data(model_cfg, data.vocab_size, train_cfg.seq_len)
+    model_cfg = model_config_for_data(model_cfg, data.vocab_size, train_cfg.seq_len)
     started = time.time()
     res = train(model_cfg, train_cfg, data, mixture)
     ev = evaluate(res.model, data, TargetConfig(), seq_len=train_cfg.seq_len, eval_tokens=train_cfg.eval_tokens, batch_size=train_cfg.eval_batch_size)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from moemix.kernels import measure_matmul_flops, moe_ffn
-from moemix.kernels.cpu_memory import keep_large_allocations_on_heap
 from moemix.moe_model import MoEConfig, MoETransformer
+from moemix.training.malloc_tuning import keep_large_allocations_on_heap
 
 SHAPES = {
     "coarse": dict(T=4096, d=256, f=512, E=8, k=2),
@@ -276,7 +276,7 @@ def main() -> None:
                     help="only check the issue's goals: this many independent runs of reference/grouped/dense on "
                          "both shapes, then their median/min/max ratios")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="leave glibc's mmap threshold alone (to measure what moemix.kernels.cpu_memory buys)")
+                    help="leave glibc's mmap threshold alone (to measure what moemix.training.malloc_tuning buys)")
     args = ap.parse_args()
     malloc_tuned = False if args.no_malloc_tuning else keep_large_allocations_on_heap()
     global DEVICE, DTYPE

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_proxy_swarm.py --only train    # throughput / MFU only
 
 * ``train``: the demo proxy (d_model 64, 2 layers, 8 experts top-2, d_expert 128, vocab 4096,
-  seq 128, batch 16) trained by ``moemix.proxies.train.train`` with 1 and with 2 threads; tokens/s,
+  seq 128, batch 16) trained by ``moemix.training.loop.train`` with 1 and with 2 threads; tokens/s,
   achieved FLOP/s (``model.flops_per_token``: 6 x active matmul params + attention), and MFU against
   the fp32 matmul throughput measured in the same process with the same thread count. Median of
   ``--repeats`` runs.
@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from moemix.moe_model import MoEConfig
-from moemix.proxies.evaluate import TargetConfig
-from moemix.proxies.flops import peak_matmul_flops
 from moemix.proxies.run import run_proxy, run_sequential, specs_for_mixtures
-from moemix.proxies.shards import DomainTokens
 from moemix.proxies.synthetic import write_markov_domains
-from moemix.proxies.train import TrainConfig, train
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig
+from moemix.training.flops import peak_matmul_flops
+from moemix.training.loop import train
+from moemix.training.shards import DomainTokens
 
 DEMO_MODEL = MoEConfig(
     vocab_size=4096, max_seq_len=128, d_model=64, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=128

@@ -9,7 +9,7 @@ import pytest
 
 from moemix.moe_model import MoEConfig
 from moemix.proxies.synthetic import write_markov_domains
-from moemix.proxies.train import TrainConfig
+from moemix.training.config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # spawned workers inherit it
 import bench_mixture_quality as bmq  # noqa: E402

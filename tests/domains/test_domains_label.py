@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from moemix.errors import MoemixError
 from moemix.pipeline.domains import DomainAssigner, DomainsConfig, run_domains, slugify
 from moemix.pipeline.ingest import SourceConfig
-from moemix.proxies.shards import DomainTokens
+from moemix.training.shards import DomainTokens
 
 
 def _texts(out, split, domain):

@@ -165,9 +165,10 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
     assert res.observed_max_weight == pytest.approx(observed.tolist())
     assert load_fit(tmp_path / "fit").observed_max_weight == pytest.approx(observed.tolist())
     for method in ("simulate", "constrained"):
+        # do-no-harm off: this test is about the trust region alone
         free = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32,
-                                                max_weight_above_observed=None))
-        held = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32))
+                                                max_weight_above_observed=None, min_gain_sigmas=None))
+        held = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32, min_gain_sigmas=None))
         assert free.weights[2] > observed[2] + 0.1 + 0.05, method
         assert np.all(held.weights <= observed + 0.1 + 1e-6), method
         assert held.constraints["trust_region_max_weight"]["math"] == pytest.approx(observed[2] + 0.1, abs=1e-6)

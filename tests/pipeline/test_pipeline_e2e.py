@@ -18,7 +18,7 @@ import yaml
 
 from moemix.mixing.schema import load_mixture
 from moemix.pipeline.config import load_config
-from moemix.proxies.shards import DomainTokens
+from moemix.training.shards import DomainTokens
 
 
 def _write_config(tmp_path: Path, data: dict) -> Path:
@@ -38,12 +38,12 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 def _untrained_target_loss(cfg, data: DomainTokens) -> float:
     """The target loss of the pretrain model as initialised (same config, seed and evaluation), before any step."""
     from moemix.moe_model import MoETransformer
-    from moemix.proxies.evaluate import evaluate
-    from moemix.proxies.run import fit_model_to_data
+    from moemix.proxies.run import model_config_for_data
+    from moemix.training.evaluate import evaluate
 
     tcfg = cfg.pretrain.train
     torch.manual_seed(tcfg.seed)
-    model = MoETransformer(fit_model_to_data(cfg.pretrain.model, data.vocab_size, tcfg.seq_len))
+    model = MoETransformer(model_config_for_data(cfg.pretrain.model, data.vocab_size, tcfg.seq_len))
     return evaluate(model, data, cfg.proxies.target, seq_len=tcfg.seq_len, eval_tokens=tcfg.eval_tokens,
                     batch_size=tcfg.eval_batch_size).target
 

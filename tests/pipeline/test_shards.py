@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moemix.errors import MoemixError
-from moemix.proxies.shards import DomainTokens, TokenShardWriter, TokensMeta, token_dtype, write_meta
+from moemix.training.shards import DomainTokens, TokenShardWriter, TokensMeta, token_dtype, write_meta
 
 
 def _write(tmp_path, vocab=1000):

@@ -17,11 +17,11 @@ from moemix.mixing.fit import FitConfig, fit_runs
 from moemix.mixing.propose import ProposeConfig, propose
 from moemix.mixing.sampling import SamplerConfig, sample_mixtures
 from moemix.moe_model import MoEConfig
-from moemix.proxies.evaluate import TargetConfig
 from moemix.proxies.run import collect_runs, specs_for_mixtures
-from moemix.proxies.shards import DomainTokens
 from moemix.proxies.synthetic import write_markov_domains, write_target_set
-from moemix.proxies.train import TrainConfig
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig
+from moemix.training.shards import DomainTokens
 
 pytestmark = pytest.mark.slow
 

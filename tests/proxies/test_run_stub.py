@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from proxies_stub import StubConfig, StubLM
 
 import moemix.proxies.run as run_mod
-from moemix.proxies.evaluate import TargetConfig
 from moemix.proxies.run import collect_runs, run_proxy, run_sequential, scale_agreement, specs_for_mixtures
-from moemix.proxies.shards import DomainTokens
-from moemix.proxies.train import TrainConfig, train
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig
+from moemix.training.loop import train
+from moemix.training.shards import DomainTokens
+from stub_lm import StubConfig, StubLM
 
 
 @pytest.fixture()
@@ -45,7 +46,7 @@ def _proxies_stage(markov_tokens, run_dir, runner, **train_kw):
     """``proxies_stage`` as ``moemix run`` calls it, on the Markov domains (a domains stage in place)."""
     from moemix.mixing.sampling import SamplerConfig
     from moemix.pipeline.config import Config
-    from moemix.pipeline.stage import Stage
+    from moemix.pipeline.stage_dir import Stage
     from moemix.pipeline.stages import DomainsOutput, proxies_stage
     from moemix.proxies.config import ProxiesConfig
 
@@ -58,9 +59,6 @@ def _proxies_stage(markov_tokens, run_dir, runner, **train_kw):
     return proxies_stage(cfg, run_dir, domains, swarm_runner=runner)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: the proxies stage key hashes all of proxies.train, so "
-                   "changing num_threads moves the swarm to a new stage directory and retrains every proxy, "
-                   "although each run_id ignores it")
 def test_changing_num_threads_reuses_the_finished_swarm(stub_train, markov_tokens, tmp_path):
     """What a user hits: `moemix run` again with only proxies.train.num_threads changed must find the swarm
     done (same stage directory, no proxy trained), while an outcome setting (lr) does start a new swarm."""

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from moemix.moe_model import MoEConfig
-from moemix.proxies.evaluate import TargetConfig
 from moemix.proxies.run import collect_runs, specs_for_mixtures
-from moemix.proxies.train import TrainConfig
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ Training-loop contract:
 - ``out = model(input_ids, targets)``; backprop ``out.loss`` (= lm_loss + aux_loss + z_loss, the aux
   terms already multiplied by their coefficients and averaged over MoE layers).
 - After ``optimizer.step()`` call ``model.update_router_biases()`` (no-op unless balance="aux_free").
-- With ``aux_loss_scope="global"`` call ``model.begin_global_batch()`` once before the first
-  micro-batch of every optimizer step: it resets the expert-frequency counts that the aux loss
-  accumulates over the micro-batches of a step (summed over DP ranks when torch.distributed is up).
+- Call ``model.begin_global_batch(micro_batches)`` once before the first micro-batch of every
+  optimizer step: with ``aux_loss_scope="global"`` it takes the expert frequencies of the whole step
+  (summed over DP ranks when torch.distributed is up) that every micro-batch's aux loss then uses.
 - ``model.expert_load()`` [n_moe_layers, E] counts of the last forward; ``expert_load_by_domain``
   splits them by a per-sequence or per-token domain id.
 """
@@ -14,6 +14,7 @@ Training-loop contract:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,10 @@ class MoEOutput:
     lm_loss: Tensor | None  # mean cross-entropy over target tokens (ignore_index=-100)
     aux_loss: Tensor  # weighted balance loss (0 when unused)
     z_loss: Tensor  # weighted router z-loss (0 when unused)
+
+
+# a pytree node, so FSDP2 finds the output tensors of the root module and hooks its backward on them
+torch.utils._pytree.register_dataclass(MoEOutput)
 
 
 class Block(nn.Module):
@@ -99,10 +104,28 @@ class MoETransformer(nn.Module):
         return MoEOutput(logits=logits, loss=loss, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss)
 
     # ---- balancing ----
-    def begin_global_batch(self) -> None:
-        """Start a new global batch for ``aux_loss_scope="global"`` (call before its first micro-batch)."""
+    def begin_global_batch(self, micro_batches: Sequence[Tensor] = ()) -> None:
+        """Start a new optimizer step for ``aux_loss_scope="global"`` (call before its first micro-batch).
+
+        Given the step's micro-batches, their routing is counted first in a no-grad pass, so every
+        micro-batch's aux loss uses the expert frequencies of the whole step: the step then equals one
+        forward over the whole batch, at the price of that extra forward. Without them, micro-batch m sees
+        the counts of micro-batches 1..m."""
         for m in self.moe_blocks:
             m.reset_global()
+        if not (micro_batches and self.cfg.balance == "aux" and self.cfg.aux_loss_scope == "global"):
+            return
+        for m in self.moe_blocks:
+            m.counting_only = True
+        try:
+            with torch.no_grad():
+                for x in micro_batches:
+                    self(x)
+        finally:
+            for m in self.moe_blocks:
+                m.counting_only = False
+        for m in self.moe_blocks:
+            m.freeze_global()
 
     def update_router_biases(self) -> None:
         """Aux-loss-free balancing step; call after ``optimizer.step()``. No-op unless balance="aux_free"."""

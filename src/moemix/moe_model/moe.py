@@ -36,6 +36,10 @@ class MoEBlock(nn.Module):
         self.register_buffer("global_counts", torch.zeros(e, dtype=torch.long), persistent=False)
         self.register_buffer("bias_counts", torch.zeros(e, dtype=torch.long), persistent=False)
         self.last_topk_idx: Tensor | None = None
+        # set by MoETransformer.begin_global_batch: a no-grad pass that only counts the step's routing,
+        # then counts frozen for the step's micro-batches
+        self.counting_only = False
+        self.global_frozen = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, d] -> (out [B, T, d], unweighted aux loss, unweighted z-loss)."""
@@ -47,6 +51,10 @@ class MoEBlock(nn.Module):
             out = out + self.shared(flat)
 
         learning = self.training and torch.is_grad_enabled()  # inference must not move balance stats
+        if self.counting_only:  # begin_global_batch's pass: count the routing (the output feeds later layers)
+            self.global_counts += expert_counts(r.topk_idx, self.cfg.n_routed)
+            zero = out.new_zeros((), dtype=torch.float32)
+            return out.view(b, t, d), zero, zero
         with torch.no_grad():
             counts = expert_counts(r.topk_idx, self.cfg.n_routed)
             self.last_counts.copy_(counts)
@@ -54,7 +62,8 @@ class MoEBlock(nn.Module):
             if learning and self.cfg.balance == "aux_free":
                 self.bias_counts += counts
             if learning and self.cfg.balance == "aux" and self.cfg.aux_loss_scope == "global":
-                self.global_counts += all_reduce_sum(counts.clone())
+                if not self.global_frozen:
+                    self.global_counts += all_reduce_sum(counts.clone())
                 counts = self.global_counts.clone()
 
         zero = out.new_zeros((), dtype=torch.float32)
@@ -64,6 +73,12 @@ class MoEBlock(nn.Module):
 
     def reset_global(self) -> None:
         self.global_counts.zero_()
+        self.global_frozen = False
+
+    def freeze_global(self) -> None:
+        """The counting pass is over: sum its counts over ranks and keep them for the step."""
+        all_reduce_sum(self.global_counts)
+        self.global_frozen = True
 
     @torch.no_grad()
     def update_bias(self) -> None:

@@ -23,7 +23,8 @@ from moemix.moe_model.config import MoEConfig
 from moemix.pipeline.configtools import from_dict
 from moemix.pipeline.domains import DomainsConfig
 from moemix.proxies.config import ProxiesConfig
-from moemix.proxies.train import TrainConfig
+from moemix.training.config import TrainConfig
+from moemix.training.parallel import ParallelConfig
 
 PRESETS = ("demo", "cluster-gpu")
 
@@ -57,12 +58,25 @@ class PretrainConfig:
     compare_uniform: bool = True
     compare_natural: bool = True  # and on the natural (token-proportional) mixture
     checkpoint_every: int = 100
+    # how the workers share the model: FSDP2 over all of them by default (moemix.training.parallel)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # usable memory of one worker's device in GiB (2^30 bytes, as `moemix plan` prints; an "80 GB" GPU has
+    # about 79.6): the pipeline refuses a run its planner says cannot fit (moemix.training.memory_plan).
+    # null: not checked
+    device_memory_gb: float | None = None
 
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ValueError("pretrain.num_workers must be >= 1")
         if self.checkpoint_every < 1:
             raise ValueError("pretrain.checkpoint_every must be >= 1")
+        if self.device_memory_gb is not None and self.device_memory_gb <= 0:
+            raise ValueError(f"pretrain.device_memory_gb must be > 0 or null, got {self.device_memory_gb}")
+        self.parallel.validate()
+        try:
+            self.parallel.mesh_shape(self.num_workers)
+        except ValueError as e:
+            raise ValueError(f"pretrain.{e}") from None
 
 
 @dataclass

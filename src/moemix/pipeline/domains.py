@@ -57,7 +57,7 @@ from moemix.pipeline.tokenizer import (
     save_tokenizer,
     train_bpe,
 )
-from moemix.proxies.shards import SPLITS, TokenShardWriter, TokensMeta, write_meta
+from moemix.training.shards import SPLITS, TokenShardWriter, TokensMeta, write_meta
 
 log = logging.getLogger(__name__)
 

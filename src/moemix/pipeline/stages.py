@@ -26,8 +26,9 @@ from moemix.errors import MoemixError
 from moemix.mixing.schema import PretrainCheck
 from moemix.mixing.transfer import transfer_summary
 from moemix.pipeline.config import Config
-from moemix.pipeline.stage import Stage, stage_for
-from moemix.proxies.shards import DomainTokens
+from moemix.pipeline.stage_dir import Stage, stage_for
+from moemix.training.config import outcome_view
+from moemix.training.shards import DomainTokens
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class DomainsOutput:
         return tok / tok.sum()
 
 
-def source_fingerprint(cfg: Config) -> list[dict[str, Any]]:
+def source_stats(cfg: Config) -> list[dict[str, Any]]:
     """Size and mtime of every input file, so edited data invalidates the domains stage."""
     out = []
     for src in cfg.domains.sources:
@@ -74,7 +75,7 @@ def source_fingerprint(cfg: Config) -> list[dict[str, Any]]:
 def domains_stage(cfg: Config, run_dir: Path, assign_fn: Callable | None = None, progress: bool = True) -> DomainsOutput:
     from moemix.pipeline.domains import run_domains
 
-    stage = stage_for(run_dir, "domains", {"domains": cfg.domains, "seed": cfg.seed}, {"sources": stable_hash(source_fingerprint(cfg))})
+    stage = stage_for(run_dir, "domains", {"domains": cfg.domains, "seed": cfg.seed}, {"sources": stable_hash(source_stats(cfg))})
     if not stage.is_complete():
         log.info("domains: building %s", stage.path)
         started = time.time()
@@ -127,7 +128,9 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
     swarm_cfg = cfg.proxies
     if cfg.proxies.rounds == 1:
         swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
-    stage = stage_for(run_dir, "proxies", {"proxies": swarm_cfg, "seed": cfg.seed}, {"domains": domains.stage.key})
+    # threads, device and logging cadence change how a proxy runs, not what it computes (run ids agree)
+    stage = stage_for(run_dir, "proxies", {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed},
+                      {"domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: finished proxies under runs/ are kept and skipped
@@ -203,7 +206,7 @@ def fit_config(cfg: Config, domains: DomainsOutput) -> Any:
 def target_expression(cfg: Config, domains: list[str]) -> str:
     """The configured target as a runs-table expression: weighted ``loss/<domain>`` columns, or the
     proxies' own ``target`` column for an external set."""
-    from moemix.proxies.evaluate import target_weights
+    from moemix.training.evaluate import target_weights
 
     if cfg.proxies.target.external:
         return "target"
@@ -402,7 +405,12 @@ def pretrain_stage(
     from moemix.mixing.schema import load_mixture
 
     doc = load_mixture(propose_out.mixture_path)
-    stage = stage_for(run_dir, "pretrain", {"pretrain": cfg.pretrain, "target": cfg.proxies.target, "seed": cfg.seed}, {"propose": propose_out.stage.key, "domains": domains.stage.key})
+    # execution-only settings (threads per worker, logging and checkpoint cadence, the declared device memory)
+    # stay out of the key; the worker count and layout stay in: a Switch aux loss per forward depends on them
+    pretrain_key = {k: v for k, v in outcome_view(cfg.pretrain).items()
+                    if k not in ("cpus_per_worker", "checkpoint_every", "device_memory_gb")}
+    stage = stage_for(run_dir, "pretrain", {"pretrain": pretrain_key, "target": cfg.proxies.target, "seed": cfg.seed},
+                      {"propose": propose_out.stage.key, "domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: checkpoints inside are how a crashed run resumes

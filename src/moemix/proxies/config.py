@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from moemix.mixing.sampling import SamplerConfig
 from moemix.moe_model.config import MoEConfig
-from moemix.proxies.evaluate import TargetConfig
-from moemix.proxies.train import TrainConfig
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig
 
 
 def demo_proxy_model() -> MoEConfig:

@@ -29,10 +29,11 @@ import pandas as pd
 from moemix._io import atomic_path, stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.mixing.transfer import has_large_runs, scale_agreement
-from moemix.proxies.evaluate import EvalResult, TargetConfig, evaluate
-from moemix.proxies.shards import DomainTokens
-from moemix.proxies.stream import normalize_mixture
-from moemix.proxies.train import TrainConfig, outcome_config, train
+from moemix.training.config import TrainConfig, outcome_config
+from moemix.training.evaluate import EvalResult, TargetConfig, evaluate
+from moemix.training.loop import train
+from moemix.training.shards import DomainTokens
+from moemix.training.stream import normalize_mixture
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class ProxyResult:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _meta_fingerprint(data: DomainTokens) -> str:
+def _tokens_hash(data: DomainTokens) -> str:
     """Hash of the tokenized domains' meta (names, vocab, counts); content is covered by the stage hash."""
     return stable_hash(asdict(data.meta))
 
@@ -128,7 +129,7 @@ def swarm_target(target: TargetConfig) -> TargetConfig:
     return TargetConfig(external=target.external) if target.external else TargetConfig()
 
 
-def fit_model_to_data(model: Any, vocab_size: int, seq_len: int) -> Any:
+def model_config_for_data(model: Any, vocab_size: int, seq_len: int) -> Any:
     """The proxy's embedding is sized to the tokenizer actually trained (BPE may stop short of
     the configured vocab) and its context to the training sequence length."""
     changes: dict[str, Any] = {}
@@ -156,8 +157,8 @@ def specs_for_mixtures(
 ) -> list[ProxySpec]:
     """One spec per mixture (rows of an [n, D] array in ``data.domains`` order, or dicts)."""
     data = data or DomainTokens(tokens_dir)
-    fp = domains_fingerprint or _meta_fingerprint(data)
-    model = fit_model_to_data(model, data.vocab_size, train_cfg.seq_len)
+    fp = domains_fingerprint or _tokens_hash(data)
+    model = model_config_for_data(model, data.vocab_size, train_cfg.seq_len)
     specs = []
     for i, row in enumerate(mixtures):
         if isinstance(row, Mapping):

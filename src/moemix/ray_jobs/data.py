@@ -5,7 +5,7 @@ sentence-transformers model on a GPU) and maps parquet batches; the driver strea
 input order (``preserve_order``) and cuts them into one output file per input file, so the output is
 row-for-row identical to the in-process ``moemix.pipeline.cluster.assign_parquet``.
 
-Ray must already be initialised by the caller (``moemix.ray_jobs.cluster.init_ray`` or a test fixture).
+Ray must already be initialised by the caller (``moemix.ray_jobs.ray_init.init_ray`` or a test fixture).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _map_parquet(
     text_column: str,
 ) -> list[Path]:
     if not ray.is_initialized():
-        raise MoemixError("ray: not initialised; call moemix.ray_jobs.cluster.init_ray first")
+        raise MoemixError("ray: not initialised; call moemix.ray_jobs.ray_init.init_ray first")
     in_files = [Path(f) for f in in_files]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from moemix.pipeline.stages import (
     proxies_stage,
     publish_mixture,
 )
-from moemix.ray_jobs.cluster import init_ray
+from moemix.ray_jobs.ray_init import init_ray
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,33 @@
 """Full MoE pretraining on a chosen mixture with Ray Train (TorchTrainer, Train V2 API).
 
-Each worker runs ``moemix.proxies.train.train`` on its data-parallel shard of the mixture stream
-(Ray Train sets up the torch.distributed process group; gloo on CPU, NCCL on GPU). Checkpoints go to
-the pretrain stage directory, which on a cluster lives on shared storage, so a worker restarted by
-Ray's FailureConfig, or a re-run of the pipeline, resumes from the last one. Rank 0 evaluates the
-final model on every domain and the target and saves ``model.safetensors``.
+Each worker runs ``moemix.training.train`` as one rank of the job (Ray Train sets up the
+torch.distributed process group; gloo on CPU, NCCL on GPU); ``pretrain.parallel`` lays the model out
+(FSDP2 over all workers by default). Sharded DCP checkpoints go to the pretrain stage directory, which on
+a cluster lives on shared storage, and are registered with Ray Train where they are (no copy), so a
+worker restarted by Ray's FailureConfig resumes from ``ray.train.get_checkpoint()``, and a re-run of the
+pipeline from the directory's ``latest``; either may use another number of workers. Rank 0 evaluates
+the final model (gathered from the shards) on every domain and the target and saves
+``model.safetensors``. The driver follows ``metrics.jsonl`` and logs progress while the job runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray.train
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from moemix._io import atomic_path, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.pipeline.config import PretrainConfig
-from moemix.proxies.evaluate import TargetConfig
+from moemix.training.evaluate import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +38,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from moemix.proxies.evaluate import evaluate
-    from moemix.proxies.run import fit_model_to_data
-    from moemix.proxies.shards import DomainTokens
-    from moemix.proxies.train import train
+    from moemix.proxies.run import model_config_for_data
+    from moemix.training.checkpoint import latest_checkpoint
+    from moemix.training.evaluate import evaluate
+    from moemix.training.loop import train
+    from moemix.training.shards import DomainTokens
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -52,10 +58,24 @@ def _worker_loop(config: dict[str, Any]) -> None:
     def on_log(rec: dict[str, Any]) -> None:
         if rank == 0:
             with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps({**rec, "total_steps": train_cfg.num_steps, "time": time.time()}) + "\n")
         ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
 
-    model_cfg = fit_model_to_data(pcfg.model, data.vocab_size, train_cfg.seq_len)
+    def on_checkpoint(path: Path, step: int) -> None:
+        # every rank reports (Ray Train's report is a barrier). The directory already holds all shards on
+        # shared storage, inside the Ray Train run directory (the run's own directory), so it is registered
+        # where it is instead of uploaded
+        ckpt = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None
+        ray.train.report({"step": step}, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+                         delete_local_checkpoint_after_upload=False)
+
+    # after a FailureConfig restart Ray Train hands back the last checkpoint it registered; the run's own
+    # directory may hold a newer one (completed just before the failure, not yet registered)
+    ckpt_dir = out_dir / "checkpoints"
+    restored = ray.train.get_checkpoint()
+    resume_from = Path(restored.path) if restored is not None and latest_checkpoint(ckpt_dir) is None else None
+
+    model_cfg = model_config_for_data(pcfg.model, data.vocab_size, train_cfg.seq_len)
     result = train(
         model_cfg,
         train_cfg,
@@ -63,8 +83,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
         config["mixture"],
         rank=rank,
         world_size=world,
-        checkpoint_dir=out_dir / "checkpoints",
+        parallel=pcfg.parallel,
+        checkpoint_dir=ckpt_dir,
+        resume_from=resume_from,
         on_log=on_log,
+        on_checkpoint=on_checkpoint,
     )
     if rank != 0:
         return
@@ -89,6 +112,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             "loss": ev.loss,
             "bpb": ev.bpb,
             "tokens": result.tokens,
+            "resumed_from_step": result.resumed_from_step,
             "seconds": result.seconds,
             "tokens_per_s": result.tokens_per_s,
             "mfu": result.mfu,
@@ -132,19 +156,72 @@ def pretrain_mixtures(
                 },
                 scaling_config=ScalingConfig(num_workers=pcfg.num_workers, use_gpu=pcfg.use_gpu, resources_per_worker=resources),
                 run_config=RunConfig(
-                    storage_path=str(out_dir / "ray_train"),
+                    # Ray Train's run directory is the mixture's own, so the checkpoints written there are
+                    # Ray-managed without a copy
+                    storage_path=str(out_dir),
                     name=name,
                     failure_config=FailureConfig(max_failures=2),
                 ),
             )
             try:
-                trainer.fit()
+                with _Progress(name, run_dir / "metrics.jsonl"):
+                    trainer.fit()
             except Exception as e:  # TrainingFailedError wraps the worker's exception
                 raise MoemixError(f"pretrain {name}: training failed: {_root_message(e)}") from e
         if not (run_dir / RESULT).exists():
             raise MoemixError(f"pretrain {name}: finished without writing {run_dir / RESULT}")
         results[name] = json.loads((run_dir / RESULT).read_text())
     return results
+
+
+class _Progress:
+    """Logs a pretraining run's progress on the driver (step, loss, tokens/s, ETA) from its metrics.jsonl."""
+
+    def __init__(self, name: str, metrics: Path, every_s: float = 10.0):
+        self.name, self.metrics, self.every_s = name, metrics, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._offset = metrics.stat().st_size if metrics.exists() else 0  # lines of an earlier attempt
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _follow(self) -> None:
+        first: dict[str, Any] | None = None
+        while not self._stop.wait(self.every_s):
+            last = self._read_new()
+            if last is None:
+                continue
+            first = first or last
+            log.info("pretrain %s: %s", self.name, progress_line(first, last))
+
+    def _read_new(self) -> dict[str, Any] | None:
+        if not self.metrics.exists():
+            return None
+        with open(self.metrics) as f:
+            f.seek(self._offset)
+            lines = f.readlines()
+        complete = [ln for ln in lines if ln.endswith("\n")]
+        self._offset += sum(len(ln.encode()) for ln in complete)
+        recs = [json.loads(ln) for ln in complete if ln.strip()]
+        recs = [r for r in recs if "loss" in r and "total_steps" in r]
+        return recs[-1] if recs else None
+
+
+def progress_line(first: dict[str, Any], last: dict[str, Any]) -> str:
+    """``step 120/300 (40%), loss 5.1234, 12,345 tokens/s, ETA 1m30s`` from two metrics records."""
+    step, total = int(last["step"]), int(last["total_steps"])
+    line = f"step {step}/{total} ({100 * step / max(total, 1):.0f}%), loss {last['loss']:.4f}, {last['tokens_per_s']:,.0f} tokens/s"
+    if last["step"] > first["step"] and last["time"] > first["time"]:
+        rate = (last["step"] - first["step"]) / (last["time"] - first["time"])
+        eta = (total - step) / rate
+        line += f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    return line
 
 
 def _root_message(e: BaseException) -> str:

@@ -8,7 +8,7 @@ Failure model:
   table.
 Resumability comes from the result files: specs whose ``result.json`` says ``ok`` are not submitted.
 
-Ray is initialised by the caller (pipeline: ``moemix.ray_jobs.cluster``; tests: ``ray_session``).
+Ray is initialised by the caller (pipeline: ``moemix.ray_jobs.ray_init``; tests: ``ray_session``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_swarm(
 ) -> list[ProxyResult]:
     """Run every unfinished spec as a Ray task; returns results in ``specs`` order (done ones included)."""
     if not ray.is_initialized():
-        raise RuntimeError("run_swarm needs Ray to be initialised by the caller (moemix.ray_jobs.cluster)")
+        raise RuntimeError("run_swarm needs Ray to be initialised by the caller (moemix.ray_jobs.ray_init)")
     results: dict[str, ProxyResult] = {}
     pending: dict[Any, ProxySpec] = {}
     todo = []

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from moemix.errors import MoemixError
-from moemix.proxies.shards import DomainTokens
-from moemix.proxies.stream import eval_batches
+from moemix.training.shards import DomainTokens
+from moemix.training.stream import eval_batches
 
 LN2 = math.log(2.0)
 

@@ -22,7 +22,7 @@ glibc_only = pytest.mark.skipif(
 # the tuned heap reuses it once the first steps have grown it.
 _CHILD = """
 import resource, sys, torch
-from moemix.kernels.cpu_memory import keep_large_allocations_on_heap
+from moemix.training.malloc_tuning import keep_large_allocations_on_heap
 on = keep_large_allocations_on_heap() if sys.argv[1] == "tune" else False
 again = keep_large_allocations_on_heap() if sys.argv[1] == "tune" else False
 def faults():

@@ -6,11 +6,14 @@ import math
 
 import pytest
 import torch
-from proxies_stub import StubConfig, StubLM
 
 from moemix.errors import MoemixError
-from moemix.proxies.evaluate import TargetConfig, evaluate
-from moemix.proxies.train import TrainConfig, lr_at, train
+from moemix.training.checkpoint import latest_checkpoint
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import TargetConfig, evaluate
+from moemix.training.loop import train
+from moemix.training.optim import lr_at
+from stub_lm import StubConfig, StubLM
 
 MIX = {"d0": 0.4, "d1": 0.3, "d2": 0.2, "d3": 0.1}
 
@@ -67,7 +70,7 @@ def test_interrupted_run_resumes_from_checkpoint_to_the_same_weights(markov_data
     cfg = _cfg(checkpoint_every=20)
     with pytest.raises(Boom):
         train(StubConfig(), cfg, markov_data, MIX, checkpoint_dir=tmp_path, on_log=die_at_30, model_factory=StubLM)
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"  # the step-30 failure came before any other
     res = train(StubConfig(), cfg, markov_data, MIX, checkpoint_dir=tmp_path, model_factory=StubLM)
     assert res.resumed_from_step == 20
     for a, b in zip(ref.state_dict().values(), res.model.state_dict().values()):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from moemix.errors import MoemixError
-from moemix.proxies.shards import DomainTokens
+from moemix.training.shards import DomainTokens
 
 # Above this many chunks a full permutation costs too much memory per epoch; an affine
 # permutation i -> (a*i + b) mod n (a coprime to n) still spreads neighbouring draws apart.

@@ -1,20 +1,16 @@
-"""The training loop on the real MoE model: learning, evaluation, resume, and 2-rank data parallelism."""
+"""The training loop on the real MoE model: learning, evaluation, resume, bf16 (distributed runs: test_distributed)."""
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from proxies_stub import StubConfig, StubLM
 
 from moemix.moe_model import MoEConfig, MoETransformer
-from moemix.proxies.evaluate import evaluate
-from moemix.proxies.shards import DomainTokens
-from moemix.proxies.train import TrainConfig, train
+from moemix.training.config import TrainConfig
+from moemix.training.evaluate import evaluate
+from moemix.training.loop import train
 
 TINY = MoEConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=2, d_expert=32)
 MIX = {"d0": 0.4, "d1": 0.3, "d2": 0.2, "d3": 0.1}
@@ -62,48 +58,10 @@ def test_moe_resume_matches_uninterrupted(markov_data, tmp_path):
         torch.testing.assert_close(a, b, msg=k)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dp_worker(rank, world, port, tokens_dir, out_dir):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        data = DomainTokens(tokens_dir)  # one spawn for both models: process start-up dominates
-        for name, kw in (("stub", {"model_factory": StubLM}), ("moe", {})):
-            model_cfg = StubConfig() if name == "stub" else TINY
-            res = train(model_cfg, _cfg(steps=15), data, MIX, rank=rank, world_size=world, **kw)
-            state = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
-            torch.save(state, f"{out_dir}/{name}{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_two_rank_data_parallel_stays_in_sync(markov_tokens, tmp_path):
-    mp.spawn(_dp_worker, args=(2, _free_port(), str(markov_tokens), str(tmp_path)), nprocs=2, join=True)
-    for name in ("stub", "moe"):
-        r0 = torch.load(tmp_path / f"{name}0.pt")
-        r1 = torch.load(tmp_path / f"{name}1.pt")
-        for k in r0:  # weights and router-bias buffers identical on both ranks
-            torch.testing.assert_close(r0[k], r1[k], msg=f"{name}: {k}")
-    # a dense model without aux losses: 2 ranks x 4 sequences == 1 process x 8 sequences
-    r0 = torch.load(tmp_path / "stub0.pt")
-    single = train(StubConfig(), _cfg(steps=15), DomainTokens(markov_tokens), MIX, model_factory=StubLM).model
-    for k, v in single.state_dict().items():
-        torch.testing.assert_close(r0[k], v, atol=2e-5, rtol=1e-4, msg=k)
-
-
 def test_bf16_precision_runs_autocast_on_cpu(markov_data, monkeypatch):
     """precision bf16 on CPU trains under bf16 autocast (fp32 master weights), learns like fp32,
     and reports MFU against the bf16 matmul peak."""
-    import moemix.proxies.train as train_mod
+    import moemix.training.loop as train_mod
 
     seen: list[torch.dtype] = []
     real = train_mod.make_autocast

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from moemix._io import atomic_path, stable_hash, write_json_atomic
-from moemix.pipeline.stage import stage_for
+from moemix.pipeline.stage_dir import stage_for
 
 
 def test_key_depends_on_config_and_inputs(tmp_path):

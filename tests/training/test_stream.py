@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moemix.errors import MoemixError
-from moemix.proxies.stream import MixtureStream, SeatAllocator, eval_batches, eval_sequences
+from moemix.training.stream import MixtureStream, SeatAllocator, eval_batches, eval_sequences
 
 MIX = {"d0": 0.43, "d1": 0.31, "d2": 0.19, "d3": 0.07}
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+from moemix.moe_model import MoEOutput
 
 
 @dataclass
@@ -33,7 +34,13 @@ class StubLM(torch.nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         zero = torch.zeros(())
-        return SimpleNamespace(logits=logits, loss=loss, lm_loss=loss, aux_loss=zero, z_loss=zero)
+        return MoEOutput(logits=logits, loss=loss, lm_loss=loss, aux_loss=zero, z_loss=zero)
+
+    def begin_global_batch(self, micro_batches=()):
+        pass
+
+    def expert_load_by_domain(self, domain_ids, n_domains):
+        return torch.zeros(0, n_domains, 0, dtype=torch.long)  # dense: no experts
 
     def update_router_biases(self):
         self.bias_updates += 1

@@ -1,0 +1,136 @@
+"""The parallelism seam: how a model is laid out over the ranks of a training job.
+
+``parallelize(model, mesh, cfg)`` applies, in this order (torchtitan's): activation checkpointing and
+``torch.compile`` per transformer block, then FSDP2 (``fully_shard``) per block and on the root. The mesh
+has a ``dp_replicate`` and a ``dp_shard`` dimension: shard only = FSDP (ZeRO-3), replicate only = plain
+data parallelism, both = HSDP (replicate across nodes, shard within). Gradients are averaged over the
+whole data-parallel group by FSDP's reduce-scatter/all-reduce, overlapped with the backward pass; there
+is no hand-written all-reduce.
+
+A world of one process keeps the plain module: there is nothing to shard, and proxies (one per core,
+no process group) train that way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Checkpointing = Literal["none", "full", "selective"]
+
+
+@dataclass
+class ParallelConfig:
+    """Mesh and memory options of a distributed run (``pretrain.parallel``)."""
+
+    # dp_replicate x dp_shard = world size; dp_shard -1 = the world size / dp_replicate
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    # full: recompute every block in backward; selective: every other block (half the activations
+    # saved for about half the recompute); none: keep all activations
+    activation_checkpointing: Checkpointing = "none"
+    compile: bool = False  # torch.compile each transformer block
+    # bf16 parameters and fp32 gradient reduction on GPU (FSDP2 MixedPrecisionPolicy); fp32 on CPU
+    mixed_precision: bool = True
+    reshard_after_forward: bool = True  # ZeRO-3; False keeps gathered params between forward and backward
+    # write checkpoints from a background thread (DCP async_save) while training continues
+    async_checkpoint: bool = False
+
+    def validate(self) -> None:
+        if self.dp_replicate < 1:
+            raise ValueError("parallel.dp_replicate must be >= 1")
+        if self.dp_shard < 1 and self.dp_shard != -1:
+            raise ValueError("parallel.dp_shard must be >= 1 or -1 (the rest of the world)")
+        if self.activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError("parallel.activation_checkpointing must be none, full or selective")
+
+    def mesh_shape(self, world_size: int) -> tuple[int, int]:
+        """(dp_replicate, dp_shard) for ``world_size`` ranks; a one-line error when they do not multiply out."""
+        shard = self.dp_shard if self.dp_shard != -1 else world_size // self.dp_replicate
+        if self.dp_replicate * shard != world_size:
+            raise ValueError(
+                f"parallel: dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} does not match "
+                f"the world size {world_size}"
+            )
+        return self.dp_replicate, shard
+
+
+def build_mesh(cfg: ParallelConfig, world_size: int, device: torch.device):  # -> DeviceMesh | None
+    """The ``(dp_replicate, dp_shard)`` device mesh, or None for a world of one (no process group needed)."""
+    if world_size <= 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shape = cfg.mesh_shape(world_size)
+    return init_device_mesh(device.type, shape, mesh_dim_names=("dp_replicate", "dp_shard"))
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks parallelism and checkpointing wrap: ``model.blocks`` (the model contract)."""
+    blocks = getattr(model, "blocks", None)
+    return list(blocks) if blocks is not None else []
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: Checkpointing) -> None:
+    if mode == "none":
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError("activation checkpointing needs a model with .blocks")
+    for i, block in enumerate(blocks):
+        if mode == "full" or i % 2 == 0:
+            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError("compile needs a model with .blocks")
+    for i, block in enumerate(blocks):
+        blocks[i] = torch.compile(block, fullgraph=False)
+
+
+def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy()
+    if cfg.mixed_precision and device.type == "cuda":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    replicate, shard = mesh.shape
+    # FSDP shards over the 1-D dp_shard mesh; HSDP (and replicate-only, a shard dimension of 1) takes
+    # the 2-D mesh: replicate over dim 0, shard over dim 1
+    dp_mesh = mesh["dp_shard"] if replicate == 1 else mesh
+    blocks = transformer_blocks(model)
+    for i, block in enumerate(blocks):
+        # the last block is gathered again at once by backward, so keeping it saves one all-gather
+        reshard = cfg.reshard_after_forward and i < len(blocks) - 1
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+    return model
+
+
+def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device) -> nn.Module:
+    """Lay ``model`` out over ``mesh`` (None: one process, the module stays as it is)."""
+    apply_activation_checkpointing(model, cfg.activation_checkpointing)
+    if cfg.compile:
+        apply_compile(model)
+    if mesh is None:
+        return model
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("parallelize over a mesh needs torch.distributed to be initialised")
+    return apply_fsdp(model, mesh, cfg, device)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
