@@ -1,0 +1,124 @@
+"""Pretraining throughput and per-rank memory on 1 vs 2 workers (FSDP2 over gloo on CPU, NCCL on GPU).
+
+    .venv/bin/python benchmarks/bench_pretrain_scaling.py [--steps 60] [--repeats 3] [--micro 0]
+
+Trains the demo preset's pretrain model (d_model 96, 3 layers, 8 experts top-2, vocab 2048 on synthetic
+Markov domains of that vocabulary) for ``--steps`` steps of the preset's global batch (16 x 128 tokens)
+with 1 process and with 2 ranks, each rank on one thread, ``--repeats`` times in alternation. Prints the
+median tokens/s of each, the scaling efficiency (2-rank tokens/s / (2 x 1-rank tokens/s)), and each
+rank's parameter + optimizer bytes (its FSDP shards) and peak RSS. Each run is fresh processes (gloo
+rendezvous on a free port); the first 10 steps are excluded from the throughput as warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WARMUP_STEPS = 10
+
+
+def _worker(spec_path: str, rank: int, world: int, port: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from moemix.pipeline.config import load_config
+    from moemix.training.loop import train
+    from moemix.training.shards import DomainTokens
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = load_config()
+    model = dataclasses.replace(cfg.pretrain.model, vocab_size=spec["vocab"])
+    tc = dataclasses.replace(cfg.pretrain.train, steps=spec["steps"], log_every=1, measure_mfu=False, num_threads=1,
+                             micro_batch_size=spec["micro"])
+    stamps: list[float] = []
+    res = train(model, tc, DomainTokens(spec["tokens"]), spec["mixture"],
+                rank=rank, world_size=world, on_log=lambda rec: stamps.append(time.perf_counter()))
+    if world > 1:
+        dist.destroy_process_group()
+    timed = stamps[-1] - stamps[WARMUP_STEPS - 1]
+    tokens = (len(stamps) - WARMUP_STEPS) * tc.tokens_per_step
+    Path(f"{out}.{rank}").write_text(json.dumps({
+        "tokens_per_s": tokens / timed, "param_bytes": res.local_param_bytes,
+        "optimizer_bytes": res.local_optimizer_bytes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def _port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run(spec_path: Path, world: int, out: Path) -> list[dict]:
+    port = _port()
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path), str(r), str(world), port, str(out)])
+             for r in range(world)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a rank failed (exit {p.returncode})")
+    return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        _worker(argv[1], int(argv[2]), int(argv[3]), argv[4], argv[5])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--micro", type=int, default=0, help="micro_batch_size (0 = the whole per-rank batch)")
+    args = p.parse_args(argv)
+
+    from moemix.proxies.synthetic import write_markov_domains
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        vocab = 2048
+        write_markov_domains(tmp / "tokens", n_domains=4, vocab_size=vocab, seed=0,
+                             train_tokens={f"d{i}": 400_000 for i in range(4)}, valid_tokens=4096)
+        spec = tmp / "spec.json"
+        spec.write_text(json.dumps({"tokens": str(tmp / "tokens"), "vocab": vocab, "steps": args.steps,
+                                    "micro": args.micro, "mixture": {f"d{i}": 0.25 for i in range(4)}}))
+        results: dict[int, list[list[dict]]] = {1: [], 2: []}
+        for i in range(args.repeats):
+            for world in (1, 2):  # alternated, so drift in the machine's load hits both alike
+                results[world].append(run(spec, world, tmp / f"out-{world}-{i}"))
+                print(f"repeat {i} world {world}: {results[world][-1][0]['tokens_per_s']:,.0f} tokens/s", flush=True)
+
+    def median_tps(world: int) -> float:
+        return statistics.median(r[0]["tokens_per_s"] for r in results[world])
+
+    one, two = median_tps(1), median_tps(2)
+    print(f"\ndemo pretrain model, {args.steps} steps x 16 x 128 tokens, 1 thread per rank, median of {args.repeats}")
+    print(f"{'workers':>8} {'tokens/s':>10} {'params+opt MB/rank':>19} {'peak RSS MB/rank':>17}")
+    for world, tps in ((1, one), (2, two)):
+        last = results[world][-1]
+        mem = max(r["param_bytes"] + r["optimizer_bytes"] for r in last) / 2**20
+        rss = max(r["peak_rss_mb"] for r in last)
+        print(f"{world:>8} {tps:>10,.0f} {mem:>19.2f} {rss:>17.0f}")
+    print(f"scaling efficiency (2 workers vs 2 x 1): {two / (2 * one):.2f}")
+    shard = max(r["param_bytes"] + r["optimizer_bytes"] for r in results[2][-1])
+    whole = results[1][-1][0]["param_bytes"] + results[1][-1][0]["optimizer_bytes"]
+    print(f"per-rank params+optimizer, 2 ranks / 1 process: {shard / whole:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
