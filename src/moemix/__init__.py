@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 __all__ = ["MoemixError", "__version__", "load_mixture"]
 
 
-def load_mixture(path):  # noqa: ANN001, ANN201 - re-exported, typed at its definition
+def load_mixture(path):  # re-exported, typed at its definition
     """Load and validate a mixture.json written by moemix (see moemix.mixing.schema.load_mixture)."""
     from moemix.mixing.schema import load_mixture as _load
 

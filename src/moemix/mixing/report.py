@@ -18,7 +18,7 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001 - matplotlib objects
+def _save(plt, fig, path: str | Path) -> Path:  # matplotlib objects
     """Write a figure atomically as PNG and free it."""
     fig.tight_layout()
     path = Path(path)

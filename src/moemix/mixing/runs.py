@@ -33,7 +33,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if suffix in (".csv", ".tsv", ".txt"):
             return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except Exception as e:  # noqa: BLE001 - any parser failure is a user-input problem
+    except Exception as e:  # any parser failure is a user-input problem
         raise MoemixError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     raise MoemixError(f"{path}: unsupported table format {suffix!r} (use .csv or .parquet)")
 

@@ -449,7 +449,7 @@ def _read_hub(src: SourceConfig, label_column: str | None, batch_size: int) -> I
         import datasets
 
         ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split, streaming=True)
-    except Exception as e:  # noqa: BLE001 - any loader failure is a user-facing problem with this source
+    except Exception as e:  # any loader failure is a user-facing problem with this source
         raise MoemixError(f"cannot load hub dataset {src.hub} (split {src.split}): {str(e).splitlines()[0]}") from None
     needed = _columns_needed(src, label_column)
     rows: list[Row] = []

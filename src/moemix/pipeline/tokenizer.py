@@ -113,7 +113,7 @@ def load_tokenizer(path: str | os.PathLike[str]):
         raise MoemixError(f"tokenizer file not found: {p}")
     try:
         return Tokenizer.from_file(str(p))
-    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+    except Exception as e:  # the tokenizers library raises bare Exceptions
         raise MoemixError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}") from None
 
 

@@ -356,7 +356,7 @@ def run_proxy(spec: ProxySpec, *, transient_retries: int = 1) -> ProxyResult:
         except MoemixError as e:
             error = f"MoemixError: {e}"
             break
-        except Exception as e:  # noqa: BLE001 - any failure of one proxy must not kill the swarm
+        except Exception as e:  # any failure of one proxy must not kill the swarm
             error = f"{type(e).__name__}: {e}"
             log.warning("proxy %s attempt %d failed: %s\n%s", spec.run_id, attempts, error, traceback.format_exc())
             continue

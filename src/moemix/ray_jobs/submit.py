@@ -79,7 +79,7 @@ def submit_pipeline(
     return job_id
 
 
-def _follow(client, job_id: str) -> None:  # noqa: ANN001 - ray type, imported lazily
+def _follow(client, job_id: str) -> None:  # ray type, imported lazily
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="")

@@ -80,7 +80,7 @@ def run_swarm(
             spec = pending.pop(ref)
             try:
                 res = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - worker death after all Ray retries
+            except Exception as e:  # worker death after all Ray retries
                 res = record_failure(spec, f"{type(e).__name__}: {e}", attempts=max_retries + 1)
             results[spec.run_id] = res
             n_failed += res.status != "ok"

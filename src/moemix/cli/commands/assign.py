@@ -143,7 +143,7 @@ def _batches(path: Path, batch_size: int, text_column: str) -> Iterator:
         return
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for non-parquet input
+    except Exception as e:  # pyarrow raises several types for non-parquet input
         raise MoemixError(f"{path}: not a parquet or .jsonl file ({type(e).__name__})") from None
     if text_column not in pf.schema_arrow.names:
         raise MoemixError(f"{path}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})")

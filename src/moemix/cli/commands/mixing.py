@@ -37,7 +37,7 @@ def _read_mapping(path: str | Path) -> dict[str, Any]:
             import yaml
 
             obj = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse failure is bad user input
+    except Exception as e:  # any parse failure is bad user input
         raise MoemixError(f"{path}: cannot parse ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if obj is None:
         return {}
