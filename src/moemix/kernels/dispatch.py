@@ -31,8 +31,8 @@ class Dispatch:
 
 def _stable_argsort(keys: Tensor, n_keys: int) -> Tensor:
     if keys.device.type == "cpu" and n_keys <= np.iinfo(np.int16).max:
-        # numpy's stable sort is a single-threaded radix sort for int16 keys (~0.2 ms for 32k rows);
-        # torch 2.13's CPU sort runs OpenMP passes that took 100-300 ms on a busy 2-core box
+        # numpy's stable sort is a single-threaded radix sort for int16 keys; torch's CPU sort runs OpenMP
+        # passes that stall on a loaded machine (docs/benchmarks/kernels.md)
         return torch.from_numpy(np.argsort(keys.numpy().astype(np.int16), kind="stable"))
     return torch.argsort(keys.to(torch.int32), stable=True)
 

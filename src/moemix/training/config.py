@@ -12,7 +12,7 @@ from moemix._io import to_jsonable
 @dataclass
 class TrainConfig:
     # Budget: ``steps`` if > 0, else ``total_tokens`` / (batch_size * seq_len) rounded up.
-    steps: int = 80  # demo proxy: 80 x 16 x 128 = 164k tokens, ~20 s on one core
+    steps: int = 80  # 80 x 16 x 128 = 164k tokens
     total_tokens: int = 0
     batch_size: int = 16  # global sequences per optimizer step (split across data-parallel ranks)
     # sequences per forward/backward on one rank; 0 = the rank's whole share of the batch at once.
@@ -37,8 +37,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only a final checkpoint (when checkpoint_dir is given)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # bf16 = bf16 autocast (fp32 master weights) on CUDA and CPU. On CPU it pays off only with native
-    # bf16 matmuls (AVX512-BF16/AMX) and wide layers: d_model 256 trained 1.3-1.5x faster, the
-    # d_model-64 demo proxy 0.7x (conversions outweigh its small GEMMs); docs/benchmarks/proxies.md
+    # bf16 matmuls and wide layers (measured: docs/benchmarks/proxies.md, "bf16 autocast on CPU")
     precision: Literal["fp32", "bf16"] = "fp32"
     measure_mfu: bool = True  # time a matmul once per process to report MFU
 
