@@ -59,3 +59,25 @@ def test_scale_transfer_summary_warns_when_ranks_do_not_transfer():
     assert low["spearman"] == 0.3 and "transfer poorly" in low["warning"]
     few = scale_transfer_summary({"target": {"n": 2, "spearman": float("nan")}})
     assert few["spearman"] is None and "only 2 mixtures" in few["warning"]
+
+
+def test_pretrain_key_ignores_execution_settings_only():
+    """Threads, checkpoint cadence and the declared device memory change how pretraining runs, not its
+    result: the finished stage is reused. The learning rate and the worker count are part of the result."""
+    import dataclasses
+
+    from moemix._io import stable_hash
+    from moemix.pipeline.config import load_config
+    from moemix.pipeline.stages import pretrain_key_config
+
+    cfg = load_config()
+    key = stable_hash(pretrain_key_config(cfg))
+    p = cfg.pretrain
+    same = [dataclasses.replace(p, cpus_per_worker=4, checkpoint_every=7, device_memory_gb=80.0,
+                                train=dataclasses.replace(p.train, num_threads=3, log_every=5))]
+    other = [dataclasses.replace(p, train=dataclasses.replace(p.train, lr=p.train.lr / 2)),
+             dataclasses.replace(p, num_workers=p.num_workers + 2)]
+    for q in same:
+        assert stable_hash(pretrain_key_config(dataclasses.replace(cfg, pretrain=q))) == key
+    for q in other:
+        assert stable_hash(pretrain_key_config(dataclasses.replace(cfg, pretrain=q))) != key

@@ -389,6 +389,15 @@ class PretrainOutput:
     comparison: dict[str, Any]
 
 
+def pretrain_key_config(cfg: Config) -> dict[str, Any]:
+    """What the pretrain stage's key hashes. Execution-only settings (threads per worker, logging and
+    checkpoint cadence, the declared device memory) stay out; the worker count and layout stay in: a
+    Switch aux loss per forward depends on them."""
+    execution_only = ("cpus_per_worker", "checkpoint_every", "device_memory_gb")
+    pretrain = {k: v for k, v in outcome_view(cfg.pretrain).items() if k not in execution_only}
+    return {"pretrain": pretrain, "target": cfg.proxies.target, "seed": cfg.seed}
+
+
 def pretrain_stage(
     cfg: Config,
     run_dir: Path,
@@ -405,11 +414,7 @@ def pretrain_stage(
     from moemix.mixing.schema import load_mixture
 
     doc = load_mixture(propose_out.mixture_path)
-    # execution-only settings (threads per worker, logging and checkpoint cadence, the declared device memory)
-    # stay out of the key; the worker count and layout stay in: a Switch aux loss per forward depends on them
-    pretrain_key = {k: v for k, v in outcome_view(cfg.pretrain).items()
-                    if k not in ("cpus_per_worker", "checkpoint_every", "device_memory_gb")}
-    stage = stage_for(run_dir, "pretrain", {"pretrain": pretrain_key, "target": cfg.proxies.target, "seed": cfg.seed},
+    stage = stage_for(run_dir, "pretrain", pretrain_key_config(cfg),
                       {"propose": propose_out.stage.key, "domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
