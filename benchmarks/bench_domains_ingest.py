@@ -45,8 +45,11 @@ def make_scaled(corpus_dir: Path, out: Path, scale: int) -> Path:
             if k:
                 texts = [f"# variant {k}\n{x}" for x in texts]
             ids = [f"{i}~{k}" for i in t.column("id").to_pylist()]
-            pq.write_table(pa.table({"text": texts, "source": t.column("source"), "id": ids}),
-                           out / f"{f.stem}-{k:02d}.parquet", compression="zstd")
+            pq.write_table(
+                pa.table({"text": texts, "source": t.column("source"), "id": ids}),
+                out / f"{f.stem}-{k:02d}.parquet",
+                compression="zstd",
+            )
     return out
 
 
@@ -67,9 +70,15 @@ def child_ingest(corpus: Path, work: Path) -> dict:
             router.add(slugs(d.label), d.split, d.id, d.source, d.label, d.text)
     router.close()
     dt = time.perf_counter() - t0
-    return {"docs_read": stats.docs_read, "docs_kept": stats.docs_kept, "duplicates": stats.duplicates,
-            "seconds": dt, "docs_per_s": stats.docs_read / dt, "mb_per_s": n_bytes / dt / 1e6,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "docs_read": stats.docs_read,
+        "docs_kept": stats.docs_kept,
+        "duplicates": stats.duplicates,
+        "seconds": dt,
+        "docs_per_s": stats.docs_read / dt,
+        "mb_per_s": n_bytes / dt / 1e6,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def child_tokenize(corpus: Path, tokenizer: Path) -> dict:
@@ -84,10 +93,15 @@ def child_tokenize(corpus: Path, tokenizer: Path) -> dict:
     t0 = time.perf_counter()
     n_tok = 0
     for i in range(0, len(texts), 1024):
-        n_tok += sum(map(len, encode_batch(tok, texts[i:i + 1024])))
+        n_tok += sum(map(len, encode_batch(tok, texts[i : i + 1024])))
     dt = time.perf_counter() - t0
-    return {"docs": len(texts), "docs_per_s": len(texts) / dt, "mb_per_s": n_bytes / dt / 1e6,
-            "bytes_per_token": n_bytes / n_tok, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "docs": len(texts),
+        "docs_per_s": len(texts) / dt,
+        "mb_per_s": n_bytes / dt / 1e6,
+        "bytes_per_token": n_bytes / n_tok,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def child_stage(cache: Path, out: Path) -> dict:
@@ -97,18 +111,27 @@ def child_stage(cache: Path, out: Path) -> dict:
     res = run_domains(DomainsConfig(demo_cache_dir=str(cache)), out, progress=False)
     dt = time.perf_counter() - t0
     stats = json.loads(res.stats_path.read_text())
-    return {"docs_read": stats["docs_read"], "seconds": dt, "docs_per_s": stats["docs_read"] / dt,
-            "train_tokens": sum(res.tokens["train"].values()), "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "docs_read": stats["docs_read"],
+        "seconds": dt,
+        "docs_per_s": stats["docs_read"] / dt,
+        "train_tokens": sum(res.tokens["train"].values()),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def median_of(runs: list[dict]) -> dict:
-    return {k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[0][k])
-            for k in runs[0]}
+    return {
+        k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[0][k])
+        for k in runs[0]
+    }
 
 
 def main() -> None:
@@ -131,21 +154,35 @@ def main() -> None:
         cache = Path(os.environ.get("MOEMIX_CACHE", work / "cache")) / "demo_corpus"
         t0 = time.perf_counter()
         corpus = build_demo_corpus(cache)
-        print(json.dumps({"bench": "demo_corpus", "seconds_first_use": time.perf_counter() - t0,
-                          "mb": corpus.total_bytes / 1e6, "domains": len(corpus.domains),
-                          "docs": sum(corpus.docs.values())}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "demo_corpus",
+                    "seconds_first_use": time.perf_counter() - t0,
+                    "mb": corpus.total_bytes / 1e6,
+                    "domains": len(corpus.domains),
+                    "docs": sum(corpus.docs.values()),
+                }
+            ),
+            flush=True,
+        )
         for scale in [int(s) for s in a.scales.split(",")]:
             src = corpus.root if scale == 1 else make_scaled(corpus.root, work / f"x{scale}", scale)
             runs = []
             for r in range(a.repeats):
                 runs.append(run_child("ingest", str(src), str(work / f"ingest_x{scale}_{r}")))
                 shutil.rmtree(work / f"ingest_x{scale}_{r}", ignore_errors=True)
-            print(json.dumps({"bench": "ingest", "scale": scale, "repeats": a.repeats, **median_of(runs)}), flush=True)
+            print(
+                json.dumps({"bench": "ingest", "scale": scale, "repeats": a.repeats, **median_of(runs)}),
+                flush=True,
+            )
             if scale != 1:
                 shutil.rmtree(src, ignore_errors=True)
         if not a.no_stage:
             runs = [run_child("stage", str(cache), str(work / f"stage{r}")) for r in range(a.repeats)]
-            print(json.dumps({"bench": "stage_label_demo", "repeats": a.repeats, **median_of(runs)}), flush=True)
+            print(
+                json.dumps({"bench": "stage_label_demo", "repeats": a.repeats, **median_of(runs)}), flush=True
+            )
             tok = work / "stage0" / "tokenizer.json"
             runs = [run_child("tokenize", str(corpus.root), str(tok)) for _ in range(a.repeats)]
             print(json.dumps({"bench": "tokenize", "repeats": a.repeats, **median_of(runs)}), flush=True)

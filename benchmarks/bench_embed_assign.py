@@ -57,7 +57,10 @@ def write_corpus(path: Path, n: int, seed: int) -> None:
     with pq.ParquetWriter(path, schema) as w:
         for s in range(0, n, 10000):
             docs = synthetic_docs(min(10000, n - s), seed=seed + s)
-            w.write_table(pa.table({"id": np.arange(s, s + len(docs)), "text": docs}, schema=schema), row_group_size=2048)
+            w.write_table(
+                pa.table({"id": np.arange(s, s + len(docs)), "text": docs}, schema=schema),
+                row_group_size=2048,
+            )
 
 
 def _peak_rss_mb() -> float:
@@ -100,8 +103,14 @@ def main() -> None:
     fit_docs = synthetic_docs(5000, seed=1)
     t = time.perf_counter()
     model = fit_cluster_model(fit_docs, ClusterConfig(), seed=0)
-    emit(bench="fit", docs=len(fit_docs), seconds=round(time.perf_counter() - t, 2), n_domains=model.n_domains,
-         dim=model.embedder.dim, n_fine=len(model.centroids))
+    emit(
+        bench="fit",
+        docs=len(fit_docs),
+        seconds=round(time.perf_counter() - t, 2),
+        n_domains=model.n_domains,
+        dim=model.embedder.dim,
+        n_fine=len(model.centroids),
+    )
     model_dir = tmp / "model"
     model.save(model_dir)
     docs = synthetic_docs(args.docs, seed=2)
@@ -113,8 +122,14 @@ def main() -> None:
         t = time.perf_counter()
         _assign_chunk(docs)
         rates.append(len(docs) / (time.perf_counter() - t))
-    emit(bench="inproc", processes=1, docs=len(docs), mean_chars=round(mean_chars), docs_per_s=round(statistics.median(rates)),
-         runs=[round(r) for r in rates])
+    emit(
+        bench="inproc",
+        processes=1,
+        docs=len(docs),
+        mean_chars=round(mean_chars),
+        docs_per_s=round(statistics.median(rates)),
+        runs=[round(r) for r in rates],
+    )
 
     halves = [docs[: len(docs) // 2], docs[len(docs) // 2 :]]
     with mp.get_context("fork").Pool(2, initializer=_init_worker, initargs=(str(model_dir),)) as pool:
@@ -124,8 +139,14 @@ def main() -> None:
             t = time.perf_counter()
             pool.map(_assign_chunk, halves, chunksize=1)
             rates.append(len(docs) / (time.perf_counter() - t))
-    emit(bench="inproc", processes=2, docs=len(docs), mean_chars=round(mean_chars), docs_per_s=round(statistics.median(rates)),
-         runs=[round(r) for r in rates])
+    emit(
+        bench="inproc",
+        processes=2,
+        docs=len(docs),
+        mean_chars=round(mean_chars),
+        docs_per_s=round(statistics.median(rates)),
+        runs=[round(r) for r in rates],
+    )
 
     for scale in (1, 10):
         n = args.scale_docs * scale
@@ -133,12 +154,20 @@ def main() -> None:
         write_corpus(f, n, seed=100)
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(model_dir), str(f), str(tmp / f"out_{scale}x")],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         rec = json.loads(out.stdout.strip().splitlines()[-1])
-        emit(bench="stream", scale=f"{scale}x", docs=rec["docs"], input_mb=round(f.stat().st_size / 2**20, 1),
-             docs_per_s=round(rec["docs"] / rec["seconds"]), peak_rss_mb=round(rec["peak_rss_mb"]),
-             rss_after_model_load_mb=round(rec["rss_after_load_mb"]))
+        emit(
+            bench="stream",
+            scale=f"{scale}x",
+            docs=rec["docs"],
+            input_mb=round(f.stat().st_size / 2**20, 1),
+            docs_per_s=round(rec["docs"] / rec["seconds"]),
+            peak_rss_mb=round(rec["peak_rss_mb"]),
+            rss_after_model_load_mb=round(rec["rss_after_load_mb"]),
+        )
 
     if not args.no_ray:
         import os
@@ -148,8 +177,13 @@ def main() -> None:
         from moemix.ray_jobs.data import assign_parquet_ray
 
         os.environ.setdefault("RAY_ACCEPT_CALLS_FROM_ALL_NODES", "1")
-        ray.init(num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            num_cpus=2,
+            object_store_memory=300 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         files = []
         for i in range(4):
             f = tmp / f"ray_in_{i}.parquet"
@@ -160,8 +194,15 @@ def main() -> None:
             t = time.perf_counter()
             assign_parquet_ray(model_dir, files, tmp / f"ray_out_{run}", num_actors=2)
             dt = time.perf_counter() - t
-            emit(bench="ray", run=run, note="first run includes actor start-up" if run == 0 else "warm",
-                 docs=n, actors=2, docs_per_s=round(n / dt), seconds=round(dt, 2))
+            emit(
+                bench="ray",
+                run=run,
+                note="first run includes actor start-up" if run == 0 else "warm",
+                docs=n,
+                actors=2,
+                docs_per_s=round(n / dt),
+                seconds=round(dt, 2),
+            )
         t = time.perf_counter()
         assign_parquet(model_dir, files, tmp / "local_out", model=model)
         emit(bench="inproc_parquet_same_files", docs=n, docs_per_s=round(n / (time.perf_counter() - t)))

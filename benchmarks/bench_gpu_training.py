@@ -32,8 +32,16 @@ from moemix.training.shards import DomainTokens
 PRESET = Path(__file__).resolve().parents[1] / "src/moemix/pipeline/presets/cluster-gpu.yaml"
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s
 VENDOR_BF16_PEAK = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12}
-FALLBACK_MODEL = dict(vocab_size=50304, max_seq_len=4096, d_model=2048, n_layers=24, n_heads=16, n_experts=64,
-                      top_k=8, d_expert=1408)
+FALLBACK_MODEL = dict(
+    vocab_size=50304,
+    max_seq_len=4096,
+    d_model=2048,
+    n_layers=24,
+    n_heads=16,
+    n_experts=64,
+    top_k=8,
+    d_expert=1408,
+)
 
 
 def cluster_model(layers: int) -> MoEConfig:
@@ -53,18 +61,35 @@ def vendor_peak(name: str) -> float | None:
     return next((v for k, v in VENDOR_BF16_PEAK.items() if k in name), None)
 
 
-def bench_training(out: Path, model: MoEConfig, steps: int, seq_len: int, batch: int, device: str = "cuda") -> dict:
+def bench_training(
+    out: Path, model: MoEConfig, steps: int, seq_len: int, batch: int, device: str = "cuda"
+) -> dict:
     from moemix.proxies.synthetic import write_markov_domains
 
     tokens_dir = out / "tokens"
     if not (tokens_dir / "meta.json").exists():
         per_domain = max(20_000, steps * batch * seq_len // 2)  # every domain seen about half an epoch
-        write_markov_domains(tokens_dir, n_domains=4, vocab_size=model.vocab_size, seed=0,
-                             train_tokens={f"d{i}": per_domain for i in range(4)}, valid_tokens=8192)
+        write_markov_domains(
+            tokens_dir,
+            n_domains=4,
+            vocab_size=model.vocab_size,
+            seed=0,
+            train_tokens={f"d{i}": per_domain for i in range(4)},
+            valid_tokens=8192,
+        )
     data = DomainTokens(tokens_dir)
     model = dataclasses.replace(model, vocab_size=max(model.vocab_size, data.vocab_size), max_seq_len=seq_len)
-    cfg = TrainConfig(steps=steps, batch_size=batch, seq_len=seq_len, lr=3e-4, warmup_frac=0.1, log_every=1,
-                      precision="bf16", device=device, measure_mfu=False)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        seq_len=seq_len,
+        lr=3e-4,
+        warmup_frac=0.1,
+        log_every=1,
+        precision="bf16",
+        device=device,
+        measure_mfu=False,
+    )
     cuda = device == "cuda"
     stamps: list[float] = []
 
@@ -82,13 +107,24 @@ def bench_training(out: Path, model: MoEConfig, steps: int, seq_len: int, batch:
     peak = vendor_peak(name)
     measured_peak = peak_matmul_flops(torch.device(device), "bf16")
     rec = {
-        "figure": "training", "device": name, "layers": model.n_layers, "d_model": model.d_model,
+        "figure": "training",
+        "device": name,
+        "layers": model.n_layers,
+        "d_model": model.d_model,
         "experts": model.n_experts,
-        "top_k": model.top_k, "params_total": res.params_total, "params_active": res.params_active,
-        "seq_len": seq_len, "batch": batch, "tokens_per_s": tps, "flops_per_token": res.flops_per_token,
-        "mfu_vendor_bf16": tps * res.flops_per_token / peak if peak else None, "vendor_bf16_peak": peak,
-        "mfu_measured_bf16": tps * res.flops_per_token / measured_peak, "measured_bf16_peak": measured_peak,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "final_loss": res.final_loss,
+        "top_k": model.top_k,
+        "params_total": res.params_total,
+        "params_active": res.params_active,
+        "seq_len": seq_len,
+        "batch": batch,
+        "tokens_per_s": tps,
+        "flops_per_token": res.flops_per_token,
+        "mfu_vendor_bf16": tps * res.flops_per_token / peak if peak else None,
+        "vendor_bf16_peak": peak,
+        "mfu_measured_bf16": tps * res.flops_per_token / measured_peak,
+        "measured_bf16_peak": measured_peak,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "final_loss": res.final_loss,
         "kernel": "auto",
     }
     print(json.dumps(rec), flush=True)
@@ -107,15 +143,27 @@ def bench_kernels(T: int, d: int, f: int, E: int, k: int, repeats: int = 20) -> 
         try:
             times = []
             for _ in range(repeats + 3):
-                xs, a, b = x.clone().requires_grad_(), w1.clone().requires_grad_(), w2.clone().requires_grad_()
+                xs, a, b = (
+                    x.clone().requires_grad_(),
+                    w1.clone().requires_grad_(),
+                    w2.clone().requires_grad_(),
+                )
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 y = moe_ffn(xs, idx, w.to(x.dtype), a, b, impl=impl)
                 y.float().square().mean().backward()
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            rec = {"figure": "expert_kernel", "impl": impl, "T": T, "d": d, "f": f, "E": E, "k": k,
-                   "fwd_bwd_ms": 1e3 * statistics.median(times[3:])}
+            rec = {
+                "figure": "expert_kernel",
+                "impl": impl,
+                "T": T,
+                "d": d,
+                "f": f,
+                "E": E,
+                "k": k,
+                "fwd_bwd_ms": 1e3 * statistics.median(times[3:]),
+            }
         except Exception as e:  # one impl failing must not hide the others' figures
             rec = {"figure": "expert_kernel", "impl": impl, "error": f"{type(e).__name__}: {e}"[:300]}
         print(json.dumps(rec), flush=True)
@@ -143,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         results["triton"] = None
     shape = cluster_model(1)
-    results["kernels"] = bench_kernels(T=16384, d=shape.d_model, f=shape.d_expert, E=shape.n_experts, k=shape.top_k)
+    results["kernels"] = bench_kernels(
+        T=16384, d=shape.d_model, f=shape.d_expert, E=shape.n_experts, k=shape.top_k
+    )
     try:
-        results["training"] = bench_training(args.out, cluster_model(args.layers), args.steps, args.seq_len, args.batch)
+        results["training"] = bench_training(
+            args.out, cluster_model(args.layers), args.steps, args.seq_len, args.batch
+        )
     except Exception as e:  # record it with the kernel figures rather than lose both
         results["training"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps(results["training"]), flush=True)

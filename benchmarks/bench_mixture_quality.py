@@ -59,7 +59,15 @@ RANDOM_SEED_BASE = 1000
 PIPELINE_STAGES = ("domains", "proxies", "fit", "propose")
 # TrainConfig fields that do not change what is learned, left out of the cache key
 NON_RESULT_FIELDS = ("num_threads", "log_every", "checkpoint_every", "eval_every", "measure_mfu")
-MIXTURE_KNOWN = {"domains", "created_at", "moemix_version", "schema_version", "plots", "reports", "domains_fingerprint"}
+MIXTURE_KNOWN = {
+    "domains",
+    "created_at",
+    "moemix_version",
+    "schema_version",
+    "plots",
+    "reports",
+    "domains_fingerprint",
+}
 
 
 # ---------------------------------------------------------------- targets and the pipeline
@@ -87,8 +95,11 @@ def target_loss(loss: dict[str, float], target: dict[str, float] | None) -> floa
     return sum(wd * loss[d] for d, wd in w.items())
 
 
-def run_pipeline(config: str | None, run_dir: Path, target: dict[str, float] | None, sets: list[str]) -> dict[str, Any]:
-    """``moemix run --until propose`` for one target; returns wall time and per-stage seconds (None = cached)."""
+def run_pipeline(
+    config: str | None, run_dir: Path, target: dict[str, float] | None, sets: list[str]
+) -> dict[str, Any]:
+    """``moemix run --until propose`` for one target; returns wall time and per-stage seconds (None =
+    cached)."""
     cmd = [sys.executable, "-m", "moemix.cli", "run", *([config] if config else [])]
     cmd += ["--out", str(run_dir), "--until", "propose", "--quiet"]
     for s in sets:
@@ -107,7 +118,8 @@ def run_pipeline(config: str | None, run_dir: Path, target: dict[str, float] | N
 
 
 def mixture_info(path: Path) -> dict[str, Any]:
-    """What mixture.json says about the proposal, incl. fields this script does not know (guards, decisions)."""
+    """What mixture.json says about the proposal, incl. fields this script does not know (guards,
+    decisions)."""
     raw = json.loads(path.read_text())
     return {k: v for k, v in raw.items() if k not in MIXTURE_KNOWN}
 
@@ -120,7 +132,9 @@ def run_key(mixture: dict[str, float], model_cfg: Any, train_cfg: Any, tokens_fp
     return stable_hash({"mixture": mix, "model": model_cfg, "train": tc, "tokens": tokens_fp})
 
 
-def pretrain_one(model_cfg: Any, train_cfg: Any, tokens_dir: str, mixture: dict[str, float], out: str) -> dict[str, Any]:
+def pretrain_one(
+    model_cfg: Any, train_cfg: Any, tokens_dir: str, mixture: dict[str, float], out: str
+) -> dict[str, Any]:
     """Train one model on ``mixture`` and evaluate it on every domain (runs in a worker process)."""
     import torch
 
@@ -134,35 +148,69 @@ def pretrain_one(model_cfg: Any, train_cfg: Any, tokens_dir: str, mixture: dict[
     model_cfg = model_config_for_data(model_cfg, data.vocab_size, train_cfg.seq_len)
     started = time.time()
     res = train(model_cfg, train_cfg, data, mixture)
-    ev = evaluate(res.model, data, TargetConfig(), seq_len=train_cfg.seq_len, eval_tokens=train_cfg.eval_tokens, batch_size=train_cfg.eval_batch_size)
+    ev = evaluate(
+        res.model,
+        data,
+        TargetConfig(),
+        seq_len=train_cfg.seq_len,
+        eval_tokens=train_cfg.eval_tokens,
+        batch_size=train_cfg.eval_batch_size,
+    )
     rec = {
-        "mixture": mixture, "seed": train_cfg.seed, "loss": ev.loss, "bpb": ev.bpb, "tokens": res.tokens,
-        "final_train_loss": res.final_loss, "epochs": res.epochs, "params_active": res.params_active,
-        "params_total": res.params_total, "train_s": res.seconds, "seconds": time.time() - started,
+        "mixture": mixture,
+        "seed": train_cfg.seed,
+        "loss": ev.loss,
+        "bpb": ev.bpb,
+        "tokens": res.tokens,
+        "final_train_loss": res.final_loss,
+        "epochs": res.epochs,
+        "params_active": res.params_active,
+        "params_total": res.params_total,
+        "train_s": res.seconds,
+        "seconds": time.time() - started,
     }
     write_json_atomic(out, rec)
     return rec
 
 
 def pretrain_all(
-    runs: dict[str, tuple[dict[str, float], int]], model_cfg: Any, train_cfg: Any, tokens_dir: Path, cache: Path,
-    jobs: int = 2, threads: int = 1,
+    runs: dict[str, tuple[dict[str, float], int]],
+    model_cfg: Any,
+    train_cfg: Any,
+    tokens_dir: Path,
+    cache: Path,
+    jobs: int = 2,
+    threads: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """``runs``: name -> (mixture, train seed). Trains the uncached ones, ``jobs`` at a time; name -> result."""
+    """``runs``: name -> (mixture, train seed). Trains the uncached ones, ``jobs`` at a time; name ->
+    result."""
     tokens_fp = file_hash(tokens_dir / "meta.json")
-    keys = {name: run_key(mix, model_cfg, replace(train_cfg, seed=seed), tokens_fp) for name, (mix, seed) in runs.items()}
-    todo = {k: name for name, k in keys.items() if not (cache / f"{k}.json").exists()}  # one run per distinct key
-    print(f"pretrain: {len(runs)} runs, {len(runs) - len(todo)} cached, {len(todo)} to train ({jobs} at a time)", flush=True)
+    keys = {
+        name: run_key(mix, model_cfg, replace(train_cfg, seed=seed), tokens_fp)
+        for name, (mix, seed) in runs.items()
+    }
+    todo = {
+        k: name for name, k in keys.items() if not (cache / f"{k}.json").exists()
+    }  # one run per distinct key
+    print(
+        f"pretrain: {len(runs)} runs, {len(runs) - len(todo)} cached, {len(todo)} to train ({jobs} at a "
+        "time)",
+        flush=True,
+    )
     if todo:
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futs = {}
             for k, name in todo.items():
                 mix, seed = runs[name]
                 tc = replace(train_cfg, seed=seed, num_threads=threads)
-                futs[pool.submit(pretrain_one, model_cfg, tc, str(tokens_dir), mix, str(cache / f"{k}.json"))] = name
+                futs[
+                    pool.submit(pretrain_one, model_cfg, tc, str(tokens_dir), mix, str(cache / f"{k}.json"))
+                ] = name
             for fut in cf.as_completed(futs):
                 rec = fut.result()
-                print(f"  trained {futs[fut]:<22} {rec['seconds']:7.1f}s  {rec['tokens']:,} tokens", flush=True)
+                print(
+                    f"  trained {futs[fut]:<22} {rec['seconds']:7.1f}s  {rec['tokens']:,} tokens", flush=True
+                )
     out = {}
     for name, k in keys.items():
         rec = json.loads((cache / f"{k}.json").read_text())
@@ -171,10 +219,16 @@ def pretrain_all(
 
 
 # ---------------------------------------------------------------- scoring
-def score(results: dict[str, dict[str, Any]], ranked: list[str], uniform: list[str], chosen: list[str],
-          target: dict[str, float] | None) -> dict[str, Any]:
+def score(
+    results: dict[str, dict[str, Any]],
+    ranked: list[str],
+    uniform: list[str],
+    chosen: list[str],
+    target: dict[str, float] | None,
+) -> dict[str, Any]:
     """Rank of the chosen mixture's first seed among ``ranked`` (all at that seed), and its margin over
-    uniform: seed-mean minus seed-mean, each seed of the chosen mixture paired with the same seed of uniform."""
+    uniform: seed-mean minus seed-mean, each seed of the chosen mixture paired with the same seed of
+    uniform."""
     losses = {name: target_loss(r["loss"], target) for name, r in results.items()}
     order = sorted(ranked, key=lambda n: losses[n])
     ranks = {n: 1 + sum(losses[m] < losses[n] for m in ranked) for n in ranked}
@@ -184,10 +238,17 @@ def score(results: dict[str, dict[str, Any]], ranked: list[str], uniform: list[s
     margin = statistics.fmean(u) - statistics.fmean(c)
     paired = [losses[un] - losses[cn] for un, cn in zip(uniform, chosen)]
     return {
-        "losses": losses, "order": order, "ranks": ranks, "rank": ranks[chosen[0]], "n_ranked": len(ranked),
-        "uniform_std": statistics.stdev(u) if len(u) > 1 else 0.0, "uniform_spread": spread,
-        "chosen_seeds": c, "paired_margins": paired,
-        "margin_vs_uniform": margin, "pass": margin > spread and ranks[chosen[0]] == 1,
+        "losses": losses,
+        "order": order,
+        "ranks": ranks,
+        "rank": ranks[chosen[0]],
+        "n_ranked": len(ranked),
+        "uniform_std": statistics.stdev(u) if len(u) > 1 else 0.0,
+        "uniform_spread": spread,
+        "chosen_seeds": c,
+        "paired_margins": paired,
+        "margin_vs_uniform": margin,
+        "pass": margin > spread and ranks[chosen[0]] == 1,
     }
 
 
@@ -200,10 +261,15 @@ def print_target(spec: str, sc: dict[str, Any], doc: MixtureDoc, info: dict[str,
         print(f"{name:<{width}} {loss:11.4f} {rank:>5}")
     print(f"uniform seed spread: std {sc['uniform_std']:.4f}, max-min {sc['uniform_spread']:.4f}")
     verdict = ">" if sc["pass"] else "<="
-    print(f"chosen margin vs uniform, seed-mean over {len(sc['chosen_seeds'])} seeds each: "
-          f"{sc['margin_vs_uniform']:+.4f} ({verdict} spread); same-seed margins "
-          + ", ".join(f"{m:+.4f}" for m in sc["paired_margins"]))
-    print("chosen weights: " + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight)))
+    print(
+        f"chosen margin vs uniform, seed-mean over {len(sc['chosen_seeds'])} seeds each: "
+        f"{sc['margin_vs_uniform']:+.4f} ({verdict} spread); same-seed margins "
+        + ", ".join(f"{m:+.4f}" for m in sc["paired_margins"])
+    )
+    print(
+        "chosen weights: "
+        + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight))
+    )
     for k, v in info.items():
         if k == "notes" and v:
             print("notes:\n" + "\n".join(f"  - {n}" for n in v))
@@ -219,14 +285,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", action="append", help="mean or DOM1:W1,DOM2:W2 (repeatable; default: mean)")
     p.add_argument("--random", type=int, default=8, help="Dirichlet(1) random mixtures (seeds 1000+i)")
     p.add_argument("--uniform-seeds", type=int, default=3, help="training seeds of the uniform mixture")
-    p.add_argument("--chosen-seeds", type=int, default=3,
-                   help="training seeds of each chosen mixture (its margin is a seed-mean, paired with uniform's)")
+    p.add_argument(
+        "--chosen-seeds",
+        type=int,
+        default=3,
+        help="training seeds of each chosen mixture (its margin is a seed-mean, paired with uniform's)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="pretraining runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per pretraining run")
     p.add_argument("--json", type=Path, help="results file (default: OUT/quality.json)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the pipeline and pretraining (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the pipeline and pretraining (repeatable)",
+    )
     args = p.parse_args(argv)
-    out = (args.out or Path("runs") / f"quality-{Path(args.config).stem if args.config else 'demo'}").resolve()
+    out = (
+        args.out or Path("runs") / f"quality-{Path(args.config).stem if args.config else 'demo'}"
+    ).resolve()
     run_dir, specs = out / "run", args.target or ["mean"]
     targets = {spec: parse_target(spec) for spec in specs}
     walls: dict[str, Any] = {}
@@ -245,17 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     pretrain = from_dict(PretrainConfig, resolved.get("pretrain"), where="pretrain")
     fps = {d.domains_fingerprint for d in docs.values()}
     if len(fps) != 1:
-        raise SystemExit(f"targets used different domains stages {sorted(map(str, fps))}: cannot share baselines")
+        raise SystemExit(
+            f"targets used different domains stages {sorted(map(str, fps))}: cannot share baselines"
+        )
     dom_dir = run_dir / "domains" / str(fps.pop())
     dom_out = json.loads((dom_dir / "manifest.json").read_text())["outputs"]
     domains, train_tokens = list(dom_out["domains"]), dom_out["train_tokens"]
 
     seed0, tcfg = pretrain.train.seed, pretrain.train
     natural = np.array([train_tokens[d] for d in domains], dtype=np.float64)
-    chosen = {spec: [f"chosen/{spec}" + (f"@seed{seed0 + s}" if s else "") for s in range(max(1, args.chosen_seeds))]
-              for spec in specs}
+    chosen = {
+        spec: [
+            f"chosen/{spec}" + (f"@seed{seed0 + s}" if s else "") for s in range(max(1, args.chosen_seeds))
+        ]
+        for spec in specs
+    }
     runs: dict[str, tuple[dict[str, float], int]] = {
-        name: (docs[spec].weights, seed0 + s) for spec in specs for s, name in enumerate(chosen[spec])}
+        name: (docs[spec].weights, seed0 + s) for spec in specs for s, name in enumerate(chosen[spec])
+    }
     uniform = [f"uniform@seed{seed0 + s}" for s in range(max(1, args.uniform_seeds))]
     for s, name in enumerate(uniform):
         runs[name] = ({d: 1.0 / len(domains) for d in domains}, seed0 + s)
@@ -263,13 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.random):
         w = np.random.default_rng(RANDOM_SEED_BASE + i).dirichlet(np.ones(len(domains)))
         runs[f"random_{i}"] = (dict(zip(domains, w.tolist())), seed0)
-    print(f"\npretrain model {pretrain.model}\n{tcfg.num_steps} steps x {tcfg.tokens_per_step} tokens = {tcfg.planned_tokens:,} tokens per run")
+    print(
+        f"\npretrain model {pretrain.model}\n{tcfg.num_steps} steps x {tcfg.tokens_per_step} tokens = "
+        f"{tcfg.planned_tokens:,} tokens per run"
+    )
     started = time.time()
-    results = pretrain_all(runs, pretrain.model, tcfg, dom_dir / "tokens", out / "pretrain", jobs=args.jobs, threads=args.threads)
-    walls["pretrain"] = {"wall_s": round(time.time() - started, 1), "runs_s": {n: None if r["cached"] else round(r["seconds"], 1) for n, r in results.items()}}
+    results = pretrain_all(
+        runs, pretrain.model, tcfg, dom_dir / "tokens", out / "pretrain", jobs=args.jobs, threads=args.threads
+    )
+    walls["pretrain"] = {
+        "wall_s": round(time.time() - started, 1),
+        "runs_s": {n: None if r["cached"] else round(r["seconds"], 1) for n, r in results.items()},
+    }
 
     baselines = [uniform[0], "natural", *(f"random_{i}" for i in range(args.random))]
-    scores = {spec: score(results, [f"chosen/{spec}", *baselines], uniform, chosen[spec], t) for spec, t in targets.items()}
+    scores = {
+        spec: score(results, [f"chosen/{spec}", *baselines], uniform, chosen[spec], t)
+        for spec, t in targets.items()
+    }
     for spec in specs:
         print_target(spec, scores[spec], docs[spec], infos[spec])
     print("\nwall time:")
@@ -277,15 +373,28 @@ def main(argv: list[str] | None = None) -> int:
         parts = v.get("stages_s") or v["runs_s"]
         detail = ", ".join(f"{s} {'cached' if t is None else f'{t:.1f}s'}" for s, t in parts.items())
         print(f"  {k:<{max(map(len, walls))}} {v['wall_s']:8.1f}s  {detail}")
-    write_json_atomic(args.json or out / "quality.json", {
-        "config": args.config, "targets": {s: {"target": targets[s], "mixture": infos[s] | {"weights": docs[s].weights}, **scores[s]} for s in specs},
-        "runs": results, "domains": domains, "tokens_dir": str(dom_dir / "tokens"), "wall": walls,
-    })
+    write_json_atomic(
+        args.json or out / "quality.json",
+        {
+            "config": args.config,
+            "targets": {
+                s: {"target": targets[s], "mixture": infos[s] | {"weights": docs[s].weights}, **scores[s]}
+                for s in specs
+            },
+            "runs": results,
+            "domains": domains,
+            "tokens_dir": str(dom_dir / "tokens"),
+            "wall": walls,
+        },
+    )
     print()
     for spec in specs:
         sc = scores[spec]
-        print(f"target={spec} chosen rank {sc['rank']}/{sc['n_ranked']} margin vs uniform {sc['margin_vs_uniform']:+.4f} "
-              f"(spread {sc['uniform_spread']:.4f}) -> {'PASS' if sc['pass'] else 'FAIL'}")
+        print(
+            f"target={spec} chosen rank {sc['rank']}/{sc['n_ranked']} margin vs uniform "
+            f"{sc['margin_vs_uniform']:+.4f} "
+            f"(spread {sc['uniform_spread']:.4f}) -> {'PASS' if sc['pass'] else 'FAIL'}"
+        )
     return 0
 
 

@@ -144,10 +144,21 @@ def bench_layer(shape: str, repeats: int, impls: list[str]) -> list[dict]:
     rows = []
     for name in impls:
         med, med_c = statistics.median(times[name]), statistics.median(cpu[name])
-        rows.append(dict(bench="moe_layer", shape=shape, **p, impl=name, median_s=round(med, 5),
-                         cpu_s=round(med_c, 5), gflops=round(flops / med / 1e9, 2), vs_dense=round(med / dense_t, 3),
-                         cpu_vs_dense=round(med_c / dense_c, 3), speedup_vs_reference=round(ref_t / med, 2),
-                         page_faults=int(statistics.median(faults[name]))))
+        rows.append(
+            dict(
+                bench="moe_layer",
+                shape=shape,
+                **p,
+                impl=name,
+                median_s=round(med, 5),
+                cpu_s=round(med_c, 5),
+                gflops=round(flops / med / 1e9, 2),
+                vs_dense=round(med / dense_t, 3),
+                cpu_vs_dense=round(med_c / dense_c, 3),
+                speedup_vs_reference=round(ref_t / med, 2),
+                page_faults=int(statistics.median(faults[name])),
+            )
+        )
     return rows
 
 
@@ -158,7 +169,11 @@ GOAL_VS_DENSE = 1.3  # grouped / dense on both shapes
 def check_goals(runs: int, repeats: int) -> dict:
     """The issue's two goals over ``runs`` independent interleaved measurements: the per-run ratios,
     then their median / min / max, since on a shared box a single run's ratio moves by +-10%."""
-    per_run: dict[str, list[float]] = {"fine_speedup_vs_reference": [], "fine_vs_dense": [], "coarse_vs_dense": []}
+    per_run: dict[str, list[float]] = {
+        "fine_speedup_vs_reference": [],
+        "fine_vs_dense": [],
+        "coarse_vs_dense": [],
+    }
     for i in range(runs):
         for shape in ("fine", "coarse"):
             rows = {r["impl"]: r for r in bench_layer(shape, repeats, ["reference", "grouped", "dense"])}
@@ -166,17 +181,37 @@ def check_goals(runs: int, repeats: int) -> dict:
             per_run[f"{shape}_vs_dense"].append(g["vs_dense"])
             if shape == "fine":
                 per_run["fine_speedup_vs_reference"].append(g["speedup_vs_reference"])
-            print(json.dumps(dict(bench="goal_run", run=i, shape=shape, grouped_s=g["median_s"],
-                                  reference_s=rows["reference"]["median_s"], dense_s=rows["dense"]["median_s"],
-                                  speedup_vs_reference=g["speedup_vs_reference"], vs_dense=g["vs_dense"])), flush=True)
+            print(
+                json.dumps(
+                    dict(
+                        bench="goal_run",
+                        run=i,
+                        shape=shape,
+                        grouped_s=g["median_s"],
+                        reference_s=rows["reference"]["median_s"],
+                        dense_s=rows["dense"]["median_s"],
+                        speedup_vs_reference=g["speedup_vs_reference"],
+                        vs_dense=g["vs_dense"],
+                    )
+                ),
+                flush=True,
+            )
     summary = {k: dict(median=statistics.median(v), min=min(v), max=max(v)) for k, v in per_run.items()}
     summary["fine_speedup_vs_reference"]["goal"] = f">= {GOAL_SPEEDUP_FINE}"
-    summary["fine_speedup_vs_reference"]["holds"] = summary["fine_speedup_vs_reference"]["median"] >= GOAL_SPEEDUP_FINE
+    summary["fine_speedup_vs_reference"]["holds"] = (
+        summary["fine_speedup_vs_reference"]["median"] >= GOAL_SPEEDUP_FINE
+    )
     for k in ("fine_vs_dense", "coarse_vs_dense"):
         summary[k]["goal"] = f"<= {GOAL_VS_DENSE}"
         summary[k]["holds"] = summary[k]["median"] <= GOAL_VS_DENSE
-    return dict(bench="goals", dtype=str(DTYPE).removeprefix("torch."), threads=torch.get_num_threads(), runs=runs,
-                repeats=repeats, **summary)
+    return dict(
+        bench="goals",
+        dtype=str(DTYPE).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        runs=runs,
+        repeats=repeats,
+        **summary,
+    )
 
 
 def bench_model_step(repeats: int, peak: float) -> dict:
@@ -200,16 +235,25 @@ def bench_model_step(repeats: int, peak: float) -> dict:
     med = statistics.median(times)
     fpt = model.flops_per_token(t)
     achieved = fpt * b * t / med
-    return dict(bench="model_step", batch=b, seq_len=t, params=model.num_params(),
-                params_active=model.num_params(active_only=True), flops_per_token=fpt, median_s=round(med, 4),
-                tokens_per_s=round(b * t / med), achieved_gflops=round(achieved / 1e9, 2),
-                mfu=round(achieved / peak, 3))
+    return dict(
+        bench="model_step",
+        batch=b,
+        seq_len=t,
+        params=model.num_params(),
+        params_active=model.num_params(active_only=True),
+        flops_per_token=fpt,
+        median_s=round(med, 4),
+        tokens_per_s=round(b * t / med),
+        achieved_gflops=round(achieved / 1e9, 2),
+        mfu=round(achieved / peak, 3),
+    )
 
 
 HEADER = [
     "# MoE kernel benchmarks",
     "",
-    "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; median of "
+    "Produced by `benchmarks/bench_moe_layer.py --write-doc` (forward+backward of one MoE FFN layer; median "
+    "of "
     "interleaved repeats). Each run replaces only its own section (device, dtype, thread count, malloc "
     "tuning). Load from other processes moves absolute times between runs: compare ratios within one run.",
 ]
@@ -225,30 +269,42 @@ def write_doc(rows: list[dict], path: Path) -> None:
     title = f"## {env['device']}, {env['dtype']}, {env['threads']} torch thread(s)"
     if env["device"] == "cpu":
         title += ", malloc tuned" if env["malloc_tuned"] else ", glibc malloc defaults (`--no-malloc-tuning`)"
-    sec = [key, title, "",
-           f"torch {env['torch']}; measured matmul {env['matmul_gflops']} GFLOP/s (1024^3). impl `grouped` = "
-           "auto layout; `grouped:loop` / `grouped:torch` / `grouped:capacity` force the jagged per-expert mm loop "
-           "/ jagged torch._grouped_mm / padded bmm; `grouped@0` = one chunk (no cache blocking, "
-           "`MOEMIX_CHUNK_MIB=0`); `hf_eager` / `hf_grouped_mm` = transformers' `MixtralExperts` "
-           "with the same weights. CPU s = process CPU time (all threads); faults = minor page faults per step.", "",
-           "| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | "
-           "speed-up vs reference | faults |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    sec = [
+        key,
+        title,
+        "",
+        f"torch {env['torch']}; measured matmul {env['matmul_gflops']} GFLOP/s (1024^3). impl `grouped` = "
+        "auto layout; `grouped:loop` / `grouped:torch` / `grouped:capacity` force the jagged per-expert mm "
+        "loop "
+        "/ jagged torch._grouped_mm / padded bmm; `grouped@0` = one chunk (no cache blocking, "
+        "`MOEMIX_CHUNK_MIB=0`); `hf_eager` / `hf_grouped_mm` = transformers' `MixtralExperts` "
+        "with the same weights. CPU s = process CPU time (all threads); faults = minor page faults per step.",
+        "",
+        "| shape (T, d, f, E, k) | impl | wall s | GFLOP/s | wall / dense | CPU s | CPU / dense | "
+        "speed-up vs reference | faults |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if r["bench"] == "moe_layer":
-            sec.append(f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
-                       f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
-                       f"{r['speedup_vs_reference']} | {r['page_faults']} |")
+            sec.append(
+                f"| {r['shape']} ({r['T']}, {r['d']}, {r['f']}, {r['E']}, {r['k']}) | {r['impl']} | "
+                f"{r['median_s']} | {r['gflops']} | {r['vs_dense']} | {r['cpu_s']} | {r['cpu_vs_dense']} | "
+                f"{r['speedup_vs_reference']} | {r['page_faults']} |"
+            )
     m = next((r for r in rows if r["bench"] == "model_step"), None)
     if m:
         amp = ", bf16 autocast over fp32 weights" if env["dtype"] != "float32" else ""
-        sec += ["", f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW{amp}): "
-                f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} FLOPs/token, "
-                f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
-                f"MFU {m['mfu']:.1%} of the measured matmul peak."]
+        sec += [
+            "",
+            f"Default `MoEConfig` training step (batch {m['batch']} x {m['seq_len']}, AdamW{amp}): "
+            f"{m['params']:,} params ({m['params_active']:,} active), {m['flops_per_token']:.3g} "
+            "FLOPs/token, "
+            f"{m['median_s']} s/step, {m['tokens_per_s']} tokens/s, {m['achieved_gflops']} GFLOP/s, "
+            f"MFU {m['mfu']:.1%} of the measured matmul peak.",
+        ]
     sec.append("<!-- /run -->")
     old = path.read_text() if path.exists() else ""
-    notes = old[old.index(NOTES_MARKER):].rstrip() if NOTES_MARKER in old else ""
+    notes = old[old.index(NOTES_MARKER) :].rstrip() if NOTES_MARKER in old else ""
     body = old[: old.index(NOTES_MARKER)] if notes else old
     runs = {}
     for chunk in body.split("<!-- run ")[1:]:
@@ -266,25 +322,52 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
-    ap.add_argument("--impls", nargs="*",
-                    default=["reference", "grouped", "grouped@0", "grouped:loop", "grouped:torch", "grouped:capacity", "dense",
-                             *HF_IMPLS])
+    ap.add_argument(
+        "--impls",
+        nargs="*",
+        default=[
+            "reference",
+            "grouped",
+            "grouped@0",
+            "grouped:loop",
+            "grouped:torch",
+            "grouped:capacity",
+            "dense",
+            *HF_IMPLS,
+        ],
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--write-doc", action="store_true")
-    ap.add_argument("--goal-runs", type=int, default=0,
-                    help="only check the issue's goals: this many independent runs of reference/grouped/dense on "
-                         "both shapes, then their median/min/max ratios")
-    ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="leave glibc's mmap threshold alone (to measure what moemix.training.malloc_tuning buys)")
+    ap.add_argument(
+        "--goal-runs",
+        type=int,
+        default=0,
+        help="only check the issue's goals: this many independent runs of reference/grouped/dense on "
+        "both shapes, then their median/min/max ratios",
+    )
+    ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's mmap threshold alone (to measure what moemix.training.malloc_tuning buys)",
+    )
     args = ap.parse_args()
     malloc_tuned = False if args.no_malloc_tuning else keep_large_allocations_on_heap()
     global DEVICE, DTYPE
     DEVICE, DTYPE = args.device, getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     peak = measure_matmul_flops(dtype=args.dtype, device=args.device)
-    rows = [dict(bench="env", device=args.device, dtype=args.dtype, threads=args.threads, torch=torch.__version__,
-                 malloc_tuned=malloc_tuned, matmul_gflops=round(peak / 1e9, 1))]
+    rows = [
+        dict(
+            bench="env",
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads,
+            torch=torch.__version__,
+            malloc_tuned=malloc_tuned,
+            matmul_gflops=round(peak / 1e9, 1),
+        )
+    ]
     print(json.dumps(rows[0]), flush=True)
     if args.goal_runs:
         print(json.dumps(check_goals(args.goal_runs, args.repeats)), flush=True)

@@ -28,10 +28,23 @@ from moemix.mixing.predictors.base import blas_threads
 
 TARGET = "metric/the_pile_pile_cc_val_loss"
 PRIOR = {
-    "arxiv": 0.1133, "freelaw": 0.0796, "nih_exporter": 0.0039, "pubmed_central": 0.1854, "wikipedia_en": 0.0511,
-    "dm_mathematics": 0.0160, "github": 0.1018, "philpapers": 0.0037, "stackexchange": 0.0665,
-    "enron_emails": 0.0018, "gutenberg_pg_19": 0.0271, "pile_cc": 0.2369, "ubuntu_irc": 0.0118,
-    "europarl": 0.0079, "hackernews": 0.0080, "pubmed_abstracts": 0.0388, "uspto_backgrounds": 0.0464,
+    "arxiv": 0.1133,
+    "freelaw": 0.0796,
+    "nih_exporter": 0.0039,
+    "pubmed_central": 0.1854,
+    "wikipedia_en": 0.0511,
+    "dm_mathematics": 0.0160,
+    "github": 0.1018,
+    "philpapers": 0.0037,
+    "stackexchange": 0.0665,
+    "enron_emails": 0.0018,
+    "gutenberg_pg_19": 0.0271,
+    "pile_cc": 0.2369,
+    "ubuntu_irc": 0.0118,
+    "europarl": 0.0079,
+    "hackernews": 0.0080,
+    "pubmed_abstracts": 0.0388,
+    "uspto_backgrounds": 0.0464,
 }
 
 PREDICTORS = [
@@ -91,10 +104,16 @@ def main() -> int:
     ap.add_argument("--predictors", default=",".join(p[0] for p in PREDICTORS))
     ap.add_argument("--subsets", type=int, default=0, help="also fit on this many disjoint n-run subsets")
     ap.add_argument("--propose", action="store_true", help="propose a mixture from the 512-run auto fit")
-    ap.add_argument("--timing", default="", help="e.g. 20,40,60: median wall time of fit_runs(auto) incl. plots")
+    ap.add_argument(
+        "--timing", default="", help="e.g. 20,40,60: median wall time of fit_runs(auto) incl. plots"
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--all-targets", type=int, default=0,
-                    help="also fit auto / linear(sqrt) / lightgbm(regmix) on this many runs for every loss column")
+    ap.add_argument(
+        "--all-targets",
+        type=int,
+        default=0,
+        help="also fit auto / linear(sqrt) / lightgbm(regmix) on this many runs for every loss column",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -129,9 +148,17 @@ def main() -> int:
                     sl = slice(i * n, (i + 1) * n)
                     res, _ = fit_eval(name, params, Xtr[sl], ytr[sl], Xte, yte, args.seed)
                     rhos.append(res["test_spearman"] if res["test_spearman"] is not None else float("nan"))
-                emit({"bench": "predictor_subsets", "n": n, "k": k, "predictor": label,
-                      "test_spearman_median": round(statistics.median(rhos), 4),
-                      "test_spearman_min": round(min(rhos), 4), "test_spearman_all": rhos})
+                emit(
+                    {
+                        "bench": "predictor_subsets",
+                        "n": n,
+                        "k": k,
+                        "predictor": label,
+                        "test_spearman_median": round(statistics.median(rhos), 4),
+                        "test_spearman_min": round(min(rhos), 4),
+                        "test_spearman_all": rhos,
+                    }
+                )
 
     if args.all_targets:
         n = args.all_targets
@@ -139,7 +166,9 @@ def main() -> int:
             row = {"bench": "all_targets", "n": n, "target": col}
             for label, name, params in PREDICTORS:
                 if label in ("auto", "linear(sqrt)", "lightgbm(moemix)", "lightgbm(regmix)"):
-                    res, _ = fit_eval(name, params, Xtr[:n], tr[col].to_numpy()[:n], Xte, te[col].to_numpy(), args.seed)
+                    res, _ = fit_eval(
+                        name, params, Xtr[:n], tr[col].to_numpy()[:n], Xte, te[col].to_numpy(), args.seed
+                    )
                     row[label] = res["test_spearman"]
             emit(row)
 
@@ -154,8 +183,15 @@ def main() -> int:
                 t = time.perf_counter()
                 fit_runs(df, TARGET, cols, FitConfig(predictor="auto", seed=args.seed + r), tmp)
                 times.append(time.perf_counter() - t)
-        emit({"bench": "auto_fit_time", "n": n, "repeats": args.repeats, "median_s": round(statistics.median(times), 2),
-              "all_s": [round(t, 2) for t in times]})
+        emit(
+            {
+                "bench": "auto_fit_time",
+                "n": n,
+                "repeats": args.repeats,
+                "median_s": round(statistics.median(times), 2),
+                "all_s": [round(t, 2) for t in times],
+            }
+        )
 
     if args.propose:
         from moemix.mixing.fit import FitConfig, fit_runs
@@ -166,20 +202,38 @@ def main() -> int:
         prior = np.array([PRIOR[c.replace("train_the_pile_", "")] for c in cols])
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            fit = fit_runs(df, TARGET, cols, FitConfig(predictor="auto", seed=args.seed,
-                                                       weights_prefix="train_the_pile_"), tmp, prior=prior)
+            fit = fit_runs(
+                df,
+                TARGET,
+                cols,
+                FitConfig(predictor="auto", seed=args.seed, weights_prefix="train_the_pile_"),
+                tmp,
+                prior=prior,
+            )
             fit_s = time.perf_counter() - t
             for method, extra in (("simulate", {}), ("constrained", {"kl_weight": 0.05}), ("search", {})):
                 t = time.perf_counter()
-                p = propose(fit, None, ProposeConfig(method=method, n_samples=100_000, top_k=128,
-                                                      seed=args.seed, **extra))
-                emit({"bench": "propose", "n": len(df), "method": method, **extra,
-                      "predicted_loss": round(p.predicted_loss, 4),
-                      "predicted_std": None if p.predicted_std is None else round(p.predicted_std, 4),
-                      "uniform": round(p.baselines["uniform"], 4), "natural": round(p.baselines["natural"], 4),
-                      "best_observed_train": round(float(ytr.min()), 4),
-                      "fit_s": round(fit_s, 1), "propose_s": round(time.perf_counter() - t, 1),
-                      "weights": {dn: round(float(w), 4) for dn, w in zip(fit.domains, p.weights)}})
+                p = propose(
+                    fit,
+                    None,
+                    ProposeConfig(method=method, n_samples=100_000, top_k=128, seed=args.seed, **extra),
+                )
+                emit(
+                    {
+                        "bench": "propose",
+                        "n": len(df),
+                        "method": method,
+                        **extra,
+                        "predicted_loss": round(p.predicted_loss, 4),
+                        "predicted_std": None if p.predicted_std is None else round(p.predicted_std, 4),
+                        "uniform": round(p.baselines["uniform"], 4),
+                        "natural": round(p.baselines["natural"], 4),
+                        "best_observed_train": round(float(ytr.min()), 4),
+                        "fit_s": round(fit_s, 1),
+                        "propose_s": round(time.perf_counter() - t, 1),
+                        "weights": {dn: round(float(w), 4) for dn, w in zip(fit.domains, p.weights)},
+                    }
+                )
     return 0
 
 

@@ -43,20 +43,38 @@ def _worker(spec_path: str, rank: int, world: int, port: str, out: str) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = load_config()
     model = dataclasses.replace(cfg.pretrain.model, vocab_size=spec["vocab"])
-    tc = dataclasses.replace(cfg.pretrain.train, steps=spec["steps"], log_every=1, measure_mfu=False, num_threads=1,
-                             micro_batch_size=spec["micro"])
+    tc = dataclasses.replace(
+        cfg.pretrain.train,
+        steps=spec["steps"],
+        log_every=1,
+        measure_mfu=False,
+        num_threads=1,
+        micro_batch_size=spec["micro"],
+    )
     stamps: list[float] = []
-    res = train(model, tc, DomainTokens(spec["tokens"]), spec["mixture"],
-                rank=rank, world_size=world, on_log=lambda rec: stamps.append(time.perf_counter()))
+    res = train(
+        model,
+        tc,
+        DomainTokens(spec["tokens"]),
+        spec["mixture"],
+        rank=rank,
+        world_size=world,
+        on_log=lambda rec: stamps.append(time.perf_counter()),
+    )
     if world > 1:
         dist.destroy_process_group()
     timed = stamps[-1] - stamps[WARMUP_STEPS - 1]
     tokens = (len(stamps) - WARMUP_STEPS) * tc.tokens_per_step
-    Path(f"{out}.{rank}").write_text(json.dumps({
-        "tokens_per_s": tokens / timed, "param_bytes": res.local_param_bytes,
-        "optimizer_bytes": res.local_optimizer_bytes,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }))
+    Path(f"{out}.{rank}").write_text(
+        json.dumps(
+            {
+                "tokens_per_s": tokens / timed,
+                "param_bytes": res.local_param_bytes,
+                "optimizer_bytes": res.local_optimizer_bytes,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def _port() -> str:
@@ -67,8 +85,12 @@ def _port() -> str:
 
 def run(spec_path: Path, world: int, out: Path) -> list[dict]:
     port = _port()
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path), str(r), str(world), port, str(out)])
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(spec_path), str(r), str(world), port, str(out)]
+        )
+        for r in range(world)
+    ]
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"a rank failed (exit {p.returncode})")
@@ -91,22 +113,43 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vocab = 2048
-        write_markov_domains(tmp / "tokens", n_domains=4, vocab_size=vocab, seed=0,
-                             train_tokens={f"d{i}": 400_000 for i in range(4)}, valid_tokens=4096)
+        write_markov_domains(
+            tmp / "tokens",
+            n_domains=4,
+            vocab_size=vocab,
+            seed=0,
+            train_tokens={f"d{i}": 400_000 for i in range(4)},
+            valid_tokens=4096,
+        )
         spec = tmp / "spec.json"
-        spec.write_text(json.dumps({"tokens": str(tmp / "tokens"), "vocab": vocab, "steps": args.steps,
-                                    "micro": args.micro, "mixture": {f"d{i}": 0.25 for i in range(4)}}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "tokens": str(tmp / "tokens"),
+                    "vocab": vocab,
+                    "steps": args.steps,
+                    "micro": args.micro,
+                    "mixture": {f"d{i}": 0.25 for i in range(4)},
+                }
+            )
+        )
         results: dict[int, list[list[dict]]] = {1: [], 2: []}
         for i in range(args.repeats):
             for world in (1, 2):  # alternated, so drift in the machine's load hits both alike
                 results[world].append(run(spec, world, tmp / f"out-{world}-{i}"))
-                print(f"repeat {i} world {world}: {results[world][-1][0]['tokens_per_s']:,.0f} tokens/s", flush=True)
+                print(
+                    f"repeat {i} world {world}: {results[world][-1][0]['tokens_per_s']:,.0f} tokens/s",
+                    flush=True,
+                )
 
     def median_tps(world: int) -> float:
         return statistics.median(r[0]["tokens_per_s"] for r in results[world])
 
     one, two = median_tps(1), median_tps(2)
-    print(f"\ndemo pretrain model, {args.steps} steps x 16 x 128 tokens, 1 thread per rank, median of {args.repeats}")
+    print(
+        f"\ndemo pretrain model, {args.steps} steps x 16 x 128 tokens, 1 thread per rank, median of "
+        f"{args.repeats}"
+    )
     print(f"{'workers':>8} {'tokens/s':>10} {'params+opt MB/rank':>19} {'peak RSS MB/rank':>17}")
     for world, tps in ((1, one), (2, two)):
         last = results[world][-1]

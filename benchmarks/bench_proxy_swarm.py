@@ -66,11 +66,19 @@ def bench_train(data: DomainTokens, repeats: int, steps: int) -> None:
         tps = statistics.median(x.tokens_per_s for x in runs)
         fps = statistics.median(x.achieved_flops_per_s for x in runs)
         emit(
-            bench="proxy_train", threads=threads, steps=steps, batch=16, seq_len=128,
-            params_total=runs[0].params_total, params_active=runs[0].params_active,
-            flops_per_token=runs[0].flops_per_token, tokens_per_s=round(tps, 1),
-            achieved_gflops=round(fps / 1e9, 3), matmul_peak_gflops=round(peak / 1e9, 2),
-            mfu=round(fps / peak, 4), repeats=repeats,
+            bench="proxy_train",
+            threads=threads,
+            steps=steps,
+            batch=16,
+            seq_len=128,
+            params_total=runs[0].params_total,
+            params_active=runs[0].params_active,
+            flops_per_token=runs[0].flops_per_token,
+            tokens_per_s=round(tps, 1),
+            achieved_gflops=round(fps / 1e9, 3),
+            matmul_peak_gflops=round(peak / 1e9, 2),
+            mfu=round(fps / peak, 4),
+            repeats=repeats,
         )
 
 
@@ -85,38 +93,80 @@ def bench_precision(data: DomainTokens, repeats: int, steps: int) -> None:
         runs: dict[str, list] = {"fp32": [], "bf16": []}
         for r in range(repeats):
             for precision in runs:  # interleaved: load drifts hit both alike
-                cfg = TrainConfig(steps=steps, batch_size=16, seq_len=128, log_every=steps, seed=r,
-                                  precision=precision, measure_mfu=False)
+                cfg = TrainConfig(
+                    steps=steps,
+                    batch_size=16,
+                    seq_len=128,
+                    log_every=steps,
+                    seed=r,
+                    precision=precision,
+                    measure_mfu=False,
+                )
                 runs[precision].append(train(model, cfg, data, MIX4))
         tps = {p: statistics.median(x.tokens_per_s for x in v) for p, v in runs.items()}
         loss = {p: statistics.median(x.final_loss for x in v) for p, v in runs.items()}
-        emit(bench="precision", model=name, d_model=model.d_model, threads=1, steps=steps, repeats=repeats,
-             fp32_tokens_per_s=round(tps["fp32"], 1), bf16_tokens_per_s=round(tps["bf16"], 1),
-             bf16_speedup=round(tps["bf16"] / tps["fp32"], 3), fp32_final_loss=round(loss["fp32"], 4),
-             bf16_final_loss=round(loss["bf16"], 4), cpu_native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        emit(
+            bench="precision",
+            model=name,
+            d_model=model.d_model,
+            threads=1,
+            steps=steps,
+            repeats=repeats,
+            fp32_tokens_per_s=round(tps["fp32"], 1),
+            bf16_tokens_per_s=round(tps["bf16"], 1),
+            bf16_speedup=round(tps["bf16"] / tps["fp32"], 3),
+            fp32_final_loss=round(loss["fp32"], 4),
+            bf16_final_loss=round(loss["bf16"], 4),
+            cpu_native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        )
 
 
 def bench_proxy(tokens_dir: Path, data: DomainTokens, out: Path) -> None:
     torch.set_num_threads(1)
     cfg = TrainConfig()  # the default = demo proxy budget
-    (spec,) = specs_for_mixtures([MIX4], model=DEMO_MODEL, train_cfg=cfg, target=TargetConfig(),
-                                 tokens_dir=tokens_dir, out_dir=out, data=data)
+    (spec,) = specs_for_mixtures(
+        [MIX4],
+        model=DEMO_MODEL,
+        train_cfg=cfg,
+        target=TargetConfig(),
+        tokens_dir=tokens_dir,
+        out_dir=out,
+        data=data,
+    )
     t0 = time.perf_counter()
     res = run_proxy(spec)
-    emit(bench="demo_proxy_wall", threads=1, steps=cfg.num_steps, tokens=res.tokens, wall_s=round(time.perf_counter() - t0, 2),
-         train_s=round(res.train_seconds, 2), eval_s=round(res.seconds - res.train_seconds, 2),
-         tokens_per_s=round(res.tokens_per_s, 1), mfu=round(res.mfu, 4), status=res.status)
+    emit(
+        bench="demo_proxy_wall",
+        threads=1,
+        steps=cfg.num_steps,
+        tokens=res.tokens,
+        wall_s=round(time.perf_counter() - t0, 2),
+        train_s=round(res.train_seconds, 2),
+        eval_s=round(res.seconds - res.train_seconds, 2),
+        tokens_per_s=round(res.tokens_per_s, 1),
+        mfu=round(res.mfu, 4),
+        status=res.status,
+    )
 
 
-def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: int, seq2: bool = True) -> None:
+def bench_swarm(
+    tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: int, seq2: bool = True
+) -> None:
     import ray
 
     mixtures = np.random.default_rng(0).dirichlet(np.ones(4) * 2, size=n)
     cfg = TrainConfig(steps=steps, batch_size=16, seq_len=128, eval_tokens=4096, measure_mfu=False)
 
     def specs(tag: str):
-        return specs_for_mixtures(mixtures, model=DEMO_MODEL, train_cfg=cfg, target=TargetConfig(),
-                                  tokens_dir=tokens_dir, out_dir=out / tag, data=data)
+        return specs_for_mixtures(
+            mixtures,
+            model=DEMO_MODEL,
+            train_cfg=cfg,
+            target=TargetConfig(),
+            tokens_dir=tokens_dir,
+            out_dir=out / tag,
+            data=data,
+        )
 
     t0 = time.perf_counter()
     seq1 = run_sequential(specs("seq1"), num_threads=1)
@@ -141,12 +191,19 @@ def bench_swarm(tokens_dir: Path, data: DomainTokens, out: Path, n: int, steps: 
     # Load-independent view from the Ray run alone: the share of 2 slots x wall spent inside proxies
     busy = sum(r.seconds for r in ray_res) / (2 * ray_wall)
     emit(
-        bench="swarm", proxies=n, steps=steps, tokens_per_proxy=cfg.planned_tokens,
-        ray_wall_s=round(ray_wall, 2), ray_init_s=round(init_s, 2),
-        seq_1thread_wall_s=round(seq1_wall, 2), seq_2threads_wall_s=round(seq2_wall, 2),
-        ideal_2way_s=round(ideal, 2), ray_overhead_vs_ideal=round(ray_wall / ideal - 1, 4),
+        bench="swarm",
+        proxies=n,
+        steps=steps,
+        tokens_per_proxy=cfg.planned_tokens,
+        ray_wall_s=round(ray_wall, 2),
+        ray_init_s=round(init_s, 2),
+        seq_1thread_wall_s=round(seq1_wall, 2),
+        seq_2threads_wall_s=round(seq2_wall, 2),
+        ideal_2way_s=round(ideal, 2),
+        ray_overhead_vs_ideal=round(ray_wall / ideal - 1, 4),
         ray_speedup_vs_seq_2threads=round(seq2_wall / ray_wall, 3),
-        ray_busy_fraction=round(busy, 4), ray_overhead_within_run=round(1 / busy - 1, 4),
+        ray_busy_fraction=round(busy, 4),
+        ray_overhead_within_run=round(1 / busy - 1, 4),
         per_proxy_s_in_ray=round(statistics.median(r.seconds for r in ray_res), 2),
         per_proxy_s_seq1=round(statistics.median(r.seconds for r in seq1), 2),
     )
@@ -163,9 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_markov_domains(tmp / "tokens", n_domains=4, vocab_size=4096, train_tokens=150_000, valid_tokens=9_000)
+        write_markov_domains(
+            tmp / "tokens", n_domains=4, vocab_size=4096, train_tokens=150_000, valid_tokens=9_000
+        )
         data = DomainTokens(tmp / "tokens")
-        emit(bench="env", torch=torch.__version__, cpus=torch.get_num_threads(), python=sys.version.split()[0])
+        emit(
+            bench="env", torch=torch.__version__, cpus=torch.get_num_threads(), python=sys.version.split()[0]
+        )
         if args.only in (None, "train"):
             bench_train(data, args.repeats, args.train_steps)
         if args.only in (None, "precision"):
@@ -173,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "proxy"):
             bench_proxy(tmp / "tokens", data, tmp / "proxy")
         if args.only in (None, "swarm"):
-            bench_swarm(tmp / "tokens", data, tmp / "swarm", args.swarm_proxies, args.swarm_steps, not args.no_seq2)
+            bench_swarm(
+                tmp / "tokens", data, tmp / "swarm", args.swarm_proxies, args.swarm_steps, not args.no_seq2
+            )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def test_every_import_is_allowed_by_the_table():
         for name in sorted(imports_of(path)):
             if name == "moemix" or name == f"moemix.{pkg}":
                 continue
-            allowed = name.removeprefix("moemix.") in own if name.startswith("moemix.") else name in third_party
+            allowed = (
+                name.removeprefix("moemix.") in own if name.startswith("moemix.") else name in third_party
+            )
             if not allowed:
                 violations.append(f"{path.relative_to(REPO)} imports {name}")
     assert not violations, "imports the table does not allow:\n" + "\n".join(violations)
@@ -91,7 +93,8 @@ import importlib, json, pkgutil, sys
 import moemix.{package} as pkg
 for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
     importlib.import_module(m.name)
-print(json.dumps(sorted(n for n in sys.modules if n == "ray" or n.startswith(("ray.", "moemix.ray_jobs", "moemix.cli")))))
+banned = ("ray.", "moemix.ray_jobs", "moemix.cli")
+print(json.dumps(sorted(n for n in sys.modules if n == "ray" or n.startswith(banned))))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -76,7 +76,9 @@ class Source:
 # --------------------------------------------------------------------------- chunking
 
 
-def pack(blocks: Iterable[str], sep: str, target: int = TARGET_CHARS, limit: int = MAX_CHARS) -> Iterator[str]:
+def pack(
+    blocks: Iterable[str], sep: str, target: int = TARGET_CHARS, limit: int = MAX_CHARS
+) -> Iterator[str]:
     """Join consecutive blocks (each <= ``limit``) with ``sep`` into texts of ~``target`` chars."""
     buf: list[str] = []
     size = 0
@@ -230,7 +232,14 @@ def run(cmd: list[str], **kw) -> str:
 
 # --------------------------------------------------------------------------- prose sources
 
-AUSTEN_BOOKS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
+AUSTEN_BOOKS = (
+    "sensesensibility",
+    "prideprejudice",
+    "mansfieldpark",
+    "emma",
+    "northangerabbey",
+    "persuasion",
+)
 
 
 def novels(src: Source) -> Iterator[Doc]:
@@ -370,16 +379,41 @@ CORPORA: dict[str, tuple[Source, ...]] = {
         Source("novels", ("r-cran-janeaustenr",), 8, novels, "Jane Austen's six novels", ("r-base-core",)),
         Source("bible", ("bible-kjv-text",), 8, bible, "King James Bible", ("bible-kjv",)),
         Source("dictionary", ("dict-gcide",), 6, dictionary, "GCIDE dictionary entries (Webster 1913)"),
-        Source("kernel_docs", ("linux-doc-6.1",), 8, kernel_docs, "Linux kernel Documentation/ (reStructuredText)"),
+        Source(
+            "kernel_docs",
+            ("linux-doc-6.1",),
+            8,
+            kernel_docs,
+            "Linux kernel Documentation/ (reStructuredText)",
+        ),
         Source("perl_pod", ("perl-doc",), 5, perl_pod, "Perl manual pages (POD source)"),
-        Source("manpages", ("manpages", "manpages-dev"), 5, manpages,
-               "Linux man-pages sections 1-8, rendered by groff", ("groff-base",)),
-        Source("fortunes", ("fortunes", "fortunes-min"), 8, fortunes, "fortune cookies: quotes, jokes, poems"),
+        Source(
+            "manpages",
+            ("manpages", "manpages-dev"),
+            5,
+            manpages,
+            "Linux man-pages sections 1-8, rendered by groff",
+            ("groff-base",),
+        ),
+        Source(
+            "fortunes", ("fortunes", "fortunes-min"), 8, fortunes, "fortune cookies: quotes, jokes, poems"
+        ),
     ),
     "code": (
-        Source("go", ("golang-1.19-src",), 8, code(r"/src/.*\.go$", r"_test\.go$|/testdata/"), "Go standard library"),
-        Source("rust", ("rust-src",), 6, code(r"^/usr/src/rustc-[^/]+/(library|compiler)/.*\.rs$", r"/tests?/|/benches/"),
-               "Rust standard library and compiler"),
+        Source(
+            "go",
+            ("golang-1.19-src",),
+            8,
+            code(r"/src/.*\.go$", r"_test\.go$|/testdata/"),
+            "Go standard library",
+        ),
+        Source(
+            "rust",
+            ("rust-src",),
+            6,
+            code(r"^/usr/src/rustc-[^/]+/(library|compiler)/.*\.rs$", r"/tests?/|/benches/"),
+            "Rust standard library and compiler",
+        ),
         Source("c", ("glibc-source",), 5, glibc, "GNU C library sources"),
         Source("erlang", ("erlang-src",), 4, code(r"/src/.*\.[eh]rl$", r"/test/"), "Erlang/OTP libraries"),
         Source("perl", ("perl-modules-5.36",), 3, code(r"\.pm$", r"/unicore/"), "Perl core modules"),
@@ -398,7 +432,8 @@ def installed_versions(pkgs: list[str]) -> dict[str, str | None]:
         return dict.fromkeys(pkgs)
     res = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status} ${Version}\n", *pkgs],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     got = {}
     for line in res.stdout.splitlines():
@@ -465,9 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required")
     missing = [p for p, v in installed_versions(packages(args.corpus)).items() if v is None]
     if missing:
-        print(f"missing Debian packages for the {args.corpus} corpus; install them with:\n"
-              f"  apt-get install -y --no-install-recommends {' '.join(missing)}\n"
-              f"(or: bash benchmarks/corpora/install.sh {args.corpus})", file=sys.stderr)
+        print(
+            f"missing Debian packages for the {args.corpus} corpus; install them with:\n"
+            f"  apt-get install -y --no-install-recommends {' '.join(missing)}\n"
+            f"(or: bash benchmarks/corpora/install.sh {args.corpus})",
+            file=sys.stderr,
+        )
         return 2
     build(args.corpus, args.out, args.only)
     return 0

@@ -19,8 +19,9 @@ def test_cluster_model_is_the_preset_with_fewer_layers():
 
 
 def test_training_figures_on_cpu(tmp_path):
-    tiny = MoEConfig(vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=2,
-                     d_expert=32)
+    tiny = MoEConfig(
+        vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=2, d_expert=32
+    )
     rec = bench_gpu_training.bench_training(tmp_path, tiny, steps=6, seq_len=32, batch=4, device="cpu")
     assert rec["tokens_per_s"] > 0 and rec["flops_per_token"] > 0
     assert 0 < rec["mfu_measured_bf16"] < 1

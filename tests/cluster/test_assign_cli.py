@@ -25,8 +25,19 @@ def test_assign_cli_parquet_and_jsonl(tmp_path, capsys):
     with open(tmp_path / "b.jsonl", "w") as f:
         for t in texts[50:80]:
             f.write(json.dumps({"body": t}) + "\n")
-    rc = main(["assign", str(stage), str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl"),
-               "--out", str(tmp_path / "out"), "--text-column", "body", "--quiet"])
+    rc = main(
+        [
+            "assign",
+            str(stage),
+            str(tmp_path / "a.parquet"),
+            str(tmp_path / "b.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+            "--text-column",
+            "body",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     a = pq.read_table(tmp_path / "out" / "a.parquet")
     b = pq.read_table(tmp_path / "out" / "b.parquet")

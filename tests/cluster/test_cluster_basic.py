@@ -75,7 +75,9 @@ def test_assign_matches_fit_labels_and_save_load(model, corpus, tmp_path):
     a = model.assign(texts)
     assert a.dtype == np.int64 and a.min() >= 0 and a.max() < model.n_domains
     # shares recorded at fit time are those of assign() on the same sample
-    np.testing.assert_allclose(np.bincount(a, minlength=model.n_domains) / len(a), [d["share"] for d in model.describe()])
+    np.testing.assert_allclose(
+        np.bincount(a, minlength=model.n_domains) / len(a), [d["share"] for d in model.describe()]
+    )
     model.save(tmp_path / "m")
     loaded = ClusterModel.load(tmp_path / "m")
     assert loaded.domain_names == model.domain_names

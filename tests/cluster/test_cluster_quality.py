@@ -56,7 +56,9 @@ def test_tiny_source_is_folded_end_to_end():
     email = names.index("email")
     keep = np.flatnonzero(labels != email).tolist() + np.flatnonzero(labels == email)[:6].tolist()
     sub = [texts[i] for i in sorted(keep)]
-    model = fit_cluster_model(sub, ClusterConfig(n_domains=len(names), n_fine_clusters=40, min_domain_fraction=0.02))
+    model = fit_cluster_model(
+        sub, ClusterConfig(n_domains=len(names), n_fine_clusters=40, min_domain_fraction=0.02)
+    )
     shares = [d["share"] for d in model.describe()]
     assert min(shares) >= 0.02
     assert model.n_domains <= len(names)

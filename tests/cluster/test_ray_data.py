@@ -28,7 +28,9 @@ def model_and_files(tmp_path_factory):
     for i, (a, b) in enumerate([(0, 300), (300, 300), (300, 317), (317, len(texts))]):
         f = tmp / "in" / f"part-{i}.parquet"
         f.parent.mkdir(exist_ok=True)
-        pq.write_table(pa.table({"id": np.arange(a, b), "text": pa.array(texts[a:b], pa.string())}), f, row_group_size=50)
+        pq.write_table(
+            pa.table({"id": np.arange(a, b), "text": pa.array(texts[a:b], pa.string())}), f, row_group_size=50
+        )
         files.append(f)
     return tmp, model, files, texts
 

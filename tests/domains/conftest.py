@@ -22,8 +22,9 @@ def demo_corpus(tmp_path_factory) -> DemoCorpus:
     return build_demo_corpus(root)
 
 
-def write_subset(corpus: DemoCorpus, out: Path, per_domain: int, max_chars: int = 1500,
-                 domains: list[str] | None = None) -> Path:
+def write_subset(
+    corpus: DemoCorpus, out: Path, per_domain: int, max_chars: int = 1500, domains: list[str] | None = None
+) -> Path:
     """One parquet file with the first ``per_domain`` docs of each domain (texts cut to ``max_chars``)."""
     texts, sources, ids = [], [], []
     for d in domains or corpus.domains:

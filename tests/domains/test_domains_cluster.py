@@ -22,8 +22,14 @@ def _first_texts(out, domain: str, n: int) -> list[str]:
 
 def _cluster_cfg(n_domains: int, n_fine: int = 24) -> ClusterConfig:
     # small embeddings and one k-means init: these tests check the stage's plumbing, not clustering quality
-    return ClusterConfig(n_domains=n_domains, n_fine_clusters=n_fine, sample_size=2000, min_domain_fraction=0.0,
-                         n_init=1, embed=EmbedConfig(dim=48, n_features=2**14))
+    return ClusterConfig(
+        n_domains=n_domains,
+        n_fine_clusters=n_fine,
+        sample_size=2000,
+        min_domain_fraction=0.0,
+        n_init=1,
+        embed=EmbedConfig(dim=48, n_features=2**14),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,11 @@ def cluster_run(demo_subset, tmp_path_factory, small_cfg):
         return assign_parquet(model_dir, in_files, out_dir)
 
     # the label column is present but must be ignored in cluster mode
-    cfg = small_cfg(sources=[SourceConfig(path=str(demo_subset), label_column="source", id_column="id")],
-                    mode="cluster", cluster=_cluster_cfg(7))
+    cfg = small_cfg(
+        sources=[SourceConfig(path=str(demo_subset), label_column="source", id_column="id")],
+        mode="cluster",
+        cluster=_cluster_cfg(7),
+    )
     res = run_domains(cfg, out, seed=0, assign_fn=recording_assign, progress=False)
     return cfg, out, res, calls
 
@@ -90,10 +99,15 @@ def test_cluster_mode_is_deterministic(cluster_run, tmp_path):
 @pytest.mark.slow
 def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg, subset_writer):
     write_subset = subset_writer
-    path = write_subset(demo_corpus, tmp_path / "two.parquet", per_domain=120,
-                        domains=["python_code", "docstrings"])
-    cfg = small_cfg(sources=[SourceConfig(path=str(path), label_column="source", id_column="id")],
-                    mode="label+cluster", split_labels=2, cluster=_cluster_cfg(3, n_fine=12))
+    path = write_subset(
+        demo_corpus, tmp_path / "two.parquet", per_domain=120, domains=["python_code", "docstrings"]
+    )
+    cfg = small_cfg(
+        sources=[SourceConfig(path=str(path), label_column="source", id_column="id")],
+        mode="label+cluster",
+        split_labels=2,
+        cluster=_cluster_cfg(3, n_fine=12),
+    )
     res = run_domains(cfg, tmp_path / "out", progress=False)
     assert len(res.domains) == 4
     assert sum(d.startswith("python_code_") for d in res.domains) == 2
@@ -116,19 +130,26 @@ def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg, 
 @pytest.mark.slow
 def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_path, small_cfg, subset_writer):
     write_subset = subset_writer
-    labelled = write_subset(demo_corpus, tmp_path / "lab.parquet", per_domain=40, domains=["emails", "licenses"])
-    unlabelled = write_subset(demo_corpus, tmp_path / "web.parquet", per_domain=100,
-                              domains=["c_headers", "reference_manual"])
+    labelled = write_subset(
+        demo_corpus, tmp_path / "lab.parquet", per_domain=40, domains=["emails", "licenses"]
+    )
+    unlabelled = write_subset(
+        demo_corpus, tmp_path / "web.parquet", per_domain=100, domains=["c_headers", "reference_manual"]
+    )
     cfg = small_cfg(
-        sources=[SourceConfig(path=str(labelled), label_column="source", id_column="id"),
-                 SourceConfig(path=str(unlabelled), id_column="id")],
-        mode="label+cluster", cluster=_cluster_cfg(2, n_fine=12),
+        sources=[
+            SourceConfig(path=str(labelled), label_column="source", id_column="id"),
+            SourceConfig(path=str(unlabelled), id_column="id"),
+        ],
+        mode="label+cluster",
+        cluster=_cluster_cfg(2, n_fine=12),
     )
     res = run_domains(cfg, tmp_path / "out", progress=False)
     clustered = [d for d in res.domains if d not in ("emails", "licenses")]
     assert {"emails", "licenses"} < set(res.domains) and len(clustered) == 2
-    assert ClusterModel.load(tmp_path / "out" / "clusters").domain_names == clustered or \
-        set(clustered) <= set(ClusterModel.load(tmp_path / "out" / "clusters").domain_names)
+    assert ClusterModel.load(tmp_path / "out" / "clusters").domain_names == clustered or set(
+        clustered
+    ) <= set(ClusterModel.load(tmp_path / "out" / "clusters").domain_names)
     a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
     truth = dict(zip(*pq.read_table(unlabelled, columns=["id", "source"]).to_pydict().values()))
     for i, d, lab in zip(a["id"], a["domain"], a["label"]):
@@ -150,15 +171,18 @@ def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_pa
     for i, d in zip(a["id"], a["domain"]):
         if d in clustered:
             by_dom.setdefault(d, Counter())[truth[i]] += 1
-    purity = sum(c.most_common(1)[0][1] for c in by_dom.values()) / sum(sum(c.values()) for c in by_dom.values())
+    purity = sum(c.most_common(1)[0][1] for c in by_dom.values()) / sum(
+        sum(c.values()) for c in by_dom.values()
+    )
     assert purity > 0.7, by_dom  # chance: 0.5
 
 
 def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
     rows = {"text": [f"a short document number {i} about topic {i % 3}" for i in range(6)]}
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
-    cfg = small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], mode="cluster",
-                    cluster=_cluster_cfg(8))
+    cfg = small_cfg(
+        sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], mode="cluster", cluster=_cluster_cfg(8)
+    )
     with pytest.raises(MoemixError, match=r"6 documents, fewer than the 8 clusters.*cluster.n_domains=8"):
         run_domains(cfg, tmp_path / "out", progress=False)
 
@@ -170,7 +194,10 @@ def test_an_assign_fn_that_loses_rows_is_caught(demo_subset, tmp_path, small_cfg
         pq.write_table(t.slice(0, t.num_rows - 3), outs[0])
         return outs
 
-    cfg = small_cfg(sources=[SourceConfig(path=str(demo_subset), id_column="id")], mode="cluster",
-                    cluster=_cluster_cfg(3, n_fine=8))
+    cfg = small_cfg(
+        sources=[SourceConfig(path=str(demo_subset), id_column="id")],
+        mode="cluster",
+        cluster=_cluster_cfg(3, n_fine=8),
+    )
     with pytest.raises(MoemixError, match=r"cluster assignment returned \d+ rows for \d+ documents"):
         run_domains(cfg, tmp_path / "out", assign_fn=lossy_assign, progress=False)

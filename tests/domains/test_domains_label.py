@@ -101,30 +101,46 @@ def test_same_input_and_seed_give_identical_bytes(label_run, tmp_path):
 def test_slugs_are_unique_and_safe(tmp_path, small_cfg):
     assert slugify("Web Text (EN)") == "web_text_en"
     assert slugify("***") == "domain"
-    rows = {"text": [f"text number {i} " * 4 for i in range(60)],
-            "cat": ["Web Text"] * 20 + ["web-text"] * 20 + ["Ünïcode Book"] * 20}
+    rows = {
+        "text": [f"text number {i} " * 4 for i in range(60)],
+        "cat": ["Web Text"] * 20 + ["web-text"] * 20 + ["Ünïcode Book"] * 20,
+    }
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
-    res = run_domains(small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="cat")],
-                                valid_fraction=0.2), tmp_path / "out", progress=False)
+    res = run_domains(
+        small_cfg(
+            sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="cat")], valid_fraction=0.2
+        ),
+        tmp_path / "out",
+        progress=False,
+    )
     assert res.domains == ["n_code_book", "web_text", "web_text_2"]
     stats = json.loads(res.stats_path.read_text())
     assert {d["name"]: d["label"] for d in stats["domains"]}["web_text_2"] == "web-text"
-    assert DomainAssigner(tmp_path / "out").assign(["a", "b"], ["web-text", "Web Text"]) == ["web_text_2", "web_text"]
+    assert DomainAssigner(tmp_path / "out").assign(["a", "b"], ["web-text", "Web Text"]) == [
+        "web_text_2",
+        "web_text",
+    ]
 
 
 def test_one_file_per_domain_without_label_column(tmp_path, small_cfg):
     for name in ("alpha", "beta"):
         (tmp_path / f"{name}.txt").write_text("".join(f"{name} line {i} with words\n" for i in range(40)))
-    cfg = small_cfg(sources=[SourceConfig(path=str(tmp_path / "alpha.txt")),
-                             SourceConfig(path=str(tmp_path / "beta.txt"))])
+    cfg = small_cfg(
+        sources=[
+            SourceConfig(path=str(tmp_path / "alpha.txt")),
+            SourceConfig(path=str(tmp_path / "beta.txt")),
+        ]
+    )
     res = run_domains(cfg, tmp_path / "out", progress=False)
     assert res.domains == ["alpha", "beta"]
     assert all(res.tokens["valid"][d] > 0 for d in res.domains)
 
 
 def test_small_domains_are_dropped_with_a_count_or_raise(tmp_path, small_cfg):
-    rows = {"text": [f"big domain text {i}" for i in range(60)] + ["tiny one", "tiny two"],
-            "lab": ["big"] * 60 + ["tiny"] * 2}
+    rows = {
+        "text": [f"big domain text {i}" for i in range(60)] + ["tiny one", "tiny two"],
+        "lab": ["big"] * 60 + ["tiny"] * 2,
+    }
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
     src = [SourceConfig(path=str(tmp_path / "x.parquet"), label_column="lab")]
     with pytest.warns(UserWarning, match="tiny"):
@@ -141,19 +157,32 @@ def test_small_domains_are_dropped_with_a_count_or_raise(tmp_path, small_cfg):
 
 def test_every_domain_gets_a_valid_doc_once_big_enough(tmp_path, small_cfg):
     # 40 docs at valid_fraction 0.05: hashing alone leaves ~13% of such domains without validation data
-    rows = {"text": [f"doc {i} of label {j}" for j in range(8) for i in range(40)],
-            "lab": [f"l{j}" for j in range(8) for _ in range(40)]}
+    rows = {
+        "text": [f"doc {i} of label {j}" for j in range(8) for i in range(40)],
+        "lab": [f"l{j}" for j in range(8) for _ in range(40)],
+    }
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
-    res = run_domains(small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="lab")],
-                                valid_fraction=0.05), tmp_path / "out", progress=False)
+    res = run_domains(
+        small_cfg(
+            sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="lab")], valid_fraction=0.05
+        ),
+        tmp_path / "out",
+        progress=False,
+    )
     assert len(res.domains) == 8 and all(res.tokens["valid"][d] > 0 for d in res.domains)
 
 
 def test_max_docs_per_domain_caps_and_counts(tmp_path, small_cfg):
     rows = {"text": [f"text {i} " * 3 for i in range(100)], "lab": ["a"] * 100}
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
-    res = run_domains(small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="lab")],
-                                max_docs_per_domain=30), tmp_path / "out", progress=False)
+    res = run_domains(
+        small_cfg(
+            sources=[SourceConfig(path=str(tmp_path / "x.parquet"), label_column="lab")],
+            max_docs_per_domain=30,
+        ),
+        tmp_path / "out",
+        progress=False,
+    )
     stats = json.loads(res.stats_path.read_text())
     assert sum(stats["domains"][0]["docs"].values()) == 30
     assert stats["skipped"]["over_max_docs_per_domain"] == 70
@@ -163,8 +192,13 @@ def test_too_many_distinct_labels_is_an_error(tmp_path, small_cfg):
     rows = {"text": [f"text {i}" for i in range(50)], "lab": [str(i) for i in range(50)]}
     pq.write_table(pa.table(rows), tmp_path / "x.parquet")
     with pytest.raises(MoemixError, match="label column 'lab'.*max_domains=10"):
-        run_domains(small_cfg(sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], label_column="lab",
-                              max_domains=10), tmp_path / "out", progress=False)
+        run_domains(
+            small_cfg(
+                sources=[SourceConfig(path=str(tmp_path / "x.parquet"))], label_column="lab", max_domains=10
+            ),
+            tmp_path / "out",
+            progress=False,
+        )
 
 
 def test_given_tokenizer_is_used(label_run, tmp_path):

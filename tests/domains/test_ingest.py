@@ -94,8 +94,10 @@ def test_exact_duplicates_are_removed_and_counted(tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[15:25]))
     stats = IngestStats()
-    docs = collect([SourceConfig(path=str(tmp_path / "a.jsonl")), SourceConfig(path=str(tmp_path / "b.jsonl"))],
-                   stats=stats)
+    docs = collect(
+        [SourceConfig(path=str(tmp_path / "a.jsonl")), SourceConfig(path=str(tmp_path / "b.jsonl"))],
+        stats=stats,
+    )
     assert [d.text for d in docs] == TEXTS[:25]  # first occurrence wins, across sources too
     assert stats.duplicates == 5 + 5
     assert stats.per_source["a"]["duplicates"] == 5 and stats.per_source["b"]["duplicates"] == 5
@@ -111,7 +113,9 @@ def test_split_is_a_function_of_content(tmp_path):
         assert d.split == ("valid" if is_valid(content_hashes(d.text)[1], 0.1) else "train")
     # a reordered corpus gets the same split per document
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in reversed(texts)))
-    rev = {d.text: d.split for d in collect([SourceConfig(path=str(tmp_path / "b.jsonl"))], valid_fraction=0.1)}
+    rev = {
+        d.text: d.split for d in collect([SourceConfig(path=str(tmp_path / "b.jsonl"))], valid_fraction=0.1)
+    }
     assert all(rev[d.text] == d.split for d in docs)
 
 
@@ -130,7 +134,7 @@ def test_hashset_matches_python_set_across_merges():
     hs, ref = HashSet(buffer=300), set()
     got = []
     for i in range(0, len(keys), 128):
-        got += hs.add_batch(keys[i:i + 128])
+        got += hs.add_batch(keys[i : i + 128])
     want = []
     for k in keys:
         want.append(k not in ref)
@@ -183,7 +187,8 @@ def test_invalid_utf8_and_empty_docs_are_counted_skips(tmp_path):
     assert stats.per_source["t"]["skipped"] == 4
     # jsonl: broken bytes, bad json, empty text, missing text are all counted
     (tmp_path / "j.jsonl").write_bytes(
-        b'{"text": "fine doc"}\n{"text": "\xff\xff"}\nnot json\n{"text": "  "}\n{"text": null}\n{"other": 1}\n'
+        b'{"text": "fine doc"}\n{"text": "\xff\xff"}\nnot '
+        b'json\n{"text": "  "}\n{"text": null}\n{"other": 1}\n'
     )
     stats = IngestStats()
     docs = collect([SourceConfig(path=str(tmp_path / "j.jsonl"))], stats=stats)
@@ -199,7 +204,9 @@ def test_invalid_utf8_and_empty_docs_are_counted_skips(tmp_path):
 
 
 def test_missing_label_values_are_counted(tmp_path):
-    pq.write_table(pa.table({"text": ["a doc", "b doc", "c doc"], "lab": ["x", None, " "]}), tmp_path / "l.parquet")
+    pq.write_table(
+        pa.table({"text": ["a doc", "b doc", "c doc"], "lab": ["x", None, " "]}), tmp_path / "l.parquet"
+    )
     stats = IngestStats()
     docs = collect([SourceConfig(path=str(tmp_path / "l.parquet"), label_column="lab")], stats=stats)
     assert [d.label for d in docs] == ["x"] and stats.skipped["missing_label"] == 2
@@ -216,7 +223,9 @@ def test_unknown_extension_asks_for_a_format(tmp_path):
 def test_hub_dataset_while_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.time()
-    with pytest.raises(MoemixError, match="cannot reach the Hugging Face hub for dataset someone/corpus: offline"):
+    with pytest.raises(
+        MoemixError, match="cannot reach the Hugging Face hub for dataset someone/corpus: offline"
+    ):
         collect([SourceConfig(hub="someone/corpus")])
     assert time.time() - t < 5
 

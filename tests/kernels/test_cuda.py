@@ -30,7 +30,9 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
 def test_auto_picks_triton_on_cuda_only_once_verified():
     from moemix.kernels.api import TRITON_VERIFIED_ON_GPU
 
-    assert resolve_impl("auto", "cuda") == ("triton" if triton_available() and TRITON_VERIFIED_ON_GPU else "grouped")
+    assert resolve_impl("auto", "cuda") == (
+        "triton" if triton_available() and TRITON_VERIFIED_ON_GPU else "grouped"
+    )
 
 
 @pytest.mark.parametrize("impl", GPU_IMPLS)

@@ -54,7 +54,9 @@ CASES = {
     "all_to_one": dict(t=33, d=16, f=8, e=4, k=2, route=one_hot_expert),
     # experts 2 and 3 idle: with two-expert chunks one whole padded chunk has no rows
     "idle_pair": dict(t=30, d=16, f=8, e=6, k=2, route=idle_pair),
-    "single_expert_k1": dict(t=19, d=8, f=8, e=3, k=1, route=lambda t, e, k, g: torch.zeros(t, 1, dtype=torch.long)),
+    "single_expert_k1": dict(
+        t=19, d=8, f=8, e=3, k=1, route=lambda t, e, k, g: torch.zeros(t, 1, dtype=torch.long)
+    ),
 }
 NAMES = ["out", "dx", "dw", "dw_gate_up", "dw_down"]
 
@@ -174,7 +176,9 @@ def test_dispatch_is_stable_and_counts():
 @pytest.mark.parametrize("backend", ["loop", "capacity"])
 def test_grouped_empty_batch(backend, monkeypatch):
     monkeypatch.setenv("MOEMIX_GMM_BACKEND", backend)
-    x, idx, w, w1, w2 = make_case(t=0, d=8, f=4, e=3, k=2, route=lambda t, e, k, g: torch.zeros(0, k, dtype=torch.long))
+    x, idx, w, w1, w2 = make_case(
+        t=0, d=8, f=4, e=3, k=2, route=lambda t, e, k, g: torch.zeros(0, k, dtype=torch.long)
+    )
     out, dx, dw, dw1, dw2 = run("grouped", x, idx, w, w1, w2)
     assert out.shape == (0, 8) and dx.shape == (0, 8) and dw.shape == (0, 2)
     assert dw1.abs().sum() == 0 and dw2.abs().sum() == 0
@@ -193,7 +197,9 @@ def test_no_triton_import_on_package_import():
     import subprocess
     import sys
 
-    code = "import sys, moemix.kernels, moemix.moe_model; assert 'triton' not in sys.modules, 'triton imported'"
+    code = (
+        "import sys, moemix.kernels, moemix.moe_model; assert 'triton' not in sys.modules, 'triton imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     # with triton absent altogether, auto still works (grouped) and the model trains a step
     code = (

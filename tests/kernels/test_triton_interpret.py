@@ -19,8 +19,13 @@ HERE = Path(__file__).parent
 def test_triton_matches_reference_under_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(HERE / "triton_interp_check.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "triton_interp_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(report) >= {"empty_expert", "all_to_one", "k1", "odd_T", "model", "bf16"}

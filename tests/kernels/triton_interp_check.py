@@ -27,8 +27,10 @@ def main() -> None:
         args = make_case(**kw)
         ref = run("reference", *args)
         got = run("triton", *args)
-        report[case] = {n: (g - r).abs().max().item() / max(r.abs().max().item(), 1e-6)
-                        for n, r, g in zip(NAMES, ref, got)}
+        report[case] = {
+            n: (g - r).abs().max().item() / max(r.abs().max().item(), 1e-6)
+            for n, r, g in zip(NAMES, ref, got)
+        }
     # bf16 storage (fp32 accumulation) vs the fp32 reference: relative Frobenius error
     x, idx, w, w1, w2 = make_case(t=40, d=32, f=32, e=4, k=2)
     ref = run("reference", x, idx, w, w1, w2)
@@ -38,15 +40,25 @@ def main() -> None:
     outs = {}
     for impl in ("reference", "triton"):
         torch.manual_seed(0)
-        cfg = MoEConfig(vocab_size=64, max_seq_len=16, d_model=32, n_heads=2, n_experts=4, top_k=2, d_expert=16,
-                        kernel_impl=impl)
+        cfg = MoEConfig(
+            vocab_size=64,
+            max_seq_len=16,
+            d_model=32,
+            n_heads=2,
+            n_experts=4,
+            top_k=2,
+            d_expert=16,
+            kernel_impl=impl,
+        )
         model = MoETransformer(cfg)
         ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
         out = model(ids, ids)
         out.loss.backward()
         outs[impl] = (out.logits.detach(), model.blocks[0].ffn.experts.w_down.grad)
-    report["model"] = {n: (g - r).abs().max().item() / r.abs().max().item()
-                       for n, r, g in zip(("logits", "dw_down"), outs["reference"], outs["triton"])}
+    report["model"] = {
+        n: (g - r).abs().max().item() / r.abs().max().item()
+        for n, r, g in zip(("logits", "dw_down"), outs["reference"], outs["triton"])
+    }
     print(json.dumps(report))
 
 

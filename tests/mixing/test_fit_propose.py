@@ -62,20 +62,29 @@ def test_weighted_and_separate_targets(tmp_path):
     df = runs_table(40, seed=7)
     spec = "loss/web:0.5,loss/code:0.5"
     comb = fit_runs(df, spec, weight_cols(), FitConfig(predictor="linear", **FAST), tmp_path / "c")
-    sep = fit_runs(df, spec, weight_cols(), FitConfig(predictor="linear", target_mode="separate", **FAST),
-                   tmp_path / "s")
+    sep = fit_runs(
+        df, spec, weight_cols(), FitConfig(predictor="linear", target_mode="separate", **FAST), tmp_path / "s"
+    )
     assert comb.target.coefs == [0.5, 0.5] and sep.predictor.name == "weighted_sum"
     X = runs_table(50, seed=8)[weight_cols()].to_numpy()
     # a linear model is additive, so fitting columns separately equals fitting their sum (up to priors)
-    np.testing.assert_allclose(comb.predictor.predict(X), load_fit(tmp_path / "s").predictor.predict(X), atol=0.02)
+    np.testing.assert_allclose(
+        comb.predictor.predict(X), load_fit(tmp_path / "s").predictor.predict(X), atol=0.02
+    )
     assert sep.cv["spearman"] > 0.8
 
 
 @pytest.mark.parametrize("method", ["simulate", "constrained", "search"])
 def test_proposers_beat_baselines_and_respect_constraints(fitted, method):
     res, _ = fitted
-    cfg = ProposeConfig(method=method, n_samples=4000, top_k=32, max_weight={"web": 0.5},
-                        min_weight={"math": 0.05}, max_epochs=2.0)
+    cfg = ProposeConfig(
+        method=method,
+        n_samples=4000,
+        top_k=32,
+        max_weight={"web": 0.5},
+        min_weight={"math": 0.05},
+        max_epochs=2.0,
+    )
     tokens = np.array([1000, 1000, 1000, 1000, 30])
     p = propose(res, None, cfg, domain_tokens=tokens, target_tokens=1000)
     assert p.weights.sum() == pytest.approx(1.0)
@@ -122,22 +131,33 @@ def test_next_batch_and_doc(fitted, tmp_path):
     back = load_mixture(tmp_path / "mixture.json")
     assert back.n_proxies == 39 and back.n_failed_proxies == 1 and back.predictor == "linear(features=sqrt)"
     assert back.baselines.natural == pytest.approx(p.baselines["natural"])
-    assert res.best_observed == pytest.approx(float(np.nanmin(runs_table(40, seed=5)["target"].drop([3, 4, 6]))))
+    assert res.best_observed == pytest.approx(
+        float(np.nanmin(runs_table(40, seed=5)["target"].drop([3, 4, 6])))
+    )
     extrapolates = p.predicted_loss < res.best_observed
     assert any("extrapolation" in n for n in (back.notes or [])) == extrapolates
 
 
 def test_nested_cv_and_tree_proposer(tmp_path):
     df = runs_table(40, seed=9)
-    cands = [{"name": "linear", "features": "sqrt"}, {"name": "lightgbm", "n_estimators": 100, "learning_rate": 0.1}]
+    cands = [
+        {"name": "linear", "features": "sqrt"},
+        {"name": "lightgbm", "n_estimators": 100, "learning_rate": 0.1},
+    ]
     cfg = FitConfig(predictor="auto", cv_folds=3, nested_cv=True, predictor_params={"candidates": cands})
     res = fit_runs(df, "target", weight_cols(), cfg, tmp_path / "n", prior=PRIOR)
     assert res.cv["kind"] == "nested" and res.cv["spearman"] > 0.8
     assert {c["candidate"] for c in res.cv["candidates"]} == {"linear(sqrt)", "lightgbm"}
     # a tree model is not smooth: the constrained proposer must fall back to local search and still
     # respect bounds and improve on natural
-    tree = fit_runs(df, "target", weight_cols(), FitConfig(predictor="lightgbm",
-                    predictor_params={"n_estimators": 100, "learning_rate": 0.1}), tmp_path / "t", prior=PRIOR)
+    tree = fit_runs(
+        df,
+        "target",
+        weight_cols(),
+        FitConfig(predictor="lightgbm", predictor_params={"n_estimators": 100, "learning_rate": 0.1}),
+        tmp_path / "t",
+        prior=PRIOR,
+    )
     assert tree.predictor.smooth is False
     p = propose(tree, None, ProposeConfig(method="constrained", n_samples=2000, max_weight={"web": 0.45}))
     assert p.weights[0] <= 0.45 + 1e-9 and p.predicted_loss <= p.baselines["natural"]
@@ -160,18 +180,29 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
     w /= w.sum(axis=1, keepdims=True)
     df[weight_cols()] = w
     df["target"] = 3.0 - 2.0 * w[:, 2] + 0.1 * w[:, 0]
-    res = fit_runs(df, "target", weight_cols(), FitConfig(predictor="linear", **FAST), tmp_path / "fit", prior=PRIOR)
+    res = fit_runs(
+        df, "target", weight_cols(), FitConfig(predictor="linear", **FAST), tmp_path / "fit", prior=PRIOR
+    )
     observed = w.max(axis=0)
     assert res.observed_max_weight == pytest.approx(observed.tolist())
     assert load_fit(tmp_path / "fit").observed_max_weight == pytest.approx(observed.tolist())
     for method in ("simulate", "constrained"):
         # do-no-harm off: this test is about the trust region alone
-        free = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32,
-                                                max_weight_above_observed=None, min_gain_sigmas=None))
-        held = propose(res, None, ProposeConfig(method=method, n_samples=4000, top_k=32, min_gain_sigmas=None))
+        free = propose(
+            res,
+            None,
+            ProposeConfig(
+                method=method, n_samples=4000, top_k=32, max_weight_above_observed=None, min_gain_sigmas=None
+            ),
+        )
+        held = propose(
+            res, None, ProposeConfig(method=method, n_samples=4000, top_k=32, min_gain_sigmas=None)
+        )
         assert free.weights[2] > observed[2] + 0.1 + 0.05, method
         assert np.all(held.weights <= observed + 0.1 + 1e-6), method
-        assert held.constraints["trust_region_max_weight"]["math"] == pytest.approx(observed[2] + 0.1, abs=1e-6)
+        assert held.constraints["trust_region_max_weight"]["math"] == pytest.approx(
+            observed[2] + 0.1, abs=1e-6
+        )
     doc = proposal_to_doc(held, res)
     assert any("edge of the region the proxies explored" in n and "math" in n for n in doc.notes)
     with pytest.raises(MoemixError, match="max_weight_above_observed must be >= 0"):

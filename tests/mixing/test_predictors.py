@@ -49,16 +49,25 @@ def test_predictor_ranks_and_roundtrips(name, data, tmp_path):
     np.testing.assert_allclose(s, s0, rtol=1e-8)  # the saved predictor keeps its uncertainty
     # calibrated on held-out mixtures: most true losses within 2 std, and the std not inflated to get there
     err = np.abs(pred - true_loss(Xte))
-    assert (err < 2 * s0).mean() > 0.85 and s0.mean() < 4 * err.mean(), (name, (err < 2 * s0).mean(), s0.mean(), err.mean())
-    # and it is an uncertainty about the weights: larger at near-pure mixtures, far from every run, than at the runs
+    assert (err < 2 * s0).mean() > 0.85 and s0.mean() < 4 * err.mean(), (
+        name,
+        (err < 2 * s0).mean(),
+        s0.mean(),
+        err.mean(),
+    )
+    # and it is an uncertainty about the weights: larger at near-pure mixtures, far from every run, than at
+    # the runs
     corners = np.eye(X.shape[1]) * 0.96 + 0.01
     assert p.predict_with_std(corners)[1].mean() > 1.05 * p.predict_with_std(X)[1].mean(), name
 
 
 def test_auto_beats_raw_linear_and_gives_std(data, tmp_path):
     X, y, Xte = data
-    cands = [{"name": "linear", "features": "raw"}, {"name": "linear", "features": "sqrt"},
-             {"name": "gp", "features": "sqrt", "n_restarts": 0}]
+    cands = [
+        {"name": "linear", "features": "raw"},
+        {"name": "linear", "features": "sqrt"},
+        {"name": "gp", "features": "sqrt", "n_restarts": 0},
+    ]
     a = make_predictor("auto", candidates=cands, cv_folds=4).fit(X, y)
     raw = make_predictor("linear", features="raw").fit(X, y)
     truth = true_loss(Xte)
@@ -78,13 +87,18 @@ def test_auto_std_is_the_spread_of_its_weighted_members(data):
     members disagree, so two confident members that disagree still give a wide std."""
     X, y, Xte = data
     a = make_predictor("auto", candidates=[{"name": "linear", "features": "sqrt"}]).fit(X, y)
-    a.members = [make_predictor("linear", features="sqrt").fit(X, y), make_predictor("lightgbm", **FAST["lightgbm"]).fit(X, y)]
+    a.members = [
+        make_predictor("linear", features="sqrt").fit(X, y),
+        make_predictor("lightgbm", **FAST["lightgbm"]).fit(X, y),
+    ]
     a.weights = np.array([0.6, 0.4])
     (m1, s1), (m2, s2) = (p.predict_with_std(Xte) for p in a.members)
     assert s2 is None
     mean, std = a.predict_with_std(Xte)
     np.testing.assert_allclose(mean, 0.6 * m1 + 0.4 * m2)
-    np.testing.assert_allclose(std**2, 0.6 * s1**2 + 0.6 * (m1 - mean) ** 2 + 0.4 * (m2 - mean) ** 2, rtol=1e-10)
+    np.testing.assert_allclose(
+        std**2, 0.6 * s1**2 + 0.6 * (m1 - mean) ** 2 + 0.4 * (m2 - mean) ** 2, rtol=1e-10
+    )
     assert (std > s1 * np.sqrt(0.6)).all() and np.abs(m1 - m2).max() > 0.01  # the disagreement is counted
 
 

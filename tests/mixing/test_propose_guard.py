@@ -12,15 +12,26 @@ from mixing_synth import PRIOR, runs_table, weight_cols
 from moemix.mixing.fit import FitConfig, fit_runs
 from moemix.mixing.propose import ProposeConfig, fit_noise, proposal_to_doc, propose
 
-CFG = ProposeConfig(method="constrained", n_samples=4000, max_weight_above_observed=None, min_support_runs=0,
-                    uncertainty_kl=0.0)
+CFG = ProposeConfig(
+    method="constrained",
+    n_samples=4000,
+    max_weight_above_observed=None,
+    min_support_runs=0,
+    uncertainty_kl=0.0,
+)
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
-    return fit_runs(runs_table(40, seed=5), "target", weight_cols(),
-                    FitConfig(predictor="linear", predictor_params={"features": "sqrt"}, plots=False), out, prior=PRIOR)
+    return fit_runs(
+        runs_table(40, seed=5),
+        "target",
+        weight_cols(),
+        FitConfig(predictor="linear", predictor_params={"features": "sqrt"}, plots=False),
+        out,
+        prior=PRIOR,
+    )
 
 
 def _with_noise(fit, rmse: float, seed_std: float | None = None):
@@ -93,8 +104,11 @@ def test_support_floor_keeps_every_domain_above_its_third_smallest_observed_weig
     W[0, j] = 0.0
     W /= W.sum(axis=1, keepdims=True)
     floor = np.sort(W, axis=0)[2]
-    p = propose(dataclasses.replace(fitted, observed_weights=W.tolist()), None,
-                dataclasses.replace(free, min_support_runs=3))
+    p = propose(
+        dataclasses.replace(fitted, observed_weights=W.tolist()),
+        None,
+        dataclasses.replace(free, min_support_runs=3),
+    )
     assert floor[j] > unguarded.weights[j] + 0.05
     assert (p.weights >= floor - 1e-9).all()
     np.testing.assert_allclose(list(p.constraints["trust_region_min_weight"].values()), floor, atol=1e-6)

@@ -45,9 +45,14 @@ def test_token_caps_respected_including_references():
 
 def test_impossible_caps_name_the_domain():
     with pytest.raises(MoemixError, match="'tiny'"):
-        sample_mixtures(PRIOR, SamplerConfig(n_mixtures=5, max_epochs=1.0), 0,
-                        domain_tokens=np.array([10, 10, 10, 1]), tokens_per_run=1000,
-                        domain_names=["a", "b", "c", "tiny"])
+        sample_mixtures(
+            PRIOR,
+            SamplerConfig(n_mixtures=5, max_epochs=1.0),
+            0,
+            domain_tokens=np.array([10, 10, 10, 1]),
+            tokens_per_run=1000,
+            domain_names=["a", "b", "c", "tiny"],
+        )
 
 
 def test_project_capped_keeps_bounds():

@@ -22,7 +22,8 @@ def _law(W: np.ndarray, s: float | np.ndarray, E, B, alpha, T, x0=0.01) -> np.nd
 
 
 def _curves(W: np.ndarray, E, B, alpha, T, noise=0.005, seed=0, schedule=0.3, x0=0.01) -> CurvePoints:
-    """Every run evaluated at FRACS; mid-run points sit ``schedule * (1 - frac)`` above the law (a cosine run)."""
+    """Every run evaluated at FRACS; mid-run points sit ``schedule * (1 - frac)`` above the law (a cosine
+    run)."""
     rng = np.random.default_rng(seed)
     rows_w, rows_s, rows_l, groups = [], [], [], []
     for i, w in enumerate(W):
@@ -43,11 +44,17 @@ def _swarm(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_recovers_a_planted_law_and_ranks_mixtures_at_the_target_scale():
-    E, B, alpha = np.array([2.0, 2.5, 3.0, 1.5]), np.array([1.0, 1.5, 0.8, 1.2]), np.array([0.5, 0.4, 0.6, 0.5])
+    E, B, alpha = (
+        np.array([2.0, 2.5, 3.0, 1.5]),
+        np.array([1.0, 1.5, 0.8, 1.2]),
+        np.array([0.5, 0.4, 0.6, 0.5]),
+    )
     T = np.full((D, D), 0.1)
     np.fill_diagonal(T, 1.0)
     pts = _curves(_swarm(24), E, B, alpha, T)
-    pred = ScalingLawPredictor(target_scale=3.0, bootstrap=0).fit_curves(pts, list(range(D)), [1 / D] * D, DOMAINS)
+    pred = ScalingLawPredictor(target_scale=3.0, bootstrap=0).fit_curves(
+        pts, list(range(D)), [1 / D] * D, DOMAINS
+    )
     for k, c in enumerate(pred.components):
         assert abs(c["alpha"] - alpha[k]) < 0.1, c
         assert np.allclose(np.delete(c["tau"], k), 0.1, atol=0.05), c
@@ -61,7 +68,11 @@ def test_recovers_a_planted_law_and_ranks_mixtures_at_the_target_scale():
 def test_extrapolation_in_tokens_changes_the_ranking_the_proxies_see():
     # domain 0 gains nothing from other domains and its loss stays near its plateau until its own
     # tokens pass x0: starving it costs little at the proxies' budget and a lot at 8x that
-    E, B, alpha = np.array([1.0, 2.0, 2.0, 2.0]), np.array([1.0, 0.3, 0.3, 0.3]), np.array([1.0, 0.3, 0.3, 0.3])
+    E, B, alpha = (
+        np.array([1.0, 2.0, 2.0, 2.0]),
+        np.array([1.0, 0.3, 0.3, 0.3]),
+        np.array([1.0, 0.3, 0.3, 0.3]),
+    )
     x0 = np.array([1.0, 0.01, 0.01, 0.01])
     T = np.full((D, D), 0.05)
     np.fill_diagonal(T, 1.0)
@@ -74,7 +85,9 @@ def test_extrapolation_in_tokens_changes_the_ranking_the_proxies_see():
         return float((_law(starve, s, E, B, alpha, T, x0) - _law(feed, s, E, B, alpha, T, x0)).mean())
 
     assert true_gap(8.0) > true_gap(1.0) + 0.05
-    pred = ScalingLawPredictor(target_scale=8.0, bootstrap=0).fit_curves(pts, list(range(D)), [1 / D] * D, DOMAINS)
+    pred = ScalingLawPredictor(target_scale=8.0, bootstrap=0).fit_curves(
+        pts, list(range(D)), [1 / D] * D, DOMAINS
+    )
     gap_far = float(pred.predict(starve)[0] - pred.predict(feed)[0])
     gap_near = float(pred.at_scale(1.0).predict(starve)[0] - pred.at_scale(1.0).predict(feed)[0])
     assert gap_near == pytest.approx(true_gap(1.0), abs=0.02)
@@ -85,8 +98,9 @@ def test_extrapolation_in_tokens_changes_the_ranking_the_proxies_see():
 def test_state_round_trips_through_json(tmp_path):
     E, B, alpha = np.full(D, 2.0), np.full(D, 1.0), np.full(D, 0.5)
     T = np.eye(D) * 0.9 + 0.1
-    pred = ScalingLawPredictor(target_scale=2.0).fit_curves(_curves(_swarm(10), E, B, alpha, T),
-                                                             list(range(D)), [0.5, 0.5, 0, 0], DOMAINS)
+    pred = ScalingLawPredictor(target_scale=2.0).fit_curves(
+        _curves(_swarm(10), E, B, alpha, T), list(range(D)), [0.5, 0.5, 0, 0], DOMAINS
+    )
     save_predictor(pred, tmp_path / "p.json")
     again = load_predictor(tmp_path / "p.json")
     W = _swarm(20, seed=9)
@@ -97,7 +111,11 @@ def _starving_runs(n: int = 24) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Domain d0's own loss is flat over most of the simplex and rises steeply as its weight falls to
     zero; the other domains keep gaining from more weight, so a fit that misses the rise starves d0."""
     W = _swarm(n, seed=11)
-    E, B, alpha = np.array([3.0, 2.5, 2.5, 2.5]), np.array([0.05, 0.5, 0.5, 0.5]), np.array([0.5, 0.5, 0.5, 0.5])
+    E, B, alpha = (
+        np.array([3.0, 2.5, 2.5, 2.5]),
+        np.array([0.05, 0.5, 0.5, 0.5]),
+        np.array([0.5, 0.5, 0.5, 0.5]),
+    )
     x0 = np.array([0.001, 0.01, 0.01, 0.01])
     T = np.full((D, D), 0.3)
     np.fill_diagonal(T, 1.0)
@@ -120,12 +138,26 @@ def _starving_runs(n: int = 24) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_a_domain_whose_loss_rises_steeply_near_zero_is_not_starved(tmp_path):
     runs, curves = _starving_runs()
     target = ",".join(f"loss/{d}:0.25" for d in DOMAINS)
-    res = fit_runs(runs, target, [f"w/{d}" for d in DOMAINS], FitConfig(predictor="scaling_law", plots=False,
-                                                          predictor_params={"bootstrap": 0}),
-                   tmp_path, curves=curves)
+    res = fit_runs(
+        runs,
+        target,
+        [f"w/{d}" for d in DOMAINS],
+        FitConfig(predictor="scaling_law", plots=False, predictor_params={"bootstrap": 0}),
+        tmp_path,
+        curves=curves,
+    )
     assert res.cv["spearman"] > 0.8
-    prop = propose(load_fit(tmp_path), None, ProposeConfig(method="constrained", max_weight_above_observed=None,
-                                                          min_support_runs=0, min_gain_sigmas=None, n_samples=4000))
+    prop = propose(
+        load_fit(tmp_path),
+        None,
+        ProposeConfig(
+            method="constrained",
+            max_weight_above_observed=None,
+            min_support_runs=0,
+            min_gain_sigmas=None,
+            n_samples=4000,
+        ),
+    )
     E, B, alpha = np.array([3.0, 2.5, 2.5, 2.5]), np.array([0.05, 0.5, 0.5, 0.5]), np.full(D, 0.5)
     x0 = np.array([0.001, 0.01, 0.01, 0.01])
     T = np.full((D, D), 0.3)
@@ -147,8 +179,12 @@ def _lucky_curves(W: np.ndarray, spread: float, E, B, alpha, T, seed: int = 1) -
     speed = np.exp(np.random.default_rng(seed).normal(0, spread, len(W)))
     pts = _curves(W, E, B, alpha, T, noise=0.0)
     noise = np.random.default_rng(seed + 1).normal(0, 0.005, pts.losses.shape)
-    lucky = np.concatenate([[_law(w[None, :], f * k, E, B, alpha, T)[0] + 0.3 * (1 - f) for f in FRACS]
-                            for w, k in zip(W, speed)])
+    lucky = np.concatenate(
+        [
+            [_law(w[None, :], f * k, E, B, alpha, T)[0] + 0.3 * (1 - f) for f in FRACS]
+            for w, k in zip(W, speed)
+        ]
+    )
     return CurvePoints(pts.W, pts.scale, lucky + noise, pts.groups)
 
 
@@ -163,7 +199,8 @@ def test_run_speed_effects_absorb_seed_luck_shared_by_every_domain():
     errors = {}
     for rounds in (0, 2):
         pred = ScalingLawPredictor(target_scale=2.0, bootstrap=0, run_effect_rounds=rounds).fit_curves(
-            pts, list(range(D)), [1 / D] * D, DOMAINS)
+            pts, list(range(D)), [1 / D] * D, DOMAINS
+        )
         p = pred.predict(test)
         # differences between mixtures (what the proposer uses); the level is the sample's average seed
         errors[rounds] = float(np.abs((p - p.mean()) - (truth - truth.mean())).mean())
@@ -176,7 +213,8 @@ def test_bootstrap_members_give_the_uncertainty_of_a_difference():
     spread = {}
     for luck in (0.02, 0.3):
         pred = ScalingLawPredictor(target_scale=1.0, bootstrap=8).fit_curves(
-            _lucky_curves(W, luck, E4, B4, A4, T4), list(range(D)), [1 / D] * D, DOMAINS)
+            _lucky_curves(W, luck, E4, B4, A4, T4), list(range(D)), [1 / D] * D, DOMAINS
+        )
         members = pred.predict_members(np.vstack([a, b]))
         assert members.shape == (8, 2)
         spread[luck] = float(np.std(members[:, 0] - members[:, 1]))
@@ -189,15 +227,17 @@ def test_a_larger_proxy_that_learns_faster_calibrates_the_model_size_extrapolati
     W = _swarm(20, seed=4)
     base = _curves(W, E4, B4, A4, T4)
     large = _lucky_curves(W[:6], 0.0, E4, B4, A4, T4)  # the layout of 6 runs' curves
-    faster = np.concatenate([[_law(w[None, :], f * 1.5, E4, B4, A4, T4)[0] + 0.3 * (1 - f) for f in FRACS]
-                             for w in W[:6]])
+    faster = np.concatenate(
+        [[_law(w[None, :], f * 1.5, E4, B4, A4, T4)[0] + 0.3 * (1 - f) for f in FRACS] for w in W[:6]]
+    )
     large = CurvePoints(large.W, large.scale, faster, large.groups)
     pred = ScalingLawPredictor(target_scale=2.0, target_params=9.0, bootstrap=0).fit_curves(
-        base, list(range(D)), [1 / D] * D, DOMAINS)
+        base, list(range(D)), [1 / D] * D, DOMAINS
+    )
     assert pred.effective_scale() == 2.0  # nothing measured yet: tokens only
     gamma = pred.calibrate_size(large, params_ratio=3.0)
     assert gamma == pytest.approx(np.log(1.5) / np.log(3.0), abs=0.05)
     # 9x the parameters learns like (9 ** gamma) = 2.25x the tokens
-    assert pred.effective_scale() == pytest.approx(2.0 * 9.0 ** gamma)
+    assert pred.effective_scale() == pytest.approx(2.0 * 9.0**gamma)
     test = np.random.default_rng(3).dirichlet(np.ones(D), size=50)
     np.testing.assert_allclose(pred.predict(test), pred.at_scale(pred.effective_scale()).predict(test))

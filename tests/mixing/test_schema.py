@@ -11,10 +11,19 @@ from moemix.mixing.schema import Baselines, DomainWeight, MixtureDoc, TargetInfo
 
 def _doc(**kw):
     base = dict(
-        domains=[DomainWeight("web", 0.7, 100), DomainWeight("code", 0.2, 50), DomainWeight("math", 0.1, None)],
-        target=TargetInfo("target", "mean valid loss"), predicted_target_loss=3.2,
-        baselines=Baselines(uniform=3.5, natural=3.4), predictor="auto", cv_spearman=0.95,
-        n_proxies=32, n_failed_proxies=1, domains_fingerprint="abc",
+        domains=[
+            DomainWeight("web", 0.7, 100),
+            DomainWeight("code", 0.2, 50),
+            DomainWeight("math", 0.1, None),
+        ],
+        target=TargetInfo("target", "mean valid loss"),
+        predicted_target_loss=3.2,
+        baselines=Baselines(uniform=3.5, natural=3.4),
+        predictor="auto",
+        cv_spearman=0.95,
+        n_proxies=32,
+        n_failed_proxies=1,
+        domains_fingerprint="abc",
     )
     base.update(kw)
     return MixtureDoc(**base)

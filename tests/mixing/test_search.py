@@ -16,9 +16,14 @@ def test_iterative_search_beats_one_shot_sampling_at_equal_budget():
         y[0] = np.nan if len(calls) == 2 else y[0]  # one failed run in round 1 is tolerated
         return y
 
-    cfg = SearchConfig(rounds=3, first_batch=16, batch=8, predictor="linear",
-                       predictor_params={"features": "sqrt"},
-                       sampler=SamplerConfig(max_epochs=None))
+    cfg = SearchConfig(
+        rounds=3,
+        first_batch=16,
+        batch=8,
+        predictor="linear",
+        predictor_params={"features": "sqrt"},
+        sampler=SamplerConfig(max_epochs=None),
+    )
     res = iterative_search(evaluate, PRIOR, DOMAINS, cfg, seed=0)
     assert calls == [16, 8, 8] and res.mixtures.shape == (32, 5)
     assert list(np.bincount(res.rounds)) == [16, 8, 8]

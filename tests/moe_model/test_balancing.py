@@ -24,8 +24,16 @@ def max_mean(load: torch.Tensor) -> float:
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
 def test_aux_free_bias_evens_skewed_router(score):
     torch.manual_seed(0)
-    cfg = MoEConfig(d_model=D, n_experts=E, top_k=K, d_expert=8, balance="aux_free", router_score=score,
-                    bias_update_rate=0.01 if score == "sigmoid" else 0.002, z_loss_coef=0.0)
+    cfg = MoEConfig(
+        d_model=D,
+        n_experts=E,
+        top_k=K,
+        d_expert=8,
+        balance="aux_free",
+        router_score=score,
+        bias_update_rate=0.01 if score == "sigmoid" else 0.002,
+        z_loss_coef=0.0,
+    )
     block = MoEBlock(cfg).train()
     offset = torch.zeros(D)
     offset[0] = 3.0
@@ -120,8 +128,17 @@ def test_global_aux_loss_differs_from_micro_on_opposite_micro_batches():
 
 
 def test_model_begin_global_batch_and_exact_formula():
-    cfg = MoEConfig(vocab_size=32, d_model=16, n_heads=2, d_expert=16, balance="aux", aux_loss_scope="global",
-                    aux_loss_coef=1.0, z_loss_coef=0.0, n_layers=1)
+    cfg = MoEConfig(
+        vocab_size=32,
+        d_model=16,
+        n_heads=2,
+        d_expert=16,
+        balance="aux",
+        aux_loss_scope="global",
+        aux_loss_coef=1.0,
+        z_loss_coef=0.0,
+        n_layers=1,
+    )
     torch.manual_seed(0)
     model = MoETransformer(cfg).train()
     x1, x2 = torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8))

@@ -24,25 +24,39 @@ def hf_block(kind: str):
     if kind == "mixtral":
         from transformers.models.mixtral.modeling_mixtral import MixtralConfig, MixtralSparseMoeBlock
 
-        hf_cfg = MixtralConfig(hidden_size=D, intermediate_size=F, num_local_experts=E, num_experts_per_tok=K,
-                               router_jitter_noise=0.0)
+        hf_cfg = MixtralConfig(
+            hidden_size=D,
+            intermediate_size=F,
+            num_local_experts=E,
+            num_experts_per_tok=K,
+            router_jitter_noise=0.0,
+        )
         hf_cfg._experts_implementation = "eager"
         block = MixtralSparseMoeBlock(hf_cfg)
         ours = dict(router_score="softmax", router_renorm=True, balance="none")
     elif kind == "olmoe":
         from transformers.models.olmoe.modeling_olmoe import OlmoeConfig, OlmoeSparseMoeBlock
 
-        hf_cfg = OlmoeConfig(hidden_size=D, intermediate_size=F, num_experts=E, num_experts_per_tok=K,
-                             norm_topk_prob=False)
+        hf_cfg = OlmoeConfig(
+            hidden_size=D, intermediate_size=F, num_experts=E, num_experts_per_tok=K, norm_topk_prob=False
+        )
         hf_cfg._experts_implementation = "eager"
         block = OlmoeSparseMoeBlock(hf_cfg)
         ours = dict(router_score="softmax", router_renorm=False, balance="none")
     else:
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Config, DeepseekV3MoE
 
-        hf_cfg = DeepseekV3Config(hidden_size=D, moe_intermediate_size=F, n_routed_experts=E, num_experts_per_tok=K,
-                                  n_group=1, topk_group=1, n_shared_experts=1, routed_scaling_factor=1.0,
-                                  norm_topk_prob=True)
+        hf_cfg = DeepseekV3Config(
+            hidden_size=D,
+            moe_intermediate_size=F,
+            n_routed_experts=E,
+            num_experts_per_tok=K,
+            n_group=1,
+            topk_group=1,
+            n_shared_experts=1,
+            routed_scaling_factor=1.0,
+            norm_topk_prob=True,
+        )
         hf_cfg._experts_implementation = "eager"
         block = DeepseekV3MoE(hf_cfg)
         ours = dict(router_score="sigmoid", router_renorm=True, balance="aux_free", n_shared_experts=1)
@@ -90,14 +104,20 @@ def test_block_matches_transformers(kind, impl):
     torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.router.gate.weight.grad, hf.gate.weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.experts.w_gate_up.grad, hf.experts.gate_up_proj.grad.transpose(1, 2),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.experts.w_down.grad, hf.experts.down_proj.grad.transpose(1, 2),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ours.experts.w_gate_up.grad, hf.experts.gate_up_proj.grad.transpose(1, 2), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        ours.experts.w_down.grad, hf.experts.down_proj.grad.transpose(1, 2), rtol=1e-5, atol=1e-5
+    )
     if ours.shared is not None:
         s = hf.shared_experts
-        torch.testing.assert_close(ours.shared.gate_up.weight.grad,
-                                   torch.cat([s.gate_proj.weight.grad, s.up_proj.weight.grad]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.shared.gate_up.weight.grad,
+            torch.cat([s.gate_proj.weight.grad, s.up_proj.weight.grad]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_deepseek_bias_changes_selection_not_weights():

@@ -9,7 +9,9 @@ import torch
 
 from moemix.moe_model import MoEConfig, MoEOutput, MoETransformer
 
-TINY = MoEConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=4, n_experts=4, top_k=2, d_expert=32)
+TINY = MoEConfig(
+    vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=4, n_experts=4, top_k=2, d_expert=32
+)
 
 
 def tiny(**kw) -> MoETransformer:
@@ -106,8 +108,13 @@ def test_expert_load_and_domains():
 
 
 def test_validate_rejects_bad_values():
-    for kw, msg in [({"top_k": 9}, "top_k"), ({"d_model": 30}, "divisible"), ({"balance": "x"}, "balance"),
-                    ({"granularity": 3}, "granularity"), ({"kernel_impl": "cuda"}, "kernel_impl")]:
+    for kw, msg in [
+        ({"top_k": 9}, "top_k"),
+        ({"d_model": 30}, "divisible"),
+        ({"balance": "x"}, "balance"),
+        ({"granularity": 3}, "granularity"),
+        ({"kernel_impl": "cuda"}, "kernel_impl"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             dataclasses.replace(TINY, **kw).validate()
     MoEConfig().validate()
@@ -132,7 +139,9 @@ def test_bf16_autocast_and_bf16_weights_train():
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("d_model,init_std,want", [(64, None, 0.0625), (256, None, 0.03125), (64, 0.02, 0.02)])
+@pytest.mark.parametrize(
+    "d_model,init_std,want", [(64, None, 0.0625), (256, None, 0.03125), (64, 0.02, 0.02)]
+)
 def test_init_std_follows_width_unless_set(d_model, init_std, want):
     """Default init is 0.5/sqrt(d_model) (a fixed 0.02 undertrains narrow models); an explicit value wins.
     Residual-branch outputs are scaled down by sqrt(2 * n_layers) on top of it."""

@@ -56,10 +56,13 @@ def test_demo_preset_resolves(capsys):
 def test_console_script_exit_code(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("nonsense_section: {}\n")
-    proc = subprocess.run([sys.executable, "-m", "moemix.cli", "config", str(cfg)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moemix.cli", "config", str(cfg)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"moemix: error: {cfg}: unknown key 'nonsense_section' (allowed: domains, fit, pretrain, propose, proxies, ray, seed)"
+        f"moemix: error: {cfg}: unknown key 'nonsense_section' (allowed: domains, fit, pretrain, propose, "
+        "proxies, ray, seed)"
     ]
 
 

@@ -64,7 +64,8 @@ def test_bool_is_not_an_int():
 
 
 def test_every_preset_is_a_valid_config():
-    """The shipped presets (the demo, and the documented cluster example) stay loadable as the code evolves."""
+    """The shipped presets (the demo, and the documented cluster example) stay loadable as the code
+    evolves."""
     from moemix.pipeline.config import PRESETS, Config, preset_dict
 
     for name in PRESETS:

@@ -36,7 +36,8 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
 
 
 def _untrained_target_loss(cfg, data: DomainTokens) -> float:
-    """The target loss of the pretrain model as initialised (same config, seed and evaluation), before any step."""
+    """The target loss of the pretrain model as initialised (same config, seed and evaluation), before any
+    step."""
     from moemix.moe_model import MoETransformer
     from moemix.proxies.run import model_config_for_data
     from moemix.training.evaluate import evaluate
@@ -44,13 +45,20 @@ def _untrained_target_loss(cfg, data: DomainTokens) -> float:
     tcfg = cfg.pretrain.train
     torch.manual_seed(tcfg.seed)
     model = MoETransformer(model_config_for_data(cfg.pretrain.model, data.vocab_size, tcfg.seq_len))
-    return evaluate(model, data, cfg.proxies.target, seq_len=tcfg.seq_len, eval_tokens=tcfg.eval_tokens,
-                    batch_size=tcfg.eval_batch_size).target
+    return evaluate(
+        model,
+        data,
+        cfg.proxies.target,
+        seq_len=tcfg.seq_len,
+        eval_tokens=tcfg.eval_tokens,
+        batch_size=tcfg.eval_batch_size,
+    ).target
 
 
 def _final_stream_state(ckpt_dir: Path) -> dict:
     """The mixture stream's own state (steps, sequences drawn per domain) saved with the newest checkpoint
-    of a run: a ``.pt`` file holding a ``stream`` entry (one checkpoint file, or a step directory's trainer state)."""
+    of a run: a ``.pt`` file holding a ``stream`` entry (one checkpoint file, or a step directory's trainer
+    state)."""
     for path in sorted(ckpt_dir.rglob("*.pt"), reverse=True):  # step-00000010 sorts after step-00000005
         state = torch.load(path, map_location="cpu", weights_only=False)
         if isinstance(state, dict) and "stream" in state:
@@ -102,14 +110,22 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
         trained_as = comp[name]["same_as"] or name
         stream = _final_stream_state(res.pretrain.stage.path / trained_as / "checkpoints")
         served = sum(stream["counts"]) * stream["seq_len"]
-        assert stream["steps"] == tcfg.num_steps and stream["seats"] == tcfg.num_steps * tcfg.batch_size, (name, stream)
+        assert stream["steps"] == tcfg.num_steps and stream["seats"] == tcfg.num_steps * tcfg.batch_size, (
+            name,
+            stream,
+        )
         assert served == tcfg.planned_tokens == comp[name]["tokens"], (name, served, comp[name]["tokens"])
-        logged = [json.loads(line) for line in (res.pretrain.stage.path / trained_as / "metrics.jsonl").read_text().splitlines()]
+        logged = [
+            json.loads(line)
+            for line in (res.pretrain.stage.path / trained_as / "metrics.jsonl").read_text().splitlines()
+        ]
         assert logged[-1]["step"] == tcfg.num_steps, (name, logged[-1])
     check = doc.pretrain_check
     assert check is not None and check.target_loss["chosen"] == comp["chosen"]["target_loss"]
-    assert check.beats_baselines == (comp["chosen"]["target_loss"] < min(
-        comp[n]["target_loss"] for n in ("uniform", "natural") if comp[n]["same_as"] != "chosen"))
+    assert check.beats_baselines == (
+        comp["chosen"]["target_loss"]
+        < min(comp[n]["target_loss"] for n in ("uniform", "natural") if comp[n]["same_as"] != "chosen")
+    )
 
     before = _snapshot(run_dir)
     mixture_bytes = (run_dir / "mixture.json").read_bytes()
@@ -117,7 +133,9 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert main(["run", str(cfg_path), "--out", str(run_dir), "--quiet"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == f"mixture.json: {run_dir / 'mixture.json'}"
-    assert any(line.startswith("pretrain target loss: chosen ") and " vs uniform " in line for line in out), out
+    assert any(line.startswith("pretrain target loss: chosen ") and " vs uniform " in line for line in out), (
+        out
+    )
     assert (run_dir / "mixture.json").read_bytes() == mixture_bytes
     after = _snapshot(run_dir)
     changed = sorted(k for k in after if before.get(k) != after[k])
@@ -144,8 +162,22 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moemix.cli", "run", str(cfg_path), "--out", str(run_dir), "--until", "proxies", "--quiet"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "moemix.cli",
+            "run",
+            str(cfg_path),
+            "--out",
+            str(run_dir),
+            "--until",
+            "proxies",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 240

@@ -16,7 +16,9 @@ from moemix.proxies.run import run_sequential
 
 
 def _config(tmp_path, tiny_config, **proxies):
-    tiny_config["proxies"].update({"scale_check": {"n_mixtures": 0}, "rounds": 2, "round_mixtures": 3, **proxies})
+    tiny_config["proxies"].update(
+        {"scale_check": {"n_mixtures": 0}, "rounds": 2, "round_mixtures": 3, **proxies}
+    )
     tiny_config["proxies"]["sampler"]["n_mixtures"] = 6
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config))
@@ -65,7 +67,9 @@ class _Stop(Exception):
 def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
     a = _config(tmp_path, tiny_config)
     domains = domains_stage(a, tmp_path / "run", progress=False)
-    b = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {"target": {"domains": {domains.domains[0]: 1.0}}}})
+    b = load_config(
+        tmp_path / "tiny.yaml", overrides={"proxies": {"target": {"domains": {domains.domains[0]: 1.0}}}}
+    )
     chosen = []
 
     def runner(specs):

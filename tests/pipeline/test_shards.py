@@ -19,7 +19,10 @@ def _write(tmp_path, vocab=1000):
             w.close()
             for k, v in (("tokens", w.n_tokens), ("docs", w.n_docs), ("bytes", w.n_bytes)):
                 counts[k].setdefault(split, {})[dom] = v
-    write_meta(tmp_path, TokensMeta(vocab_size=vocab, eos_id=0, dtype=str(token_dtype(vocab)), domains=["a", "b"], **counts))
+    write_meta(
+        tmp_path,
+        TokensMeta(vocab_size=vocab, eos_id=0, dtype=str(token_dtype(vocab)), domains=["a", "b"], **counts),
+    )
 
 
 def test_round_trip_with_eos_and_counts(tmp_path):

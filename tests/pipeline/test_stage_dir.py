@@ -73,10 +73,19 @@ def test_pretrain_key_ignores_execution_settings_only():
     cfg = load_config()
     key = stable_hash(pretrain_key_config(cfg))
     p = cfg.pretrain
-    same = [dataclasses.replace(p, cpus_per_worker=4, checkpoint_every=7, device_memory_gb=80.0,
-                                train=dataclasses.replace(p.train, num_threads=3, log_every=5))]
-    other = [dataclasses.replace(p, train=dataclasses.replace(p.train, lr=p.train.lr / 2)),
-             dataclasses.replace(p, num_workers=p.num_workers + 2)]
+    same = [
+        dataclasses.replace(
+            p,
+            cpus_per_worker=4,
+            checkpoint_every=7,
+            device_memory_gb=80.0,
+            train=dataclasses.replace(p.train, num_threads=3, log_every=5),
+        )
+    ]
+    other = [
+        dataclasses.replace(p, train=dataclasses.replace(p.train, lr=p.train.lr / 2)),
+        dataclasses.replace(p, num_workers=p.num_workers + 2),
+    ]
     for q in same:
         assert stable_hash(pretrain_key_config(dataclasses.replace(cfg, pretrain=q))) == key
     for q in other:

@@ -21,7 +21,9 @@ from moemix.ray_jobs.submit import build_entrypoint, build_runtime_env, submit_p
 
 def test_entrypoint_quotes_arguments():
     ep = build_entrypoint("conf dir/c.yaml", "/shared/run 1", ["proxies.sampler.n_mixtures=8"])
-    assert ep == "moemix run 'conf dir/c.yaml' --out '/shared/run 1' --quiet --set proxies.sampler.n_mixtures=8"
+    assert (
+        ep == "moemix run 'conf dir/c.yaml' --out '/shared/run 1' --quiet --set proxies.sampler.n_mixtures=8"
+    )
     env = build_runtime_env(Path("/x"), pip_spec="moemix==0.1.0")
     assert env["working_dir"] == "/x" and env["pip"] == ["moemix==0.1.0"]
 
@@ -55,14 +57,40 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
     env["PATH"] = f"{ray_bin.parent}{os.pathsep}{env.get('PATH', '')}"
     head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - outlives this block, closed in finally
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(_free_port()),
-         "--dashboard-port", str(dash), "--include-dashboard", "true", "--object-store-memory", "150000000",
-         # own ports for every agent: the test session's Ray already holds the default ones
-         "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-         "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
-         "--ray-client-server-port", str(_free_port()),
-         "--temp-dir", ray_tmp, "--disable-usage-stats"],
-        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(_free_port()),
+            "--dashboard-port",
+            str(dash),
+            "--include-dashboard",
+            "true",
+            "--object-store-memory",
+            "150000000",
+            # own ports for every agent: the test session's Ray already holds the default ones
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
+            "--dashboard-agent-grpc-port",
+            str(_free_port()),
+            "--metrics-export-port",
+            str(_free_port()),
+            "--runtime-env-agent-port",
+            str(_free_port()),
+            "--ray-client-server-port",
+            str(_free_port()),
+            "--temp-dir",
+            ray_tmp,
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=head_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         cwd=tmp_path,
     )
     try:
@@ -71,15 +99,30 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
         deadline = time.time() + 90
         while time.time() < deadline:
             proc = subprocess.run(
-                [sys.executable, "-m", "moemix.cli", "submit", "tiny.yaml", "--address", address,
-                 "--out", str(tmp_path / "run")],
-                env={**env, "RAY_AUTH_MODE": "token"}, cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                [
+                    sys.executable,
+                    "-m",
+                    "moemix.cli",
+                    "submit",
+                    "tiny.yaml",
+                    "--address",
+                    address,
+                    "--out",
+                    str(tmp_path / "run"),
+                ],
+                env={**env, "RAY_AUTH_MODE": "token"},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=400,
             )
             starting = ("cannot reach the Ray cluster", "No available agent")
             if not any(msg in proc.stderr for msg in starting):
                 break
             time.sleep(3)  # dashboard or its job agent still starting
-        assert proc is not None and proc.returncode == 0, proc.stderr[-2000:] + (tmp_path / "head.log").read_text()[-2000:]
+        assert proc is not None and proc.returncode == 0, (
+            proc.stderr[-2000:] + (tmp_path / "head.log").read_text()[-2000:]
+        )
         assert "submitted job" in proc.stdout
         doc = load_mixture(tmp_path / "run" / "mixture.json")
         assert abs(sum(doc.weights.values()) - 1) < 1e-9 and doc.n_proxies == 8 + 2  # + 2 more uniform seeds

@@ -32,30 +32,52 @@ def test_swarm_fit_propose_recovers_planted_mixture(ray_session, tmp_path):
     from moemix.ray_jobs.swarm import run_swarm
 
     chains = write_markov_domains(
-        tmp_path / "tokens", n_domains=4, vocab_size=64, train_tokens=60_000, valid_tokens=3_000, seed=0,
-        fanout=8, concentration=0.85,
+        tmp_path / "tokens",
+        n_domains=4,
+        vocab_size=64,
+        train_tokens=60_000,
+        valid_tokens=3_000,
+        seed=0,
+        fanout=8,
+        concentration=0.85,
     )
-    write_target_set(tmp_path / "target", chains, dict(zip(["d0", "d1", "d2", "d3"], PLANTED)), valid_tokens=8_000)
+    write_target_set(
+        tmp_path / "target", chains, dict(zip(["d0", "d1", "d2", "d3"], PLANTED)), valid_tokens=8_000
+    )
     data = DomainTokens(tmp_path / "tokens")
     prior = np.array([0.3, 0.3, 0.2, 0.2])  # not uniform, so the uniform and natural rows differ
     mixtures = sample_mixtures(
-        prior, SamplerConfig(n_mixtures=20, max_epochs=None, concentration_min=1.0, concentration_max=10.0), seed=0
+        prior,
+        SamplerConfig(n_mixtures=20, max_epochs=None, concentration_min=1.0, concentration_max=10.0),
+        seed=0,
     )
-    model = MoEConfig(vocab_size=64, max_seq_len=64, d_model=32, n_layers=1, n_heads=2, n_experts=4, top_k=2,
-                      d_expert=64)
-    train_cfg = TrainConfig(steps=150, batch_size=8, seq_len=64, lr=1e-2, eval_tokens=2048, measure_mfu=False,
-                            log_every=1000)
+    model = MoEConfig(
+        vocab_size=64, max_seq_len=64, d_model=32, n_layers=1, n_heads=2, n_experts=4, top_k=2, d_expert=64
+    )
+    train_cfg = TrainConfig(
+        steps=150, batch_size=8, seq_len=64, lr=1e-2, eval_tokens=2048, measure_mfu=False, log_every=1000
+    )
     specs = specs_for_mixtures(
-        mixtures, model=model, train_cfg=train_cfg, target=TargetConfig(external=str(tmp_path / "target")),
-        tokens_dir=tmp_path / "tokens", out_dir=tmp_path / "proxies", data=data,
+        mixtures,
+        model=model,
+        train_cfg=train_cfg,
+        target=TargetConfig(external=str(tmp_path / "target")),
+        tokens_dir=tmp_path / "tokens",
+        out_dir=tmp_path / "proxies",
+        data=data,
     )
     results = run_swarm(specs, num_cpus_per_proxy=1, max_retries=1, transient_retries=1, progress=False)
     assert all(r.status == "ok" for r in results)
     runs = collect_runs(tmp_path / "proxies")
     assert len(runs) == 20
 
-    fit = fit_runs(runs, "target", [f"w/d{i}" for i in range(4)], FitConfig(predictor="auto", plots=False),
-                   tmp_path / "fit")
+    fit = fit_runs(
+        runs,
+        "target",
+        [f"w/d{i}" for i in range(4)],
+        FitConfig(predictor="auto", plots=False),
+        tmp_path / "fit",
+    )
     proposal = propose(fit, prior, ProposeConfig(n_samples=20_000))
     l1 = float(np.abs(proposal.weights - PLANTED).sum())
     assert l1 < 0.2, f"proposed {np.round(proposal.weights, 3)} vs planted {PLANTED} (L1 {l1:.3f})"

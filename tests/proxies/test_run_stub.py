@@ -26,9 +26,16 @@ def stub_train(monkeypatch):
 def _specs(markov_data, markov_tokens, out, n=5, **train_kw):
     rng = np.random.default_rng(0)
     mixtures = rng.dirichlet(np.ones(4), size=n)
-    tc = TrainConfig(steps=12, batch_size=4, seq_len=32, eval_tokens=256, log_every=6, measure_mfu=False, **train_kw)
+    tc = TrainConfig(
+        steps=12, batch_size=4, seq_len=32, eval_tokens=256, log_every=6, measure_mfu=False, **train_kw
+    )
     return specs_for_mixtures(
-        mixtures, model=StubConfig(), train_cfg=tc, target=TargetConfig(), tokens_dir=markov_tokens, out_dir=out,
+        mixtures,
+        model=StubConfig(),
+        train_cfg=tc,
+        target=TargetConfig(),
+        tokens_dir=markov_tokens,
+        out_dir=out,
         data=markov_data,
     )
 
@@ -51,11 +58,19 @@ def _proxies_stage(markov_tokens, run_dir, runner, **train_kw):
     from moemix.proxies.config import ProxiesConfig
 
     data = DomainTokens(markov_tokens)
-    domains = DomainsOutput(Stage("domains", "markov", markov_tokens.parent), data.domains,
-                            {d: data.n_tokens("train", d) for d in data.domains})
-    tc = TrainConfig(steps=6, batch_size=4, seq_len=32, eval_tokens=128, log_every=6, measure_mfu=False, **train_kw)
-    cfg = Config(proxies=ProxiesConfig(sampler=SamplerConfig(n_mixtures=3, max_epochs=None), train=tc,
-                                       uniform_seeds=1, curve_points=1))
+    domains = DomainsOutput(
+        Stage("domains", "markov", markov_tokens.parent),
+        data.domains,
+        {d: data.n_tokens("train", d) for d in data.domains},
+    )
+    tc = TrainConfig(
+        steps=6, batch_size=4, seq_len=32, eval_tokens=128, log_every=6, measure_mfu=False, **train_kw
+    )
+    cfg = Config(
+        proxies=ProxiesConfig(
+            sampler=SamplerConfig(n_mixtures=3, max_epochs=None), train=tc, uniform_seeds=1, curve_points=1
+        )
+    )
     return proxies_stage(cfg, run_dir, domains, swarm_runner=runner)
 
 
@@ -79,7 +94,9 @@ def test_changing_num_threads_reuses_the_finished_swarm(stub_train, markov_token
     assert trained == []
 
 
-def test_runs_write_results_table_and_skip_finished_on_rerun(stub_train, markov_data, markov_tokens, tmp_path):
+def test_runs_write_results_table_and_skip_finished_on_rerun(
+    stub_train, markov_data, markov_tokens, tmp_path
+):
     specs = _specs(markov_data, markov_tokens, tmp_path)
     res = run_sequential(specs[:3])
     assert all(r.status == "ok" for r in res)
@@ -87,7 +104,11 @@ def test_runs_write_results_table_and_skip_finished_on_rerun(stub_train, markov_
     # "crash" after 3 of 5, and lose one finished result as well
     specs[1].result_path.unlink()
     res = run_sequential(specs)
-    retrained = {s.run_id for s in specs if json.loads(s.result_path.read_text())["finished_at"] != stamps.get(s.run_id)}
+    retrained = {
+        s.run_id
+        for s in specs
+        if json.loads(s.result_path.read_text())["finished_at"] != stamps.get(s.run_id)
+    }
     assert retrained == {specs[i].run_id for i in (1, 3, 4)}
     df = collect_runs(tmp_path)
     assert (tmp_path / "runs.parquet").exists()
@@ -128,14 +149,21 @@ def test_scale_agreement_matches_rows_by_mixture():
     rows = []
     for scale, noise in (("base", 0.0), ("large", 0.01)):
         for i, row in enumerate(w):
-            rows.append({"status": "ok", "scale": scale, **{f"w/d{j}": x for j, x in enumerate(row)},
-                         "target": row[0] * (2 if scale == "large" else 1) + noise * i})
+            rows.append(
+                {
+                    "status": "ok",
+                    "scale": scale,
+                    **{f"w/d{j}": x for j, x in enumerate(row)},
+                    "target": row[0] * (2 if scale == "large" else 1) + noise * i,
+                }
+            )
     out = scale_agreement(pd.DataFrame(rows))
     assert out["n"] == 6 and out["spearman"] == pytest.approx(1.0)
 
 
 def test_curves_record_every_domain_along_training_and_end_at_the_final_losses(
-        stub_train, markov_data, markov_tokens, tmp_path):
+    stub_train, markov_data, markov_tokens, tmp_path
+):
     specs = _specs(markov_data, markov_tokens, tmp_path, n=2)
     for s in specs:
         s.curve_points = 4
@@ -154,29 +182,40 @@ def test_curves_record_every_domain_along_training_and_end_at_the_final_losses(
     assert first[cols].to_numpy().mean() > last[cols].to_numpy().mean() + 0.01
 
 
-def test_swarm_adds_uniform_seeds_and_its_run_ids_ignore_a_weighted_target(markov_data, markov_tokens, tmp_path):
+def test_swarm_adds_uniform_seeds_and_its_run_ids_ignore_a_weighted_target(
+    markov_data, markov_tokens, tmp_path
+):
     from moemix.proxies.config import ProxiesConfig
     from moemix.proxies.run import make_specs
 
     mixtures = np.vstack([np.full(4, 0.25), np.random.default_rng(0).dirichlet(np.ones(4), size=3)])
-    cfg = ProxiesConfig(train=TrainConfig(steps=12, batch_size=4, seq_len=32, measure_mfu=False), uniform_seeds=3)
+    cfg = ProxiesConfig(
+        train=TrainConfig(steps=12, batch_size=4, seq_len=32, measure_mfu=False), uniform_seeds=3
+    )
     specs = make_specs(cfg, markov_data.domains, mixtures, markov_tokens, tmp_path)
     assert len(specs) == 4 + 2
     extra = specs[4:]
     assert [s.train.seed for s in extra] == [1, 2] and all(s.mixture == specs[0].mixture for s in extra)
     assert len({s.run_id for s in specs}) == 6
     weighted = ProxiesConfig(train=cfg.train, uniform_seeds=3, target=TargetConfig(domains={"d0": 1.0}))
-    assert [s.run_id for s in make_specs(weighted, markov_data.domains, mixtures, markov_tokens, tmp_path)] == [
-        s.run_id for s in specs]
-    external = ProxiesConfig(train=cfg.train, uniform_seeds=3, target=TargetConfig(external=str(markov_tokens)))
-    assert not {s.run_id for s in make_specs(external, markov_data.domains, mixtures, markov_tokens, tmp_path)} & {
-        s.run_id for s in specs}
+    assert [
+        s.run_id for s in make_specs(weighted, markov_data.domains, mixtures, markov_tokens, tmp_path)
+    ] == [s.run_id for s in specs]
+    external = ProxiesConfig(
+        train=cfg.train, uniform_seeds=3, target=TargetConfig(external=str(markov_tokens))
+    )
+    assert not {
+        s.run_id for s in make_specs(external, markov_data.domains, mixtures, markov_tokens, tmp_path)
+    } & {s.run_id for s in specs}
 
 
 def test_scale_agreement_counts_a_mixture_trained_under_several_seeds_once():
     w = np.random.default_rng(2).dirichlet(np.ones(3), size=4)
-    rows = [{"status": "ok", "scale": s, **{f"w/d{j}": x for j, x in enumerate(row)}, "target": row[0] + off}
-            for s, off in (("base", 0.0), ("large", 0.5)) for row in w]
+    rows = [
+        {"status": "ok", "scale": s, **{f"w/d{j}": x for j, x in enumerate(row)}, "target": row[0] + off}
+        for s, off in (("base", 0.0), ("large", 0.5))
+        for row in w
+    ]
     rows += [{**rows[0], "target": rows[0]["target"] + 0.01}, {**rows[0], "target": rows[0]["target"] - 0.01}]
     out = scale_agreement(pd.DataFrame(rows))
     assert out["n"] == 4 and out["spearman"] == pytest.approx(1.0)

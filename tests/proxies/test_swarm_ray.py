@@ -14,14 +14,21 @@ from moemix.training.evaluate import TargetConfig
 
 pytestmark = pytest.mark.slow
 
-TINY = MoEConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layers=1, n_heads=2, n_experts=4, top_k=2, d_expert=32)
+TINY = MoEConfig(
+    vocab_size=64, max_seq_len=32, d_model=32, n_layers=1, n_heads=2, n_experts=4, top_k=2, d_expert=32
+)
 
 
 def _specs(markov_data, markov_tokens, out, n):
     mixtures = np.random.default_rng(3).dirichlet(np.ones(4), size=n)
     tc = TrainConfig(steps=8, batch_size=4, seq_len=32, eval_tokens=128, measure_mfu=False, log_every=8)
     return specs_for_mixtures(
-        mixtures, model=TINY, train_cfg=tc, target=TargetConfig(), tokens_dir=markov_tokens, out_dir=out,
+        mixtures,
+        model=TINY,
+        train_cfg=tc,
+        target=TargetConfig(),
+        tokens_dir=markov_tokens,
+        out_dir=out,
         data=markov_data,
     )
 
@@ -30,7 +37,9 @@ def _stamp(spec):
     return json.loads(spec.result_path.read_text())["finished_at"]
 
 
-def test_swarm_retries_crashes_records_failures_and_resumes(ray_session, markov_data, markov_tokens, tmp_path):
+def test_swarm_retries_crashes_records_failures_and_resumes(
+    ray_session, markov_data, markov_tokens, tmp_path
+):
     from moemix.ray_jobs.swarm import run_swarm
 
     specs = _specs(markov_data, markov_tokens, tmp_path, 5)

@@ -33,20 +33,39 @@ def run(spec: dict, rank: int, world: int) -> dict:
         return built[-1]
 
     res = train(
-        MoEConfig(**spec["model"]), TrainConfig(**spec["train"]), data, spec["mixture"], rank=rank, world_size=world,
-        parallel=ParallelConfig(**spec.get("parallel", {})), checkpoint_dir=spec.get("checkpoint_dir"),
+        MoEConfig(**spec["model"]),
+        TrainConfig(**spec["train"]),
+        data,
+        spec["mixture"],
+        rank=rank,
+        world_size=world,
+        parallel=ParallelConfig(**spec.get("parallel", {})),
+        checkpoint_dir=spec.get("checkpoint_dir"),
         model_factory=factory,
     )
-    out = {"rank": rank, "losses": [h["loss"] for h in res.history if "loss" in h], "resumed_from": res.resumed_from_step,
-           "param_bytes": res.local_param_bytes, "optimizer_bytes": res.local_optimizer_bytes,
-           "router_bias": [b.tolist() for n, b in built[0].named_buffers() if n.endswith("expert_bias")]}
+    out = {
+        "rank": rank,
+        "losses": [h["loss"] for h in res.history if "loss" in h],
+        "resumed_from": res.resumed_from_step,
+        "param_bytes": res.local_param_bytes,
+        "optimizer_bytes": res.local_optimizer_bytes,
+        "router_bias": [b.tolist() for n, b in built[0].named_buffers() if n.endswith("expert_bias")],
+    }
     if res.model is not None:
-        out["state"] = {k: v.double().sum().item() for k, v in res.model.state_dict().items() if v.is_floating_point()}
+        out["state"] = {
+            k: v.double().sum().item() for k, v in res.model.state_dict().items() if v.is_floating_point()
+        }
     return out
 
 
 def main() -> None:
-    spec_path, rank, world, port, out_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    spec_path, rank, world, port, out_path = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        sys.argv[4],
+        sys.argv[5],
+    )
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(1)
     if world > 1:

@@ -31,13 +31,22 @@ MIX = {"d0": 0.4, "d1": 0.3, "d2": 0.2, "d3": 0.1}
 def demo_pretrain_model(vocab_size: int = 64, **kw):
     # aux_loss_scope global: the Switch loss over the global batch's expert counts, the same on any number
     # of ranks ("micro", the preset's, is per forward by definition, so 2 ranks optimise a different sum)
-    return dataclasses.replace(load_config().pretrain.model, vocab_size=vocab_size,
-                               **{"aux_loss_scope": "global", **kw})
+    return dataclasses.replace(
+        load_config().pretrain.model, vocab_size=vocab_size, **{"aux_loss_scope": "global", **kw}
+    )
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(steps=20, batch_size=16, seq_len=128, lr=3e-3, warmup_frac=0.25, log_every=1, measure_mfu=False,
-                num_threads=1)
+    base = dict(
+        steps=20,
+        batch_size=16,
+        seq_len=128,
+        lr=3e-3,
+        warmup_frac=0.25,
+        log_every=1,
+        measure_mfu=False,
+        num_threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -52,9 +61,22 @@ def launch(tmp: Path, spec: dict, world: int, tag: str) -> list[subprocess.Popen
     spec_path = tmp / f"{tag}.spec.json"
     spec_path.write_text(json.dumps(spec))
     port = str(_port())
-    return [subprocess.Popen([sys.executable, str(HERE / "dist_run.py"), str(spec_path), str(r), str(world), port,
-                              str(tmp / f"{tag}.out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            for r in range(world)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "dist_run.py"),
+                str(spec_path),
+                str(r),
+                str(world),
+                port,
+                str(tmp / f"{tag}.out"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
 
 
 def finish(procs: list[subprocess.Popen], tmp: Path, tag: str, timeout: float = 300) -> list[dict]:
@@ -69,8 +91,13 @@ def run_job(tmp: Path, spec: dict, world: int, tag: str) -> list[dict]:
 
 
 def spec(tokens: Path, train_cfg: TrainConfig, **extra) -> dict:
-    return {"tokens": str(tokens), "model": dataclasses.asdict(demo_pretrain_model()),
-            "train": dataclasses.asdict(train_cfg), "mixture": MIX, **extra}
+    return {
+        "tokens": str(tokens),
+        "model": dataclasses.asdict(demo_pretrain_model()),
+        "train": dataclasses.asdict(train_cfg),
+        "mixture": MIX,
+        **extra,
+    }
 
 
 def rel_diff(a: list[float], b: list[float]) -> float:
@@ -131,9 +158,13 @@ def test_micro_batches_equal_one_batch(markov_data, balance, scope):
     whole = train(model, cfg(steps=6), markov_data, MIX)
     micro = train(model, cfg(steps=6, micro_batch_size=4), markov_data, MIX)
     assert rel_diff([h["loss"] for h in micro.history], [h["loss"] for h in whole.history]) <= 1e-5
-    assert [h["aux_loss"] for h in micro.history] == pytest.approx([h["aux_loss"] for h in whole.history], abs=1e-6)
+    assert [h["aux_loss"] for h in micro.history] == pytest.approx(
+        [h["aux_loss"] for h in whole.history], abs=1e-6
+    )
     # Adam and clipping are blind to a wrong accumulation scale; the gradient norm is not
-    assert [h["grad_norm"] for h in micro.history] == pytest.approx([h["grad_norm"] for h in whole.history], rel=1e-4)
+    assert [h["grad_norm"] for h in micro.history] == pytest.approx(
+        [h["grad_norm"] for h in whole.history], rel=1e-4
+    )
     # Adam divides by sqrt(v): float-rounding differences of near-zero gradients become ~1% of one step
     for (k, a), b in zip(whole.model.state_dict().items(), micro.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=5e-5, msg=k)
@@ -160,14 +191,18 @@ def test_micro_batch_must_divide_the_rank_batch(markov_data):
         train(demo_pretrain_model(), cfg(steps=1, micro_batch_size=5), markov_data, MIX)
 
 
-def _kill_after_checkpoint(procs: list[subprocess.Popen], ckpt: Path, step: int, timeout: float = 240) -> None:
+def _kill_after_checkpoint(
+    procs: list[subprocess.Popen], ckpt: Path, step: int, timeout: float = 240
+) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         path = latest_checkpoint(ckpt) if (ckpt / "latest").exists() else None
         if path is not None and read_trainer_state(path)["step"] >= step:
             break
         if any(p.poll() is not None for p in procs):
-            raise AssertionError("the run ended before it could be killed: " + procs[0].communicate()[0].decode()[-2000:])
+            raise AssertionError(
+                "the run ended before it could be killed: " + procs[0].communicate()[0].decode()[-2000:]
+            )
         time.sleep(0.2)
     else:
         raise AssertionError("no checkpoint in time")

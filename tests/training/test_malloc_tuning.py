@@ -42,7 +42,10 @@ print(on, again, (faults() - f0) // 4)
 
 def _run(mode: str, **env: str) -> tuple[bool, bool, int]:
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", _CHILD, mode],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
     ).stdout.split()
     return out[0] == "True", out[1] == "True", int(out[2])
@@ -54,7 +57,9 @@ def test_tuning_reuses_large_buffers_instead_of_faulting():
     assert on and again  # active, and idempotent
     _, _, default_faults = _run("default")
     assert default_faults > 5000  # glibc mmaps a 48 MB block afresh: ~12k 4 KiB pages fault in
-    assert tuned_faults <= default_faults / 4 + 64  # heap growth may re-fault one step in four, not every step
+    assert (
+        tuned_faults <= default_faults / 4 + 64
+    )  # heap growth may re-fault one step in four, not every step
 
 
 def test_opt_out_env_disables_tuning():

@@ -54,11 +54,17 @@ def kill_one_worker_after(ckpt_dir: Path, step: int, killed: list[int], timeout:
 def test_killed_worker_is_restarted_and_resumes(ray_session, markov_tokens, tmp_path):
     from moemix.ray_jobs.pretrain import pretrain_mixtures
 
-    model = dataclasses.replace(load_config().pretrain.model, vocab_size=64, n_layers=2, d_model=64, d_expert=64)
+    model = dataclasses.replace(
+        load_config().pretrain.model, vocab_size=64, n_layers=2, d_model=64, d_expert=64
+    )
     pcfg = PretrainConfig(
         model=model,
-        train=TrainConfig(steps=60, batch_size=8, seq_len=64, lr=3e-3, log_every=5, measure_mfu=False, num_threads=1),
-        num_workers=2, cpus_per_worker=1, checkpoint_every=10,
+        train=TrainConfig(
+            steps=60, batch_size=8, seq_len=64, lr=3e-3, log_every=5, measure_mfu=False, num_threads=1
+        ),
+        num_workers=2,
+        cpus_per_worker=1,
+        checkpoint_every=10,
     )
     out = tmp_path / "pretrain"
     killed: list[int] = []

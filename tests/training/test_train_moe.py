@@ -1,4 +1,5 @@
-"""The training loop on the real MoE model: learning, evaluation, resume, bf16 (distributed runs: test_distributed)."""
+"""The training loop on the real MoE model: learning, evaluation, resume, bf16 (distributed runs:
+test_distributed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from moemix.training.config import TrainConfig
 from moemix.training.evaluate import evaluate
 from moemix.training.loop import train
 
-TINY = MoEConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=2, d_expert=32)
+TINY = MoEConfig(
+    vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=2, d_expert=32
+)
 MIX = {"d0": 0.4, "d1": 0.3, "d2": 0.2, "d3": 0.1}
 
 
@@ -50,8 +53,14 @@ def test_moe_resume_matches_uninterrupted(markov_data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, _cfg(steps=20, checkpoint_every=10, log_every=10), markov_data, MIX, checkpoint_dir=tmp_path,
-              on_log=stop)
+        train(
+            TINY,
+            _cfg(steps=20, checkpoint_every=10, log_every=10),
+            markov_data,
+            MIX,
+            checkpoint_dir=tmp_path,
+            on_log=stop,
+        )
     res = train(TINY, cfg, markov_data, MIX, checkpoint_dir=tmp_path)
     assert res.resumed_from_step == 10
     for (k, a), b in zip(ref.state_dict().items(), res.model.state_dict().values()):
@@ -73,7 +82,9 @@ def test_bf16_precision_runs_autocast_on_cpu(markov_data, monkeypatch):
 
     monkeypatch.setattr(train_mod, "make_autocast", spy)
     peaks: list[str] = []
-    monkeypatch.setattr(train_mod, "peak_matmul_flops", lambda device, precision: peaks.append(precision) or 1e12)
+    monkeypatch.setattr(
+        train_mod, "peak_matmul_flops", lambda device, precision: peaks.append(precision) or 1e12
+    )
     fp32 = train(TINY, _cfg(), markov_data, MIX)
     bf16 = train(TINY, _cfg(precision="bf16", measure_mfu=True), markov_data, MIX)
     assert seen == [torch.float32, torch.bfloat16] and peaks == ["bf16"]

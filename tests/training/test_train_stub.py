@@ -69,8 +69,18 @@ def test_interrupted_run_resumes_from_checkpoint_to_the_same_weights(markov_data
 
     cfg = _cfg(checkpoint_every=20)
     with pytest.raises(Boom):
-        train(StubConfig(), cfg, markov_data, MIX, checkpoint_dir=tmp_path, on_log=die_at_30, model_factory=StubLM)
-    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"  # the step-30 failure came before any other
+        train(
+            StubConfig(),
+            cfg,
+            markov_data,
+            MIX,
+            checkpoint_dir=tmp_path,
+            on_log=die_at_30,
+            model_factory=StubLM,
+        )
+    assert (
+        latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
+    )  # the step-30 failure came before any other
     res = train(StubConfig(), cfg, markov_data, MIX, checkpoint_dir=tmp_path, model_factory=StubLM)
     assert res.resumed_from_step == 20
     for a, b in zip(ref.state_dict().values(), res.model.state_dict().values()):
@@ -91,9 +101,13 @@ def test_external_target_is_pooled_loss_of_the_external_set(markov_data, markov_
     chains = [MarkovDomain(64, 0, i) for i in range(4)]  # same seeds as write_markov_domains(seed=0)
     write_target_set(tmp_path / "ext", chains, {"d0": 1.0}, valid_tokens=1500)
     res = train(StubConfig(), _cfg(steps=30), markov_data, MIX, model_factory=StubLM)
-    ev = evaluate(res.model, markov_data, TargetConfig(external=str(tmp_path / "ext")), seq_len=32, eval_tokens=512)
+    ev = evaluate(
+        res.model, markov_data, TargetConfig(external=str(tmp_path / "ext")), seq_len=32, eval_tokens=512
+    )
     # the external set is d0-only text: its loss is close to d0's, far from a different domain's
     assert abs(ev.target - ev.loss["d0"]) < 0.15
     assert abs(ev.target - ev.loss["d0"]) < abs(ev.target - ev.loss["d3"])
-    weighted = evaluate(res.model, markov_data, TargetConfig(domains={"d1": 3, "d2": 1}), seq_len=32, eval_tokens=512)
+    weighted = evaluate(
+        res.model, markov_data, TargetConfig(domains={"d1": 3, "d2": 1}), seq_len=32, eval_tokens=512
+    )
     assert weighted.target == pytest.approx(0.75 * weighted.loss["d1"] + 0.25 * weighted.loss["d2"])

@@ -30,7 +30,9 @@ def resolve_impl(impl: str, device_type: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"kernel impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if impl == "auto":
-        return "triton" if device_type == "cuda" and TRITON_VERIFIED_ON_GPU and triton_available() else "grouped"
+        return (
+            "triton" if device_type == "cuda" and TRITON_VERIFIED_ON_GPU and triton_available() else "grouped"
+        )
     return impl
 
 
@@ -75,12 +77,15 @@ def _check(x: Tensor, topk_idx: Tensor, topk_weight: Tensor, w_gate_up: Tensor, 
     t, d = x.shape
     if topk_idx.shape != topk_weight.shape or topk_idx.dim() != 2 or topk_idx.shape[0] != t:
         raise ValueError(
-            f"topk_idx {tuple(topk_idx.shape)} and topk_weight {tuple(topk_weight.shape)} must both be [T={t}, k]"
+            f"topk_idx {tuple(topk_idx.shape)} and topk_weight {tuple(topk_weight.shape)} must both be "
+            f"[T={t}, k]"
         )
     if w_gate_up.dim() != 3 or w_gate_up.shape[1] != d or w_gate_up.shape[2] % 2:
         raise ValueError(f"w_gate_up must be [E, d={d}, 2f], got {tuple(w_gate_up.shape)}")
     if not (x.dtype == w_gate_up.dtype == w_down.dtype):
-        raise ValueError(f"x, w_gate_up, w_down must share a dtype, got {x.dtype}, {w_gate_up.dtype}, {w_down.dtype}")
+        raise ValueError(
+            f"x, w_gate_up, w_down must share a dtype, got {x.dtype}, {w_gate_up.dtype}, {w_down.dtype}"
+        )
     e, _, two_f = w_gate_up.shape
     if tuple(w_down.shape) != (e, two_f // 2, d):
         raise ValueError(f"w_down must be [E={e}, f={two_f // 2}, d={d}], got {tuple(w_down.shape)}")

@@ -9,8 +9,8 @@ Two row layouts share one forward/backward:
   padding rows carry gate weight 0, so their gradients are exactly zero. On a shared 2-core box one
   big parallel region beats E small ones by 3-6x in wall time (each OpenMP region pays a barrier that
   a descheduled thread stretches), so it is used with >1 intra-op thread while the padding waste is
-  small (padded rows <= 1.25 N); skewed loads and single-threaded runs use the jagged layout. ``MOEMIX_GMM_BACKEND`` forces one
-  (``torch`` | ``loop`` | ``capacity``).
+  small (padded rows <= 1.25 N); skewed loads and single-threaded runs use the jagged layout.
+  ``MOEMIX_GMM_BACKEND`` forces one (``torch`` | ``loop`` | ``capacity``).
 
 On CPU the experts are processed in *chunks* of whole experts sized so that one chunk's buffers
 (gathered rows, gate/up, SwiGLU output, their gradients: ``_row_bytes``) stay in the last-level
@@ -114,7 +114,9 @@ def _chunk_bytes() -> int:
     try:
         return int(float(value) * (1 << 20))
     except ValueError:
-        raise ValueError(f"MOEMIX_CHUNK_MIB must be a number of MiB (0 = no chunking), got {value!r}") from None
+        raise ValueError(
+            f"MOEMIX_CHUNK_MIB must be a number of MiB (0 = no chunking), got {value!r}"
+        ) from None
 
 
 def _row_bytes(d: int, f: int, dtype: torch.dtype) -> int:
@@ -205,18 +207,24 @@ def _plan_rows_cpu(
     if not _use_capacity(topk_idx.device, n_padded, n):
         inv[order] = np.arange(n)
         chunks = _jagged_chunks(counts, row_bytes)
-        return _Rows(torch.from_numpy(token), torch.from_numpy(inv), w_sorted, offsets, counts.tolist(), 0, chunks)
+        return _Rows(
+            torch.from_numpy(token), torch.from_numpy(inv), w_sorted, offsets, counts.tolist(), 0, chunks
+        )
     slab_start = np.empty(n_experts, dtype=np.int64)  # first row of each expert's slab
     for c in padded:
         slab_start[c.e0 : c.e1] = c.r0 + np.arange(c.e1 - c.e0) * c.capacity
     expert_of_row = flat[order]
-    slot = slab_start[expert_of_row] + (np.arange(n) - (ends - counts)[expert_of_row])  # slab + rank inside it
+    slot = slab_start[expert_of_row] + (
+        np.arange(n) - (ends - counts)[expert_of_row]
+    )  # slab + rank inside it
     inv[order] = slot
     token_pad = np.zeros(n_padded, dtype=np.int64)
     token_pad[slot] = token
     weight = w_sorted.new_zeros(n_padded).index_copy_(0, torch.from_numpy(slot), w_sorted)
     cap = int(counts.max())
-    return _Rows(torch.from_numpy(token_pad), torch.from_numpy(inv), weight, offsets, counts.tolist(), cap, padded)
+    return _Rows(
+        torch.from_numpy(token_pad), torch.from_numpy(inv), weight, offsets, counts.tolist(), cap, padded
+    )
 
 
 def _sum_rows(src: Tensor, inv_by_slot: Tensor, weight: Tensor | None = None) -> Tensor:

@@ -41,9 +41,28 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(X, TOKEN, W, BLK_E, BLK_START, BLK_END, H, A,
-                    D, F, s_x, s_we, s_wk, s_wn, s_h, s_a,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+def _gate_up_kernel(
+    X,
+    TOKEN,
+    W,
+    BLK_E,
+    BLK_START,
+    BLK_END,
+    H,
+    A,
+    D,
+    F,
+    s_x,
+    s_we,
+    s_wk,
+    s_wn,
+    s_h,
+    s_a,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_E + pid_m).to(tl.int64)
@@ -75,10 +94,31 @@ def _gate_up_kernel(X, TOKEN, W, BLK_E, BLK_START, BLK_END, H, A,
 
 
 @triton.jit
-def _row_gemm_kernel(A, W, BLK_E, BLK_START, BLK_END, SCALE, ORDER, Y, Y2,
-                     K, N, s_a, s_we, s_wk, s_wn, s_y, s_y2,
-                     HAS_SCALE: tl.constexpr, STORE_Y2: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+def _row_gemm_kernel(
+    A,
+    W,
+    BLK_E,
+    BLK_START,
+    BLK_END,
+    SCALE,
+    ORDER,
+    Y,
+    Y2,
+    K,
+    N,
+    s_a,
+    s_we,
+    s_wk,
+    s_wn,
+    s_y,
+    s_y2,
+    HAS_SCALE: tl.constexpr,
+    STORE_Y2: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """acc = A[rows] @ W[e]; optionally Y2[rows] = acc; Y[ORDER[rows]] = acc (* SCALE[rows])."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -96,8 +136,11 @@ def _row_gemm_kernel(A, W, BLK_E, BLK_START, BLK_END, SCALE, ORDER, Y, Y2,
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
         a = tl.load(A + r64[:, None] * s_a + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        w = tl.load(w_base + ks[:, None] * s_wk + cols[None, :] * s_wn, mask=kmask[:, None] & cmask[None, :],
-                    other=0.0)
+        w = tl.load(
+            w_base + ks[:, None] * s_wk + cols[None, :] * s_wn,
+            mask=kmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
         acc = _dot(a, w, acc, DOT_F32)
     omask = rmask[:, None] & cmask[None, :]
     if STORE_Y2:
@@ -109,9 +152,33 @@ def _row_gemm_kernel(A, W, BLK_E, BLK_START, BLK_END, SCALE, ORDER, Y, Y2,
 
 
 @triton.jit
-def _swiglu_bwd_kernel(GO, TOKEN, W2, BLK_E, BLK_START, BLK_END, SCALE, H, Y, ORDER, DH, DWS,
-                       D, F, s_go, s_we, s_wf, s_wd, s_h, s_y, s_dh,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+def _swiglu_bwd_kernel(
+    GO,
+    TOKEN,
+    W2,
+    BLK_E,
+    BLK_START,
+    BLK_END,
+    SCALE,
+    H,
+    Y,
+    ORDER,
+    DH,
+    DWS,
+    D,
+    F,
+    s_go,
+    s_we,
+    s_wf,
+    s_wd,
+    s_h,
+    s_y,
+    s_dh,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_E + pid_m).to(tl.int64)
@@ -130,8 +197,11 @@ def _swiglu_bwd_kernel(GO, TOKEN, W2, BLK_E, BLK_START, BLK_END, SCALE, H, Y, OR
         kmask = ks < D
         go = tl.load(GO + tok[:, None] * s_go + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         # element (j, c) = W2[e, c, j]: the transpose is just a stride swap
-        w = tl.load(w_base + cols[None, :] * s_wf + ks[:, None] * s_wd, mask=kmask[:, None] & cmask[None, :],
-                    other=0.0)
+        w = tl.load(
+            w_base + cols[None, :] * s_wf + ks[:, None] * s_wd,
+            mask=kmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
         acc = _dot(go, w, acc, DOT_F32)
     scale = tl.load(SCALE + rows, mask=rmask, other=0.0).to(tl.float32)
     da = acc * scale[:, None]
@@ -157,10 +227,29 @@ def _swiglu_bwd_kernel(GO, TOKEN, W2, BLK_E, BLK_START, BLK_END, SCALE, H, Y, OR
 
 
 @triton.jit
-def _wgrad_kernel(A, A_IDX, B, B_IDX, SCALE, STARTS, ENDS, OUT,
-                  M, N, s_a, s_b, s_oe, s_om,
-                  GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, HAS_SCALE: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+def _wgrad_kernel(
+    A,
+    A_IDX,
+    B,
+    B_IDX,
+    SCALE,
+    STARTS,
+    ENDS,
+    OUT,
+    M,
+    N,
+    s_a,
+    s_b,
+    s_oe,
+    s_om,
+    GATHER_A: tl.constexpr,
+    GATHER_B: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """OUT[e] = A[rows_e]^T @ (SCALE * B[rows_e]); rows optionally gathered through A_IDX / B_IDX."""
     e = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -191,8 +280,11 @@ def _wgrad_kernel(A, A_IDX, B, B_IDX, SCALE, STARTS, ENDS, OUT,
             b = (b.to(tl.float32) * scale[:, None]).to(B.dtype.element_ty)
         acc = _dot(at, b, acc, DOT_F32)
     e64 = e.to(tl.int64)
-    tl.store(OUT + e64 * s_oe + mcols[:, None] * s_om + ncols[None, :], acc.to(OUT.dtype.element_ty),
-             mask=mmask[:, None] & nmask[None, :])
+    tl.store(
+        OUT + e64 * s_oe + mcols[:, None] * s_om + ncols[None, :],
+        acc.to(OUT.dtype.element_ty),
+        mask=mmask[:, None] & nmask[None, :],
+    )
 
 
 def _blocks(counts: Tensor, offsets: Tensor, bm: int, n_rows: int) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -242,24 +334,69 @@ class _TritonMoEFFN(torch.autograd.Function):
         h = x.new_empty(n, two_f)
         a = x.new_empty(n, f)
         _gate_up_kernel[(nb, triton.cdiv(f, c["BN"]))](
-            x, token, w_gate_up, blk_e, blk_s, blk_end, h, a, d, f,
-            x.stride(0), *w_gate_up.stride(), h.stride(0), a.stride(0), **c)
+            x,
+            token,
+            w_gate_up,
+            blk_e,
+            blk_s,
+            blk_end,
+            h,
+            a,
+            d,
+            f,
+            x.stride(0),
+            *w_gate_up.stride(),
+            h.stride(0),
+            a.stride(0),
+            **c,
+        )
         y = x.new_empty(n, d)
         scattered = x.new_empty(n, d)
         _row_gemm_kernel[(nb, triton.cdiv(d, c["BN"]))](
-            a, w_down, blk_e, blk_s, blk_end, w_sorted, order, scattered, y, f, d,
-            a.stride(0), *w_down.stride(), scattered.stride(0), y.stride(0),
-            HAS_SCALE=True, STORE_Y2=True, **c)
+            a,
+            w_down,
+            blk_e,
+            blk_s,
+            blk_end,
+            w_sorted,
+            order,
+            scattered,
+            y,
+            f,
+            d,
+            a.stride(0),
+            *w_down.stride(),
+            scattered.stride(0),
+            y.stride(0),
+            HAS_SCALE=True,
+            STORE_Y2=True,
+            **c,
+        )
         out = scattered.view(t, k, d).sum(1)
-        ctx.save_for_backward(x, w_gate_up, w_down, h, a, y, w_sorted, token, order, plan.counts, plan.offsets,
-                              blk_e, blk_s, blk_end)
+        ctx.save_for_backward(
+            x,
+            w_gate_up,
+            w_down,
+            h,
+            a,
+            y,
+            w_sorted,
+            token,
+            order,
+            plan.counts,
+            plan.offsets,
+            blk_e,
+            blk_s,
+            blk_end,
+        )
         ctx.meta = (t, k, d, f, n_exp, nb, topk_weight.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        (x, w_gate_up, w_down, h, a, y, w_sorted, token, order, counts, offsets,
-         blk_e, blk_s, blk_end) = ctx.saved_tensors
+        (x, w_gate_up, w_down, h, a, y, w_sorted, token, order, counts, offsets, blk_e, blk_s, blk_end) = (
+            ctx.saved_tensors
+        )
         t, k, d, f, n_exp, nb, wdtype = ctx.meta
         n = t * k
         go = grad_out.contiguous()
@@ -267,29 +404,96 @@ class _TritonMoEFFN(torch.autograd.Function):
         dh = x.new_empty(n, 2 * f)
         dws = torch.zeros(n, dtype=torch.float32, device=x.device)
         _swiglu_bwd_kernel[(nb, triton.cdiv(f, c["BN"]))](
-            go, token, w_down, blk_e, blk_s, blk_end, w_sorted, h, y, order, dh, dws, d, f,
-            go.stride(0), *w_down.stride(), h.stride(0), y.stride(0), dh.stride(0), **c)
+            go,
+            token,
+            w_down,
+            blk_e,
+            blk_s,
+            blk_end,
+            w_sorted,
+            h,
+            y,
+            order,
+            dh,
+            dws,
+            d,
+            f,
+            go.stride(0),
+            *w_down.stride(),
+            h.stride(0),
+            y.stride(0),
+            dh.stride(0),
+            **c,
+        )
         ends = offsets.to(torch.int32)
         starts = (offsets.to(torch.int64) - counts).to(torch.int32)
         wc = dict(c)
         dw_down = torch.empty_like(w_down)
         # dW_down[e] = a_e^T @ (w * dout[token])_e
         _wgrad_kernel[(n_exp, triton.cdiv(f, wc["BM"]), triton.cdiv(d, wc["BN"]))](
-            a, token, go, token, w_sorted, starts, ends, dw_down, f, d,
-            a.stride(0), go.stride(0), dw_down.stride(0), dw_down.stride(1),
-            GATHER_A=False, GATHER_B=True, HAS_SCALE=True, **wc)
+            a,
+            token,
+            go,
+            token,
+            w_sorted,
+            starts,
+            ends,
+            dw_down,
+            f,
+            d,
+            a.stride(0),
+            go.stride(0),
+            dw_down.stride(0),
+            dw_down.stride(1),
+            GATHER_A=False,
+            GATHER_B=True,
+            HAS_SCALE=True,
+            **wc,
+        )
         dw_gate_up = torch.empty_like(w_gate_up)
         # dW_gate_up[e] = x[token]_e^T @ dh_e
         _wgrad_kernel[(n_exp, triton.cdiv(d, wc["BM"]), triton.cdiv(2 * f, wc["BN"]))](
-            x, token, dh, token, w_sorted, starts, ends, dw_gate_up, d, 2 * f,
-            x.stride(0), dh.stride(0), dw_gate_up.stride(0), dw_gate_up.stride(1),
-            GATHER_A=True, GATHER_B=False, HAS_SCALE=False, **wc)
+            x,
+            token,
+            dh,
+            token,
+            w_sorted,
+            starts,
+            ends,
+            dw_gate_up,
+            d,
+            2 * f,
+            x.stride(0),
+            dh.stride(0),
+            dw_gate_up.stride(0),
+            dw_gate_up.stride(1),
+            GATHER_A=True,
+            GATHER_B=False,
+            HAS_SCALE=False,
+            **wc,
+        )
         dx_rows = x.new_empty(n, d)
         wt = w_gate_up.transpose(1, 2)  # [E, 2f, d] view: the kernel only needs the strides
         _row_gemm_kernel[(nb, triton.cdiv(d, c["BN"]))](
-            dh, wt, blk_e, blk_s, blk_end, w_sorted, order, dx_rows, dx_rows, 2 * f, d,
-            dh.stride(0), *wt.stride(), dx_rows.stride(0), dx_rows.stride(0),
-            HAS_SCALE=False, STORE_Y2=False, **c)
+            dh,
+            wt,
+            blk_e,
+            blk_s,
+            blk_end,
+            w_sorted,
+            order,
+            dx_rows,
+            dx_rows,
+            2 * f,
+            d,
+            dh.stride(0),
+            *wt.stride(),
+            dx_rows.stride(0),
+            dx_rows.stride(0),
+            HAS_SCALE=False,
+            STORE_Y2=False,
+            **c,
+        )
         dx = dx_rows.view(t, k, d).sum(1)
         return dx, None, dws.view(t, k).to(wdtype), dw_gate_up, dw_down
 

@@ -13,7 +13,23 @@ from moemix.mixing.search import SearchConfig, SearchResult, iterative_search
 from moemix.mixing.transfer import scale_transfer
 
 __all__ = [
-    "FitConfig", "FitResult", "MixtureDoc", "ProposeConfig", "Proposal", "SamplerConfig", "SearchConfig", "SearchResult", "fit_runs", "iterative_search",
-    "load_fit", "load_mixture", "propose", "propose_next_batch", "proposal_to_doc", "sample_mixtures", "scale_transfer",
-    "write_mixture", "write_proposal",
+    "FitConfig",
+    "FitResult",
+    "MixtureDoc",
+    "ProposeConfig",
+    "Proposal",
+    "SamplerConfig",
+    "SearchConfig",
+    "SearchResult",
+    "fit_runs",
+    "iterative_search",
+    "load_fit",
+    "load_mixture",
+    "propose",
+    "propose_next_batch",
+    "proposal_to_doc",
+    "sample_mixtures",
+    "scale_transfer",
+    "write_mixture",
+    "write_proposal",
 ]

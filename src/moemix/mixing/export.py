@@ -44,8 +44,10 @@ def write_proposal(
     nat = fit.prior_array() if natural is None else np.asarray(natural, dtype=np.float64)
     nat = nat / nat.sum()
     plots: dict[str, str] = {}
-    title = (f"{proposal.method}: predicted {proposal.predicted_loss:.4f} "
-             f"(natural {proposal.baselines['natural']:.4f}, uniform {proposal.baselines['uniform']:.4f})")
+    title = (
+        f"{proposal.method}: predicted {proposal.predicted_loss:.4f} "
+        f"(natural {proposal.baselines['natural']:.4f}, uniform {proposal.baselines['uniform']:.4f})"
+    )
     plot_mixture(fit.domains, proposal.weights, nat, out / "plots" / "mixture.png", title)
     plots["mixture"] = "plots/mixture.png"
     reports: dict[str, str] = {}

@@ -136,8 +136,9 @@ class RunCurves:
         return RunCurves(self.points.subset(keep), self.own, self.budget)
 
 
-def _fit_target(cfg: FitConfig, runs: PreparedRuns, curves: RunCurves | None = None,
-                uncertainty: bool = True) -> Predictor:
+def _fit_target(
+    cfg: FitConfig, runs: PreparedRuns, curves: RunCurves | None = None, uncertainty: bool = True
+) -> Predictor:
     if cfg.predictor == "scaling_law":
         params = _params(cfg, cfg.predictor)
         if not uncertainty:  # CV folds score the point prediction; their bootstrap would be wasted
@@ -148,12 +149,15 @@ def _fit_target(cfg: FitConfig, runs: PreparedRuns, curves: RunCurves | None = N
         return pred.fit_curves(curves.points, curves.own, list(runs.target.coefs), list(runs.target.columns))
     if runs.target.mode == "separate" and len(runs.target.columns) > 1:
         members = [_fit_one(cfg.predictor, cfg, runs.X, runs.Y[:, i]) for i in range(runs.Y.shape[1])]
-        return WeightedSumPredictor(columns=runs.target.columns, coefs=runs.target.coefs).with_members(members)
+        return WeightedSumPredictor(columns=runs.target.columns, coefs=runs.target.coefs).with_members(
+            members
+        )
     return _fit_one(cfg.predictor, cfg, runs.X, runs.y)
 
 
-def _cross_validate(cfg: FitConfig, runs: PreparedRuns, fitted: Predictor,
-                    curves: RunCurves | None = None) -> tuple[np.ndarray, str]:
+def _cross_validate(
+    cfg: FitConfig, runs: PreparedRuns, fitted: Predictor, curves: RunCurves | None = None
+) -> tuple[np.ndarray, str]:
     """Out-of-fold predictions of the whole fitting procedure.
 
     For ``auto`` (combined target, no nested_cv) the OOF predictions of the selected ensemble are
@@ -161,8 +165,12 @@ def _cross_validate(cfg: FitConfig, runs: PreparedRuns, fitted: Predictor,
     """
     if isinstance(fitted, AutoPredictor) and not cfg.nested_cv and fitted.oof is not None:
         return fitted.oof, "oof_of_selected_ensemble"
-    if (isinstance(fitted, WeightedSumPredictor) and not cfg.nested_cv and fitted.members
-            and all(isinstance(m, AutoPredictor) and m.oof is not None for m in fitted.members)):
+    if (
+        isinstance(fitted, WeightedSumPredictor)
+        and not cfg.nested_cv
+        and fitted.members
+        and all(isinstance(m, AutoPredictor) and m.oof is not None for m in fitted.members)
+    ):
         # every member used the same folds (same n and seed), so their weighted OOF sum is the
         # OOF prediction of the combined target
         coefs = np.asarray(fitted.params["coefs"], dtype=np.float64)
@@ -172,8 +180,16 @@ def _cross_validate(cfg: FitConfig, runs: PreparedRuns, fitted: Predictor,
     idx = np.arange(runs.n_used)
     for test in folds:
         train = np.setdiff1d(idx, test)
-        sub = PreparedRuns(X=runs.X[train], Y=runs.Y[train], y=runs.y[train], domains=runs.domains,
-                           weight_cols=runs.weight_cols, target=runs.target, n_rows=len(train), skipped={})
+        sub = PreparedRuns(
+            X=runs.X[train],
+            Y=runs.Y[train],
+            y=runs.y[train],
+            domains=runs.domains,
+            weight_cols=runs.weight_cols,
+            target=runs.target,
+            n_rows=len(train),
+            skipped={},
+        )
         model = _fit_target(cfg, sub, None if curves is None else curves.rows(train), uncertainty=False)
         if hasattr(model, "at_scale"):
             model = model.at_scale(1.0)  # held-out runs are proxies: predict at the proxies' budget
@@ -220,9 +236,15 @@ def fit_prepared(
     metrics = all_metrics(oof, runs.y)
     metrics["rmse"] = float(np.sqrt(np.mean((oof - runs.y) ** 2)))
     cv: dict[str, Any] = {
-        **metrics, "kind": cv_kind, "folds": min(cfg.cv_folds, runs.n_used), "n": runs.n_used,
-        "n_rows": runs.n_rows, "skipped": runs.skipped, "predictor": predictor.label,
-        "fit_seconds": round(fit_s, 3), "target": runs.target.name,
+        **metrics,
+        "kind": cv_kind,
+        "folds": min(cfg.cv_folds, runs.n_used),
+        "n": runs.n_used,
+        "n_rows": runs.n_rows,
+        "skipped": runs.skipped,
+        "predictor": predictor.label,
+        "fit_seconds": round(fit_s, 3),
+        "target": runs.target.name,
     }
     if isinstance(predictor, AutoPredictor):
         cv["candidates"] = [{k: v for k, v in t.items() if k != "spec"} for t in predictor.cv_table]
@@ -243,20 +265,34 @@ def fit_prepared(
     if cfg.plots:
         from moemix.mixing.report import plot_pred_vs_actual
 
-        plot_pred_vs_actual(runs.y, oof, out_dir / "plots" / "pred_vs_actual.png",
-                            f"{predictor.label} on {runs.target.name} ({cv_kind})",
-                            {k: v for k, v in metrics.items() if v is not None})
+        plot_pred_vs_actual(
+            runs.y,
+            oof,
+            out_dir / "plots" / "pred_vs_actual.png",
+            f"{predictor.label} on {runs.target.name} ({cv_kind})",
+            {k: v for k, v in metrics.items() if v is not None},
+        )
         plots["pred_vs_actual"] = "plots/pred_vs_actual.png"
     from dataclasses import asdict
 
     meta = {
-        "format": FIT_FORMAT, "domains": runs.domains, "weight_cols": runs.weight_cols,
-        "target": asdict(runs.target), "prior": prior_list, "prior_source": prior_source,
+        "format": FIT_FORMAT,
+        "domains": runs.domains,
+        "weight_cols": runs.weight_cols,
+        "target": asdict(runs.target),
+        "prior": prior_list,
+        "prior_source": prior_source,
         "domain_tokens": None if domain_tokens is None else [int(t) for t in np.asarray(domain_tokens)],
-        "n_rows": runs.n_rows, "n_used": runs.n_used, "skipped": runs.skipped, "plots": plots,
-        "scale_transfer": scale_transfer, "best_observed": float(np.min(runs.y)),
-        "observed_max_weight": [float(v) for v in runs.X.max(axis=0)], "config": asdict(cfg),
-        "observed_weights": runs.X.tolist(), "seed_noise": seed_noise,
+        "n_rows": runs.n_rows,
+        "n_used": runs.n_used,
+        "skipped": runs.skipped,
+        "plots": plots,
+        "scale_transfer": scale_transfer,
+        "best_observed": float(np.min(runs.y)),
+        "observed_max_weight": [float(v) for v in runs.X.max(axis=0)],
+        "config": asdict(cfg),
+        "observed_weights": runs.X.tolist(),
+        "seed_noise": seed_noise,
     }
     write_json_atomic(out_dir / "fit.json", meta)
     return load_fit(out_dir, predictor=predictor)
@@ -287,19 +323,33 @@ def fit_runs(
         run_curves = curve_points(curves, prepared, where)
     from moemix.mixing.transfer import scale_transfer
 
-    combined = runs[weight_cols + (["scale"] if "scale" in runs.columns else [])
-                    + (["status"] if "status" in runs.columns else [])].copy()
+    combined = runs[
+        weight_cols
+        + (["scale"] if "scale" in runs.columns else [])
+        + (["status"] if "status" in runs.columns else [])
+    ].copy()
     combined["__target__"] = runs[spec.columns].to_numpy(dtype=np.float64) @ np.asarray(spec.coefs)
     st = scale_transfer(combined, "__target__", weight_cols)
-    return fit_prepared(prepared, cfg, out_dir, prior, domain_tokens, st, run_curves, seed_noise,
-                        size_check if run_curves is not None else None)
+    return fit_prepared(
+        prepared,
+        cfg,
+        out_dir,
+        prior,
+        domain_tokens,
+        st,
+        run_curves,
+        seed_noise,
+        size_check if run_curves is not None else None,
+    )
 
 
 def curve_points(curves: pd.DataFrame, runs: PreparedRuns, where: str = "curves") -> RunCurves:
     """The curve rows of the prepared runs, with training tokens relative to the proxies' budget."""
     if runs.run_ids is None:
         raise MoemixError(f"{where}: the runs table has no run_id column to match the curves on")
-    missing = [c for c in [*runs.weight_cols, *runs.target.columns, "run_id", "tokens"] if c not in curves.columns]
+    missing = [
+        c for c in [*runs.weight_cols, *runs.target.columns, "run_id", "tokens"] if c not in curves.columns
+    ]
     if missing:
         raise MoemixError(f"{where}: curves table has no column {missing[0]!r}")
     row_of = {rid: i for i, rid in enumerate(runs.run_ids)}
@@ -308,15 +358,23 @@ def curve_points(curves: pd.DataFrame, runs: PreparedRuns, where: str = "curves"
     if len(np.unique(groups)) < len(row_of):
         raise MoemixError(f"{where}: {len(row_of) - len(np.unique(groups))} fitted runs have no curve")
     budget = float(sub.groupby("run_id")["tokens"].max().median())
-    own = [runs.weight_cols.index("w/" + c[len("loss/"):]) if c.startswith("loss/") and "w/" + c[len("loss/"):]
-           in runs.weight_cols else None for c in runs.target.columns]
+    own = [
+        runs.weight_cols.index("w/" + c[len("loss/") :])
+        if c.startswith("loss/") and "w/" + c[len("loss/") :] in runs.weight_cols
+        else None
+        for c in runs.target.columns
+    ]
     return RunCurves(points=_points(sub, runs, budget, groups), own=own, budget=budget)
 
 
 def _points(sub: pd.DataFrame, runs: PreparedRuns, budget: float, groups: np.ndarray) -> CurvePoints:
     W = sub[runs.weight_cols].to_numpy(dtype=np.float64)
-    return CurvePoints(W=W / W.sum(axis=1, keepdims=True), scale=sub["tokens"].to_numpy(dtype=np.float64) / budget,
-                       losses=sub[runs.target.columns].to_numpy(dtype=np.float64), groups=groups)
+    return CurvePoints(
+        W=W / W.sum(axis=1, keepdims=True),
+        scale=sub["tokens"].to_numpy(dtype=np.float64) / budget,
+        losses=sub[runs.target.columns].to_numpy(dtype=np.float64),
+        groups=groups,
+    )
 
 
 @dataclass
@@ -341,7 +399,9 @@ def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResu
         meta = json.loads(meta_path.read_text())
         cv = json.loads((out_dir / "cv.json").read_text())
     except FileNotFoundError as e:
-        raise MoemixError(f"{out_dir}: not a complete fit directory ({Path(e.filename).name} missing)") from None
+        raise MoemixError(
+            f"{out_dir}: not a complete fit directory ({Path(e.filename).name} missing)"
+        ) from None
     except json.JSONDecodeError as e:
         raise MoemixError(f"{out_dir}: corrupt fit metadata ({e.msg})") from None
     try:
@@ -349,13 +409,24 @@ def load_fit(out_dir: str | Path, predictor: Predictor | None = None) -> FitResu
             predictor = load_predictor(out_dir / "predictor.json")
         cv.pop("oof", None)
         return FitResult(
-            predictor=predictor, domains=list(meta["domains"]), weight_cols=list(meta["weight_cols"]),
-            target=TargetSpec(**meta["target"]), cv=cv, prior=meta.get("prior"),
-            prior_source=meta.get("prior_source", "uniform"), domain_tokens=meta.get("domain_tokens"),
-            n_rows=int(meta["n_rows"]), n_used=int(meta["n_used"]), skipped=dict(meta.get("skipped", {})),
-            plots=dict(meta.get("plots", {})), out_dir=out_dir, config=dict(meta.get("config", {})),
-            scale_transfer=meta.get("scale_transfer"), best_observed=meta.get("best_observed"),
-            observed_max_weight=meta.get("observed_max_weight"), observed_weights=meta.get("observed_weights"),
+            predictor=predictor,
+            domains=list(meta["domains"]),
+            weight_cols=list(meta["weight_cols"]),
+            target=TargetSpec(**meta["target"]),
+            cv=cv,
+            prior=meta.get("prior"),
+            prior_source=meta.get("prior_source", "uniform"),
+            domain_tokens=meta.get("domain_tokens"),
+            n_rows=int(meta["n_rows"]),
+            n_used=int(meta["n_used"]),
+            skipped=dict(meta.get("skipped", {})),
+            plots=dict(meta.get("plots", {})),
+            out_dir=out_dir,
+            config=dict(meta.get("config", {})),
+            scale_transfer=meta.get("scale_transfer"),
+            best_observed=meta.get("best_observed"),
+            observed_max_weight=meta.get("observed_max_weight"),
+            observed_weights=meta.get("observed_weights"),
             seed_noise=meta.get("seed_noise"),
         )
     except (KeyError, TypeError) as e:
@@ -368,4 +439,9 @@ def seed_noise(targets: np.ndarray) -> dict[str, Any] | None:
     t = t[np.isfinite(t)]
     if len(t) < 2:
         return None
-    return {"n": int(len(t)), "mean": float(t.mean()), "std": float(t.std(ddof=1)), "range": float(t.max() - t.min())}
+    return {
+        "n": int(len(t)),
+        "mean": float(t.mean()),
+        "std": float(t.std(ddof=1)),
+        "range": float(t.max() - t.min()),
+    }

@@ -124,7 +124,9 @@ def bounds_for(
     for key, table, arr in (("min_weight", cfg.min_weight, lo), ("max_weight", cfg.max_weight, hi)):
         for name, v in table.items():
             if name not in domains:
-                raise MoemixError(f"constraints.{key}: unknown domain {name!r} (domains: {', '.join(domains)})")
+                raise MoemixError(
+                    f"constraints.{key}: unknown domain {name!r} (domains: {', '.join(domains)})"
+                )
             if not 0 <= float(v) <= 1:
                 raise MoemixError(f"constraints.{key}.{name}: {v} is not in [0, 1]")
             arr[domains.index(name)] = float(v)
@@ -139,22 +141,32 @@ def bounds_for(
         hi = np.minimum(hi, cfg.max_epochs * tok / float(target_tokens))
     for i in range(d):
         if lo[i] > hi[i] + 1e-12:
-            raise MoemixError(f"constraints: domain {domains[i]!r} needs weight >= {lo[i]:.4g} but may have at most "
-                              f"{hi[i]:.4g} (max_weight / max_epochs)")
+            raise MoemixError(
+                f"constraints: domain {domains[i]!r} needs weight >= {lo[i]:.4g} but may have at most "
+                f"{hi[i]:.4g} (max_weight / max_epochs)"
+            )
     if lo.sum() > 1 + 1e-9:
         raise MoemixError(f"constraints.min_weight: minimum weights sum to {lo.sum():.4g} > 1")
     if hi.sum() < 1 - 1e-9:
         worst = domains[int(np.argmin(hi))]
-        raise MoemixError(f"constraints: upper bounds sum to {hi.sum():.4g} < 1, no mixture fits the token budget "
-                          f"(most limiting domain {worst!r}); raise max_epochs or lower target_tokens")
+        raise MoemixError(
+            f"constraints: upper bounds sum to {hi.sum():.4g} < 1, no mixture fits the token budget "
+            f"(most limiting domain {worst!r}); raise max_epochs or lower target_tokens"
+        )
     return lo, hi
 
 
 class _Objective:
     """``pred + uncertainty_weight·std + kl_weight·KL(w‖prior) + anchor_weight·KL(w‖anchor)``."""
 
-    def __init__(self, fit: FitResult, prior: np.ndarray, cfg: ProposeConfig, anchor: np.ndarray | None = None,
-                 anchor_weight: float = 0.0):
+    def __init__(
+        self,
+        fit: FitResult,
+        prior: np.ndarray,
+        cfg: ProposeConfig,
+        anchor: np.ndarray | None = None,
+        anchor_weight: float = 0.0,
+    ):
         self.pred = fit.predictor
         self.prior = np.maximum(prior, 1e-12)
         self.anchor = None if anchor is None else np.maximum(anchor, 1e-12)
@@ -168,10 +180,10 @@ class _Objective:
         need_std = self.cfg.uncertainty_weight > 0
         for s in range(0, len(W), CHUNK):
             if need_std:
-                m, sd = self.pred.predict_with_std(W[s:s + CHUNK])
+                m, sd = self.pred.predict_with_std(W[s : s + CHUNK])
                 stds.append(sd if sd is not None else np.zeros(len(m)))
             else:
-                m = self.pred.predict(W[s:s + CHUNK])
+                m = self.pred.predict(W[s : s + CHUNK])
             means.append(m)
         self.n_eval += len(W)
         return np.concatenate(means), (np.concatenate(stds) if need_std else None)
@@ -190,8 +202,9 @@ class _Objective:
         return out
 
 
-def _samples(rng: np.random.Generator, prior: np.ndarray, n: int, cfg: ProposeConfig,
-             lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _samples(
+    rng: np.random.Generator, prior: np.ndarray, n: int, cfg: ProposeConfig, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     base = tempered(prior, cfg.temperature)
     scales = np.exp(rng.uniform(np.log(cfg.concentration_min), np.log(cfg.concentration_max), size=n))
     W = dirichlet_batch(rng, base, scales)
@@ -199,8 +212,9 @@ def _samples(rng: np.random.Generator, prior: np.ndarray, n: int, cfg: ProposeCo
     return project_capped(W, lo, hi)
 
 
-def _around(rng: np.random.Generator, centers: np.ndarray, n: int, conc: float,
-            lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _around(
+    rng: np.random.Generator, centers: np.ndarray, n: int, conc: float, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     """Dirichlet samples centred on ``centers`` (mean = center); larger ``conc`` = tighter."""
     idx = rng.integers(0, len(centers), size=n)
     d = centers.shape[1]
@@ -250,9 +264,15 @@ def _slsqp(obj: _Objective, start: np.ndarray, lo: np.ndarray, hi: np.ndarray) -
         v = obj(P)
         return (v[:d] - v[d:]) / (2 * h)
 
-    res = minimize(f, start, jac=grad, method="SLSQP", bounds=list(zip(lo, hi)),
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(d)}],
-                   options={"maxiter": 200, "ftol": 1e-10})
+    res = minimize(
+        f,
+        start,
+        jac=grad,
+        method="SLSQP",
+        bounds=list(zip(lo, hi)),
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(d)}],
+        options={"maxiter": 200, "ftol": 1e-10},
+    )
     w = np.clip(res.x, lo, hi)
     return project_capped(w, lo, hi)[0]
 
@@ -297,7 +317,8 @@ def _trust_region(fit: FitResult, cfg: ProposeConfig, lo: np.ndarray) -> np.ndar
 
 
 def _support_floor(fit: FitResult, cfg: ProposeConfig, hi: np.ndarray) -> np.ndarray | None:
-    """Per-domain lower bounds: the ``min_support_runs``-th smallest weight the fitted runs gave each domain."""
+    """Per-domain lower bounds: the ``min_support_runs``-th smallest weight the fitted runs gave each
+    domain."""
     if cfg.min_support_runs == 0 or fit.observed_weights is None:
         return None
     W = np.asarray(fit.observed_weights, dtype=np.float64)
@@ -323,8 +344,9 @@ def fit_noise(fit: FitResult) -> float | None:
 SHIP_WHOLE_STEP = 0.99
 
 
-def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: dict[str, np.ndarray],
-                noise: float | None) -> tuple[np.ndarray, Decision]:
+def _do_no_harm(
+    fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: dict[str, np.ndarray], noise: float | None
+) -> tuple[np.ndarray, Decision]:
     """Shrink ``w`` toward the better baseline when its predicted gain is within the noise."""
     names = list(baselines)
     W = np.vstack([w, *baselines.values()])
@@ -345,18 +367,34 @@ def _do_no_harm(fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: di
     # the whole step on a gain of just over 1 sigma, which is wrong one time in six)
     lam = max(0.0, 1.0 - (need / gain) ** 2) if gain > 0 else 0.0
     if lam >= SHIP_WHOLE_STEP:
-        return w, Decision("optimum", name, gain, noise, 1.0,
-                           f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}")
+        return w, Decision(
+            "optimum",
+            name,
+            gain,
+            noise,
+            1.0,
+            f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}",
+        )
     if lam == 0.0:
-        why = (f"no predicted gain over {name} ({gain:.4f})" if gain <= 0 else
-               f"predicted gain {gain:.4f} over {name} is within {cfg.min_gain_sigmas:g} x its noise {noise:.4f}")
-        return base.copy(), Decision("baseline", name, gain, noise, 0.0,
-                                     f"{why}; the proxies give no evidence to move away from it")
+        why = (
+            f"no predicted gain over {name} ({gain:.4f})"
+            if gain <= 0
+            else f"predicted gain {gain:.4f} over {name} is within {cfg.min_gain_sigmas:g} x its noise "
+            f"{noise:.4f}"
+        )
+        return base.copy(), Decision(
+            "baseline", name, gain, noise, 0.0, f"{why}; the proxies give no evidence to move away from it"
+        )
     shrunk = base + lam * (w - base)
     return shrunk, Decision(
-        "shrunk", name, gain, noise, float(lam),
+        "shrunk",
+        name,
+        gain,
+        noise,
+        float(lam),
         f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}: "
-        f"kept {lam:.2f} of the step from {name} to the optimum")
+        f"kept {lam:.2f} of the step from {name} to the optimum",
+    )
 
 
 @one_blas_thread
@@ -381,9 +419,11 @@ def propose(
     if trust_hi is not None:
         hi = np.minimum(hi, trust_hi)
         if hi.sum() < 1 - 1e-9:
-            raise MoemixError(f"constraints: upper bounds sum to {hi.sum():.4g} < 1 once limited to the explored "
-                              f"region (max_weight_above_observed={cfg.max_weight_above_observed}); raise it or "
-                              "set it to null")
+            raise MoemixError(
+                f"constraints: upper bounds sum to {hi.sum():.4g} < 1 once limited to the explored "
+                f"region (max_weight_above_observed={cfg.max_weight_above_observed}); raise it or "
+                "set it to null"
+            )
     floor = _support_floor(fit, cfg, hi)
     if floor is not None:
         lo = np.maximum(lo, floor)
@@ -393,7 +433,9 @@ def propose(
     uniform = np.full(len(domains), 1.0 / len(domains))
     # the baselines as the closest mixtures the user's own constraints allow (not the trust region:
     # uniform and natural are always among the swarm's runs)
-    feasible = {name: project_capped(b, user_lo, user_hi)[0] for name, b in (("uniform", uniform), ("natural", p))}
+    feasible = {
+        name: project_capped(b, user_lo, user_hi)[0] for name, b in (("uniform", uniform), ("natural", p))
+    }
     # the noisier the fit, the harder the pull toward the better baseline (the one do-no-harm falls back to)
     pred_base = fit.predictor.predict(np.vstack(list(feasible.values())))
     anchor_name = list(feasible)[int(np.argmin(pred_base))]
@@ -413,20 +455,32 @@ def propose(
     mean, std = fit.predictor.predict_with_std(w[None, :])
     base = fit.predictor.predict(np.vstack([uniform, p]))
     constraints: dict[str, Any] = {
-        "min_weight": dict(cfg.min_weight), "max_weight": dict(cfg.max_weight), "max_epochs": cfg.max_epochs,
-        "target_tokens": target_tokens, "kl_weight": cfg.kl_weight, "uncertainty_weight": cfg.uncertainty_weight,
+        "min_weight": dict(cfg.min_weight),
+        "max_weight": dict(cfg.max_weight),
+        "max_epochs": cfg.max_epochs,
+        "target_tokens": target_tokens,
+        "kl_weight": cfg.kl_weight,
+        "uncertainty_weight": cfg.uncertainty_weight,
         "max_weight_above_observed": cfg.max_weight_above_observed,
-        "min_support_runs": cfg.min_support_runs, "min_gain_sigmas": cfg.min_gain_sigmas,
+        "min_support_runs": cfg.min_support_runs,
+        "min_gain_sigmas": cfg.min_gain_sigmas,
         "uncertainty_kl": {"anchor": anchor_name, "weight": anchor_weight},
     }
     if trust_hi is not None:
         constraints["trust_region_max_weight"] = dict(zip(domains, (round(float(v), 6) for v in trust_hi)))
     if floor is not None:
         constraints["trust_region_min_weight"] = dict(zip(domains, (round(float(v), 6) for v in lo)))
-    return Proposal(domains=list(domains), weights=w, predicted_loss=float(mean[0]),
-                    predicted_std=None if std is None else float(std[0]),
-                    baselines={"uniform": float(base[0]), "natural": float(base[1])},
-                    method=cfg.method, constraints=constraints, n_evaluated=obj.n_eval, decision=decision)
+    return Proposal(
+        domains=list(domains),
+        weights=w,
+        predicted_loss=float(mean[0]),
+        predicted_std=None if std is None else float(std[0]),
+        baselines={"uniform": float(base[0]), "natural": float(base[1])},
+        method=cfg.method,
+        constraints=constraints,
+        n_evaluated=obj.n_eval,
+        decision=decision,
+    )
 
 
 def propose_next_batch(
@@ -457,12 +511,14 @@ def propose_next_batch(
     pool = _samples(rng, p, cfg.n_samples // 2, cfg, lo, hi)
     m, _ = fit.predictor.predict_with_std(pool)
     centers = pool[np.argsort(m)[: max(8, n_next)]]
-    conc = 10.0 * len(p) * (2.0 ** round_idx)
+    conc = 10.0 * len(p) * (2.0**round_idx)
     cand = np.vstack([pool, _around(rng, centers, cfg.n_samples // 2, conc, lo, hi)])
     mean, std = fit.predictor.predict_with_std(cand)
     score = mean - explore * (std if std is not None else 0.0)
     chosen: list[np.ndarray] = []
-    taken = np.zeros((0, len(p))) if existing is None else np.atleast_2d(np.asarray(existing, dtype=np.float64))
+    taken = (
+        np.zeros((0, len(p))) if existing is None else np.atleast_2d(np.asarray(existing, dtype=np.float64))
+    )
     for i in np.argsort(score):
         c = cand[i]
         if taken.shape[0] and np.min(np.max(np.abs(taken - c), axis=1)) < min_distance:
@@ -472,7 +528,9 @@ def propose_next_batch(
         if len(chosen) == n_next:
             break
     if len(chosen) < n_next:
-        raise MoemixError(f"search: only {len(chosen)} distinct candidates for {n_next} runs; lower min_distance")
+        raise MoemixError(
+            f"search: only {len(chosen)} distinct candidates for {n_next} runs; lower min_distance"
+        )
     out = np.array(chosen)
     return out / out.sum(axis=1, keepdims=True)
 
@@ -498,16 +556,26 @@ def proposal_to_doc(
         notes = [*(notes or []), f"scale transfer: {st['warning']}"]
     notes = list(notes or [])
     if fit.cv.get("kind") == "oof_of_selected_ensemble":
-        notes.append("cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)")
+        notes.append(
+            "cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)"
+        )
     if fit.best_observed is not None and proposal.predicted_loss < fit.best_observed:
-        notes.append(f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
-                     f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic")
+        notes.append(
+            f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
+            f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic"
+        )
     caps = proposal.constraints.get("trust_region_max_weight") or {}
-    at_edge = [f"{n} {caps[n]:.3g}" for n, w in zip(proposal.domains, proposal.weights)
-               if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4]
+    at_edge = [
+        f"{n} {caps[n]:.3g}"
+        for n, w in zip(proposal.domains, proposal.weights)
+        if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4
+    ]
     if at_edge:
-        notes.append("held at the edge of the region the proxies explored (max_weight_above_observed): "
-                     + ", ".join(at_edge) + "; more proxy runs there would tell whether to go further")
+        notes.append(
+            "held at the edge of the region the proxies explored (max_weight_above_observed): "
+            + ", ".join(at_edge)
+            + "; more proxy runs there would tell whether to go further"
+        )
     dec = proposal.decision
     if dec is not None and dec.action != "optimum":
         notes.append(f"do-no-harm guard: {dec.reason}")
@@ -517,7 +585,9 @@ def proposal_to_doc(
         domains=doms,
         target=TargetInfo(name=fit.target.name, description=target_description),
         predicted_target_loss=proposal.predicted_loss,
-        baselines=Baselines(uniform=proposal.baselines.get("uniform"), natural=proposal.baselines.get("natural")),
+        baselines=Baselines(
+            uniform=proposal.baselines.get("uniform"), natural=proposal.baselines.get("natural")
+        ),
         predictor=str(fit.cv.get("predictor") or fit.predictor.label),
         cv_spearman=fit.cv.get("spearman"),
         n_proxies=int(fit.n_rows) - int(fit.skipped.get("other_scale", 0)),  # base-scale proxies only

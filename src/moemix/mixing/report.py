@@ -28,8 +28,9 @@ def _save(plt, fig, path: str | Path) -> Path:  # matplotlib objects
     return path
 
 
-def plot_pred_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: str | Path, title: str,
-                        metrics: dict | None = None) -> Path:
+def plot_pred_vs_actual(
+    actual: np.ndarray, predicted: np.ndarray, path: str | Path, title: str, metrics: dict | None = None
+) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=110)
     ax.scatter(actual, predicted, s=12, alpha=0.7)
@@ -46,8 +47,13 @@ def plot_pred_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: str | P
     return _save(plt, fig, path)
 
 
-def plot_mixture(domains: list[str], chosen: np.ndarray, natural: np.ndarray, path: str | Path,
-                 title: str = "chosen mixture") -> Path:
+def plot_mixture(
+    domains: list[str],
+    chosen: np.ndarray,
+    natural: np.ndarray,
+    path: str | Path,
+    title: str = "chosen mixture",
+) -> Path:
     plt = _plt()
     d = len(domains)
     uniform = np.full(d, 1.0 / d)

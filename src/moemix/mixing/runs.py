@@ -34,18 +34,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if suffix in (".csv", ".tsv", ".txt"):
             return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     except Exception as e:  # any parser failure is a user-input problem
-        raise MoemixError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise MoemixError(
+            f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     raise MoemixError(f"{path}: unsupported table format {suffix!r} (use .csv or .parquet)")
 
 
 def domain_name(col: str, prefix: str | None) -> str:
     if prefix and col.startswith(prefix):
-        return col[len(prefix):]
-    return col[len(DEFAULT_WEIGHTS_PREFIX):] if col.startswith(DEFAULT_WEIGHTS_PREFIX) else col
+        return col[len(prefix) :]
+    return col[len(DEFAULT_WEIGHTS_PREFIX) :] if col.startswith(DEFAULT_WEIGHTS_PREFIX) else col
 
 
 def resolve_weight_cols(
-    df: pd.DataFrame, prefix: str | None = DEFAULT_WEIGHTS_PREFIX, cols: list[str] | None = None, where: str = "runs"
+    df: pd.DataFrame,
+    prefix: str | None = DEFAULT_WEIGHTS_PREFIX,
+    cols: list[str] | None = None,
+    where: str = "runs",
 ) -> list[str]:
     if cols:
         missing = [c for c in cols if c not in df.columns]
@@ -57,7 +62,9 @@ def resolve_weight_cols(
     prefix = prefix or DEFAULT_WEIGHTS_PREFIX
     found = [c for c in df.columns if str(c).startswith(prefix)]
     if not found:
-        raise MoemixError(f"{where}: no weight columns with prefix {prefix!r} (use --weights-prefix or --weights)")
+        raise MoemixError(
+            f"{where}: no weight columns with prefix {prefix!r} (use --weights-prefix or --weights)"
+        )
     return found
 
 
@@ -102,7 +109,9 @@ def parse_target(text: str, columns: list[str], mode: str = "combined", where: s
         try:
             c = float(coef)
         except ValueError:
-            raise MoemixError(f"{where}: bad target weight {coef!r} in {text!r} (use COL:WEIGHT,...)") from None
+            raise MoemixError(
+                f"{where}: bad target weight {coef!r} in {text!r} (use COL:WEIGHT,...)"
+            ) from None
         if not math.isfinite(c):
             raise MoemixError(f"{where}: target weight for {name!r} is not finite")
         if name not in columns:
@@ -169,22 +178,37 @@ def prepare_runs(
     keep &= ~nan_t
     inf_rows = np.nonzero(np.isinf(Yall).any(axis=1) & keep)[0]
     if inf_rows.size:
-        raise MoemixError(f"{where}: row {int(inf_rows[0])} has an infinite loss in {target.columns} "
-                          f"(mark diverged runs status=failed)")
+        raise MoemixError(
+            f"{where}: row {int(inf_rows[0])} has an infinite loss in {target.columns} "
+            f"(mark diverged runs status=failed)"
+        )
 
-    Wk = _normalized_weights(_weights(df, weight_cols, where)[keep], np.nonzero(keep)[0], weight_cols, where,
-                             weight_sum_tol)
+    Wk = _normalized_weights(
+        _weights(df, weight_cols, where)[keep], np.nonzero(keep)[0], weight_cols, where, weight_sum_tol
+    )
     if len(Wk) < min_runs:
-        raise MoemixError(f"{where}: only {len(Wk)} usable runs after skipping {skipped}; need at least {min_runs}")
+        raise MoemixError(
+            f"{where}: only {len(Wk)} usable runs after skipping {skipped}; need at least {min_runs}"
+        )
     Y = Yall[keep]
     y = Y @ np.asarray(target.coefs, dtype=np.float64)
     run_ids = df["run_id"].astype(str).to_numpy()[keep].tolist() if "run_id" in df.columns else None
-    return PreparedRuns(X=Wk, Y=Y, y=y, domains=[domain_name(c, prefix) for c in weight_cols],
-                        weight_cols=list(weight_cols), target=target, n_rows=n_rows,
-                        skipped={k: v for k, v in skipped.items()}, run_ids=run_ids)
+    return PreparedRuns(
+        X=Wk,
+        Y=Y,
+        y=y,
+        domains=[domain_name(c, prefix) for c in weight_cols],
+        weight_cols=list(weight_cols),
+        target=target,
+        n_rows=n_rows,
+        skipped={k: v for k, v in skipped.items()},
+        run_ids=run_ids,
+    )
 
 
-def mixtures_matrix(df: pd.DataFrame, weight_cols: list[str], where: str, weight_sum_tol: float = 1e-3) -> np.ndarray:
+def mixtures_matrix(
+    df: pd.DataFrame, weight_cols: list[str], where: str, weight_sum_tol: float = 1e-3
+) -> np.ndarray:
     """Weights for prediction: same checks as for fitting, but no row may be skipped."""
     missing = [c for c in weight_cols if c not in df.columns]
     if missing:
@@ -200,8 +224,9 @@ def _weights(df: pd.DataFrame, weight_cols: list[str], where: str) -> np.ndarray
         raise MoemixError(f"{where}: weight columns are not numeric") from None
 
 
-def _normalized_weights(W: np.ndarray, rows: np.ndarray, weight_cols: list[str], where: str,
-                        weight_sum_tol: float) -> np.ndarray:
+def _normalized_weights(
+    W: np.ndarray, rows: np.ndarray, weight_cols: list[str], where: str, weight_sum_tol: float
+) -> np.ndarray:
     """``W`` over its row sums, once every weight is finite and >= 0 and every row sums to 1 within
     ``weight_sum_tol``; errors name the table row (``rows[i]`` for row i of ``W``)."""
     bad = ~np.isfinite(W)
@@ -215,6 +240,8 @@ def _normalized_weights(W: np.ndarray, rows: np.ndarray, weight_cols: list[str],
     off = np.nonzero(np.abs(sums - 1.0) > weight_sum_tol)[0]
     if off.size:
         i = off[0]
-        raise MoemixError(f"{where}: weights in row {int(rows[i])} sum to {sums[i]:.6g}, not 1 "
-                          f"(tolerance {weight_sum_tol:g}; {off.size} such rows)")
+        raise MoemixError(
+            f"{where}: weights in row {int(rows[i])} sum to {sums[i]:.6g}, not 1 "
+            f"(tolerance {weight_sum_tol:g}; {off.size} such rows)"
+        )
     return W / sums[:, None]

@@ -97,7 +97,8 @@ def token_caps(
         worst = int(np.argmin(caps))
         raise MoemixError(
             f"max_epochs={max_epochs}: {tokens_per_run} tokens per run need more data than all domains hold "
-            f"(caps sum to {caps.sum():.3f} < 1; most limiting domain {names[worst]!r} allows weight {caps[worst]:.4g})"
+            f"(caps sum to {caps.sum():.3f} < 1; most limiting domain {names[worst]!r} allows weight "
+            f"{caps[worst]:.4g})"
         )
     return caps
 
@@ -159,7 +160,9 @@ def dirichlet_batch(rng: np.random.Generator, base: np.ndarray, scales: np.ndarr
     return out
 
 
-def _space_filling_batch(rng: np.random.Generator, base: np.ndarray, n: int, cfg: SamplerConfig) -> np.ndarray:
+def _space_filling_batch(
+    rng: np.random.Generator, base: np.ndarray, n: int, cfg: SamplerConfig
+) -> np.ndarray:
     """Scrambled Sobol points pushed through the Dirichlet inverse CDF (gamma ppf per coordinate).
 
     The extra Sobol dimension picks the concentration, so coverage is low-discrepancy in both the

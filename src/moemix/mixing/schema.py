@@ -184,9 +184,7 @@ def _from_obj(obj: dict) -> MixtureDoc:
         domains=[DomainWeight(**d) for d in obj["domains"]],
         target=TargetInfo(**obj["target"]),
         predicted_target_loss=obj["predicted_target_loss"],
-        baselines=Baselines(
-            uniform=obj["baselines"].get("uniform"), natural=obj["baselines"].get("natural")
-        ),
+        baselines=Baselines(uniform=obj["baselines"].get("uniform"), natural=obj["baselines"].get("natural")),
         predictor=obj["predictor"],
         cv_spearman=obj["cv_spearman"],
         n_proxies=obj["n_proxies"],

@@ -53,15 +53,30 @@ class SearchResult:
         return self.mixtures[i], float(self.losses[i])
 
 
-def _fit_in_memory(X: np.ndarray, y: np.ndarray, domains: list[str], prior: np.ndarray, name: str,
-                   params: dict[str, Any], seed: int) -> FitResult:
+def _fit_in_memory(
+    X: np.ndarray,
+    y: np.ndarray,
+    domains: list[str],
+    prior: np.ndarray,
+    name: str,
+    params: dict[str, Any],
+    seed: int,
+) -> FitResult:
     ok = np.isfinite(y)
     params = {**({"seed": seed} if predictor_class(name).seeded else {}), **params}
     with blas_threads(1):
         pred = make_predictor(name, **params).fit(X[ok], y[ok])
-    return FitResult(predictor=pred, domains=list(domains), weight_cols=[f"w/{d}" for d in domains],
-                     target=TargetSpec(), cv={}, prior=list(prior), prior_source="given",
-                     n_rows=len(y), n_used=int(ok.sum()))
+    return FitResult(
+        predictor=pred,
+        domains=list(domains),
+        weight_cols=[f"w/{d}" for d in domains],
+        target=TargetSpec(),
+        cv={},
+        prior=list(prior),
+        prior_source="given",
+        n_rows=len(y),
+        n_used=int(ok.sum()),
+    )
 
 
 def iterative_search(
@@ -86,9 +101,18 @@ def iterative_search(
         if np.isfinite(y).sum() < 3:
             raise MoemixError(f"search: only {int(np.isfinite(y).sum())} successful runs after round {r - 1}")
         fit = _fit_in_memory(W, y, domains, p, cfg.predictor, cfg.predictor_params, seed)
-        nxt = propose_next_batch(fit, p, cfg.batch, r, cfg.propose, existing=W, explore=cfg.explore,
-                                 min_distance=cfg.min_distance, domain_tokens=domain_tokens,
-                                 tokens_per_run=tokens_per_run)
+        nxt = propose_next_batch(
+            fit,
+            p,
+            cfg.batch,
+            r,
+            cfg.propose,
+            existing=W,
+            explore=cfg.explore,
+            min_distance=cfg.min_distance,
+            domain_tokens=domain_tokens,
+            tokens_per_run=tokens_per_run,
+        )
         y_new = np.asarray(evaluate(nxt), dtype=np.float64)
         W, y = np.vstack([W, nxt]), np.concatenate([y, y_new])
         rounds = np.concatenate([rounds, np.full(len(nxt), r)])

@@ -18,7 +18,9 @@ MIN_PAIRS = 3
 WARN_BELOW = 0.8
 
 
-def scale_agreement(df: pd.DataFrame, column: str = "target", weight_cols: list[str] | None = None) -> dict[str, float]:
+def scale_agreement(
+    df: pd.DataFrame, column: str = "target", weight_cols: list[str] | None = None
+) -> dict[str, float]:
     """Spearman rank correlation of ``column`` between base and large runs of the same mixture.
 
     ``{"n", "spearman"}``: ``n`` mixtures ran at both scales; ``spearman`` is NaN below ``MIN_PAIRS``.

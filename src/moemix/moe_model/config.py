@@ -77,8 +77,17 @@ class MoEConfig:
         return self.n_layers - self.n_dense_layers
 
     def validate(self) -> None:
-        positive = ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_experts", "top_k",
-                    "d_expert", "granularity")
+        positive = (
+            "vocab_size",
+            "max_seq_len",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_experts",
+            "top_k",
+            "d_expert",
+            "granularity",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -102,7 +111,9 @@ class MoEConfig:
         for f in dataclasses.fields(self):
             allowed = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
             if allowed and getattr(self, f.name) not in allowed:
-                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, got {getattr(self, f.name)!r}")
+                raise ValueError(
+                    f"{f.name} must be one of {', '.join(allowed)}, got {getattr(self, f.name)!r}"
+                )
         if self.init_std is not None and self.init_std <= 0:
             raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
         for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate", "norm_eps"):

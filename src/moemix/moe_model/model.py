@@ -43,7 +43,9 @@ class Block(nn.Module):
     def __init__(self, cfg: MoEConfig, moe: bool):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.attn = CausalSelfAttention(
+            cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.max_seq_len, cfg.rope_theta
+        )
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn: MoEBlock | SwiGLU = MoEBlock(cfg) if moe else SwiGLU(cfg.d_model, cfg.d_dense_hidden)
 
@@ -95,11 +97,15 @@ class MoETransformer(nn.Module):
                 z_terms.append(z)
         logits = self.lm_head(self.norm(x))
         zero = logits.new_zeros((), dtype=torch.float32)
-        aux_loss = cfg.aux_loss_coef * torch.stack(aux_terms).mean() if aux_terms and cfg.balance == "aux" else zero
+        aux_loss = (
+            cfg.aux_loss_coef * torch.stack(aux_terms).mean() if aux_terms and cfg.balance == "aux" else zero
+        )
         z_loss = cfg.z_loss_coef * torch.stack(z_terms).mean() if z_terms and cfg.z_loss_coef > 0 else zero
         lm_loss = loss = None
         if targets is not None:
-            lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+            lm_loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
             loss = lm_loss + aux_loss + z_loss
         return MoEOutput(logits=logits, loss=loss, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss)
 
@@ -157,7 +163,9 @@ class MoETransformer(nn.Module):
             if dom.dim() == 1:
                 dom = dom[:, None].expand(idx.shape[0], idx.shape[1])
             if dom.shape != idx.shape[:2]:
-                raise ValueError(f"domain_ids shape {tuple(domain_ids.shape)} does not match batch {tuple(idx.shape[:2])}")
+                raise ValueError(
+                    f"domain_ids shape {tuple(domain_ids.shape)} does not match batch {tuple(idx.shape[:2])}"
+                )
             dom = dom[..., None].expand_as(idx)
             keep = dom >= 0
             flat = dom[keep] * e + idx[keep]

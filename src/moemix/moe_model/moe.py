@@ -28,10 +28,18 @@ class MoEBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         e = cfg.n_routed
-        self.router = TopKRouter(cfg.d_model, e, cfg.k_routed, score=cfg.router_score, renorm=cfg.router_renorm,
-                                 use_bias=cfg.balance == "aux_free")
+        self.router = TopKRouter(
+            cfg.d_model,
+            e,
+            cfg.k_routed,
+            score=cfg.router_score,
+            renorm=cfg.router_renorm,
+            use_bias=cfg.balance == "aux_free",
+        )
         self.experts = RoutedExperts(e, cfg.d_model, cfg.d_routed, impl=cfg.kernel_impl)
-        self.shared = SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.d_routed) if cfg.n_shared_experts else None
+        self.shared = (
+            SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.d_routed) if cfg.n_shared_experts else None
+        )
         self.register_buffer("last_counts", torch.zeros(e, dtype=torch.long), persistent=False)
         self.register_buffer("global_counts", torch.zeros(e, dtype=torch.long), persistent=False)
         self.register_buffer("bias_counts", torch.zeros(e, dtype=torch.long), persistent=False)
@@ -86,4 +94,3 @@ class MoEBlock(nn.Module):
         if load.sum() > 0:
             bias_update(self.router.expert_bias, load, self.cfg.bias_update_rate)
         self.bias_counts.zero_()
-

@@ -22,10 +22,23 @@ class RouterOutput:
 
 
 class TopKRouter(nn.Module):
-    def __init__(self, d_model: int, n_experts: int, top_k: int, score: str = "softmax", renorm: bool = True,
-                 use_bias: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        top_k: int,
+        score: str = "softmax",
+        renorm: bool = True,
+        use_bias: bool = False,
+    ):
         super().__init__()
-        self.n_experts, self.top_k, self.score, self.renorm, self.use_bias = n_experts, top_k, score, renorm, use_bias
+        self.n_experts, self.top_k, self.score, self.renorm, self.use_bias = (
+            n_experts,
+            top_k,
+            score,
+            renorm,
+            use_bias,
+        )
         self.gate = nn.Linear(d_model, n_experts, bias=False)
         # a buffer, not a parameter: it is moved by the load-based update rule, never by gradients
         self.register_buffer("expert_bias", torch.zeros(n_experts))

@@ -62,9 +62,7 @@ class ClusterConfig:
         if self.n_domains < 1:
             raise ValueError(f"n_domains: must be >= 1, got {self.n_domains}")
         if self.n_fine_clusters < self.n_domains:
-            raise ValueError(
-                f"n_fine_clusters: {self.n_fine_clusters} is below n_domains={self.n_domains}"
-            )
+            raise ValueError(f"n_fine_clusters: {self.n_fine_clusters} is below n_domains={self.n_domains}")
         if self.sample_size < self.n_fine_clusters:
             raise ValueError(
                 f"sample_size: {self.sample_size} is below n_fine_clusters={self.n_fine_clusters}"
@@ -328,7 +326,8 @@ def _fold_tiny(
     return groups
 
 
-# not domains.describe_domains (another regex and score): these terms name the cluster domains, which must not change
+# not domains.describe_domains (another regex and score): these terms name the cluster domains, which must not
+# change
 def _top_terms(texts: list[str], labels: np.ndarray, n_domains: int, n_top: int) -> list[list[str]]:
     """Class-based TF-IDF (as in BERTopic): terms frequent in a domain and rare across domains."""
     from sklearn.feature_extraction.text import CountVectorizer
@@ -394,7 +393,6 @@ def output_names(in_files: list[Path], suffix: str = ".parquet") -> list[str]:
     return [f"{i:05d}-{s}{suffix}" if dup else f"{s}{suffix}" for i, s in enumerate(stems)]
 
 
-
 def assign_parquet(
     model_dir: Path,
     in_files: list[Path],
@@ -423,7 +421,9 @@ def assign_parquet(
         for f, name in zip(in_files, output_names(in_files)):
             pf = pq.ParquetFile(f)
             if text_column not in pf.schema_arrow.names:
-                raise MoemixError(f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})")
+                raise MoemixError(
+                    f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})"
+                )
             out_schema = domain_schema(pf.schema_arrow)
             out_path = out_dir / name
             with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:

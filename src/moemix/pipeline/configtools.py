@@ -97,4 +97,3 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise MoemixError(f"{key}: expected a string, got {value!r}")
         return value
     return value
-

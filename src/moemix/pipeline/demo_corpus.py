@@ -62,11 +62,15 @@ class DemoCorpus:
     total_bytes: int = 0
     domains: list[str] = field(default_factory=list)
 
-    def source_config(self, name: str = "demo"):  # -> SourceConfig (import kept local: ingest imports heavy deps)
+    def source_config(
+        self, name: str = "demo"
+    ):  # -> SourceConfig (import kept local: ingest imports heavy deps)
         """A label-mode source over every domain file: label column ``source``, ids from ``id``."""
         from moemix.pipeline.ingest import SourceConfig
 
-        return SourceConfig(path=str(self.root / "*.parquet"), label_column="source", id_column="id", name=name)
+        return SourceConfig(
+            path=str(self.root / "*.parquet"), label_column="source", id_column="id", name=name
+        )
 
 
 def default_cache_root() -> Path:
@@ -77,11 +81,14 @@ def default_cache_root() -> Path:
 
 def corpus_key() -> str:
     """Identity of the inputs: builder version, Python, installed distributions."""
-    dists = sorted(
-        f"{d.metadata.get('Name', '?')}=={d.version}" for d in importlib.metadata.distributions()
-    )
+    dists = sorted(f"{d.metadata.get('Name', '?')}=={d.version}" for d in importlib.metadata.distributions())
     return stable_hash(
-        {"v": BUILDER_VERSION, "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"], "dists": dists}
+        {
+            "v": BUILDER_VERSION,
+            "python": sys.version,
+            "stdlib": sysconfig.get_paths()["stdlib"],
+            "dists": dists,
+        }
     )
 
 
@@ -125,7 +132,9 @@ def _load(path: Path) -> DemoCorpus:
 # --------------------------------------------------------------------------- chunking
 
 
-def chunk_blocks(blocks: Iterable[str], target: int = TARGET_DOC_CHARS, limit: int = MAX_DOC_CHARS) -> Iterator[str]:
+def chunk_blocks(
+    blocks: Iterable[str], target: int = TARGET_DOC_CHARS, limit: int = MAX_DOC_CHARS
+) -> Iterator[str]:
     """Greedily join consecutive blocks into documents of about ``target`` chars, never over ``limit``.
 
     A single block over ``limit`` is cut on line boundaries (and, for one enormous line, hard).
@@ -346,7 +355,9 @@ def _header_docs() -> Docs:
             text = _read_text(path)
             if not text:
                 continue
-            yield from _numbered(f"c_headers/{root.name}/{path.relative_to(root)}", chunk_blocks(paragraphs(text)))
+            yield from _numbered(
+                f"c_headers/{root.name}/{path.relative_to(root)}", chunk_blocks(paragraphs(text))
+            )
 
 
 _LICENSE_FILE = re.compile(r"(^|/)(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*$", re.IGNORECASE)
@@ -451,6 +462,7 @@ def _build_into(out: Path, progress: bool = False) -> None:
         # a slim installation (no stdlib tests, few packages): still usable, just smaller
         logging.getLogger(__name__).warning(
             "demo corpus: only %.1f MB of text in this Python installation (expected >= %.0f MB)",
-            total / 1e6, MIN_TOTAL_BYTES / 1e6,
+            total / 1e6,
+            MIN_TOTAL_BYTES / 1e6,
         )
     write_json_atomic(out / STATS_NAME, stats)  # last: marks the directory complete

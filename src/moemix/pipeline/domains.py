@@ -70,8 +70,13 @@ TEXT_SCHEMA = pa.schema(
 )
 STAGING_SCHEMA = TEXT_SCHEMA.append(pa.field("split", pa.string()))
 ASSIGN_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("label", pa.string()), ("domain", pa.string()),
-     ("split", pa.string())]
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("domain", pa.string()),
+        ("split", pa.string()),
+    ]
 )
 
 
@@ -121,7 +126,8 @@ class DomainsConfig:
             if all(labelled):
                 # otherwise label+cluster would silently be label mode
                 raise ValueError(
-                    "mode label+cluster with every source labelled: set split_labels >= 2 to split each label "
+                    "mode label+cluster with every source labelled: set split_labels >= 2 to split each "
+                    "label "
                     "into clusters, or add an unlabelled source"
                 )
 
@@ -156,7 +162,8 @@ class SlugMap:
         if slug is None:
             if len(self.map) >= self.max:
                 raise MoemixError(
-                    f"{self.what} has more than max_domains={self.max} distinct values (e.g. {label[:40]!r}); "
+                    f"{self.what} has more than max_domains={self.max} distinct values (e.g. "
+                    f"{label[:40]!r}); "
                     "is it really a domain label?"
                 )
             slug = unique_name(slugify(label), self.used)
@@ -176,8 +183,14 @@ class PartRouter:
     any size costs the same ~50-100 MB here.
     """
 
-    def __init__(self, root: Path, schema: pa.Schema, max_rows: int, max_buffer_chars: int = 32 << 20,
-                 max_part_chars: int = 16 << 20):
+    def __init__(
+        self,
+        root: Path,
+        schema: pa.Schema,
+        max_rows: int,
+        max_buffer_chars: int = 32 << 20,
+        max_part_chars: int = 16 << 20,
+    ):
         self.root = root
         self.schema = schema
         self.max_rows = max_rows
@@ -248,7 +261,9 @@ class DomainRouter:
         if split == "valid":
             self.valid[domain] += 1
         self.parts.add((split, domain), (doc_id, source, label, text))
-        sample = self.samples.setdefault(domain, BottomKSample(max_chars=2000, max_docs=200, seed=0))  # <= 400 KB a domain
+        sample = self.samples.setdefault(
+            domain, BottomKSample(max_chars=2000, max_docs=200, seed=0)
+        )  # <= 400 KB a domain
         sample.offer(zlib.crc32(doc_id.encode("utf-8", "replace")) * 0x9E3779B1, text)
         self.labels.setdefault(domain, Counter())[label] += 1
 
@@ -264,7 +279,8 @@ class DomainRouter:
 
 # --------------------------------------------------------------------------- descriptions
 
-# not cluster._top_terms (another regex and score): sharing one would change cluster domain names or stats.json's terms
+# not cluster._top_terms (another regex and score): sharing one would change cluster domain names or
+# stats.json's terms
 _TERM = re.compile(r"(?u)\b[a-zA-Z][a-zA-Z0-9_]{2,}\b")
 
 
@@ -351,7 +367,13 @@ def run_domains(
     domains, dropped = _check_small_domains(cfg, out_dir, router, stats)
     write_json_atomic(
         out_dir / ROUTING_NAME,
-        {"mode": cfg.mode, "label_column": label_column, "labels": slugs.map, "models": models, "domains": domains},
+        {
+            "mode": cfg.mode,
+            "label_column": label_column,
+            "labels": slugs.map,
+            "models": models,
+            "domains": domains,
+        },
     )
     for d, desc in describe_domains({d: router.samples[d].texts() for d in domains}).items():
         descriptions.setdefault(d, desc)
@@ -403,12 +425,20 @@ def run_domains(
         for d in domains:
             for split in SPLITS:
                 for f in router.parts.files((split, d)):
-                    for b in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["id", "source", "label"]):
+                    for b in pq.ParquetFile(f).iter_batches(
+                        batch_size=65536, columns=["id", "source", "label"]
+                    ):
                         n = b.num_rows
-                        aw.write_batch(pa.RecordBatch.from_arrays(
-                            [*b.columns, pa.array([d] * n, pa.string()), pa.array([split] * n, pa.string())],
-                            schema=ASSIGN_SCHEMA,
-                        ))
+                        aw.write_batch(
+                            pa.RecordBatch.from_arrays(
+                                [
+                                    *b.columns,
+                                    pa.array([d] * n, pa.string()),
+                                    pa.array([split] * n, pa.string()),
+                                ],
+                                schema=ASSIGN_SCHEMA,
+                            )
+                        )
 
     # ---- stats
     stats_doc = {
@@ -438,7 +468,9 @@ def run_domains(
         ],
     }
     write_json_atomic(out_dir / "stats.json", to_jsonable(stats_doc))
-    return DomainsResult(out_dir=out_dir, domains=domains, tokens=meta.tokens, stats_path=out_dir / "stats.json")
+    return DomainsResult(
+        out_dir=out_dir, domains=domains, tokens=meta.tokens, stats_path=out_dir / "stats.json"
+    )
 
 
 def _check_small_domains(
@@ -516,7 +548,9 @@ def _run_clustered(
     bar.close()
     parts.close()
 
-    assign = assign_fn or (lambda m, f, o: assign_parquet(m, f, o, batch_size=cfg.batch_size, progress=progress))
+    assign = assign_fn or (
+        lambda m, f, o: assign_parquet(m, f, o, batch_size=cfg.batch_size, progress=progress)
+    )
     taken = set(slugs.used)
     models: dict[str, dict] = {}
     for group in sorted(samples):
@@ -525,7 +559,8 @@ def _run_clustered(
         ccfg = cfg.cluster if not group else replace(cfg.cluster, n_domains=cfg.split_labels)
         if len(texts) < ccfg.n_domains:
             raise MoemixError(
-                f"domains: {what} has {len(texts)} documents, fewer than the {ccfg.n_domains} clusters asked for "
+                f"domains: {what} has {len(texts)} documents, fewer than the {ccfg.n_domains} clusters "
+                "asked for "
                 f"({'split_labels' if group else 'cluster.n_domains'}={ccfg.n_domains})"
             )
         if len(texts) < ccfg.n_fine_clusters:
@@ -544,13 +579,18 @@ def _run_clustered(
             names.append(name)
         models[group] = {"dir": str(model_dir.relative_to(out_dir)), "names": names}
         for name, info in zip(names, model.describe()):
-            descriptions[name] = {"top_terms": info.get("top_terms", []), "examples": info.get("examples", [])}
+            descriptions[name] = {
+                "top_terms": info.get("top_terms", []),
+                "examples": info.get("examples", []),
+            }
         in_files = parts.files((group or "_all",))
         assigned = assign(model_dir, in_files, staging / "assigned" / (group or "_all"))
         n_in = sum(pq.ParquetFile(f).metadata.num_rows for f in in_files)
         n_out = sum(pq.ParquetFile(f).metadata.num_rows for f in assigned)
         if n_in != n_out:  # a substituted assign_fn (e.g. Ray Data) must keep every row
-            raise MoemixError(f"domains: cluster assignment returned {n_out} rows for {n_in} documents ({what})")
+            raise MoemixError(
+                f"domains: cluster assignment returned {n_out} rows for {n_in} documents ({what})"
+            )
         for f in assigned:
             for b in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size):
                 cols = b.to_pydict()

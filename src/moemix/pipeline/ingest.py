@@ -174,7 +174,8 @@ def detect_format(path: Path) -> str:
     ext = os.path.splitext(name)[1]
     if ext not in _EXT_FORMATS:
         raise MoemixError(
-            f"cannot tell the format of {path} from its extension {ext or '(none)'!r}; set 'format' on the source"
+            f"cannot tell the format of {path} from its extension {ext or '(none)'!r}; set 'format' on the "
+            "source"
         )
     return _EXT_FORMATS[ext]
 
@@ -256,7 +257,9 @@ def _columns_needed(src: SourceConfig, label_column: str | None) -> list[str]:
     return cols
 
 
-def _check_columns(names: list[str], needed: list[str], where: str, src: SourceConfig, label_column: str | None):
+def _check_columns(
+    names: list[str], needed: list[str], where: str, src: SourceConfig, label_column: str | None
+):
     for c in needed:
         if c not in names:
             kind = "text" if c == src.text_column else ("id" if c == src.id_column else "label")
@@ -265,7 +268,9 @@ def _check_columns(names: list[str], needed: list[str], where: str, src: SourceC
             )
 
 
-def _rows_from_table(batch: pa.RecordBatch | pa.Table, src: SourceConfig, label_column: str | None) -> list[Row]:
+def _rows_from_table(
+    batch: pa.RecordBatch | pa.Table, src: SourceConfig, label_column: str | None
+) -> list[Row]:
     n = batch.num_rows
 
     def col(name: str | None) -> list:
@@ -281,7 +286,9 @@ def _rows_from_table(batch: pa.RecordBatch | pa.Table, src: SourceConfig, label_
     return list(zip(col(src.text_column), col(src.id_column), col(label_column)))
 
 
-def _read_parquet(path: Path, src: SourceConfig, label_column: str | None, batch_size: int) -> Iterator[list[Row]]:
+def _read_parquet(
+    path: Path, src: SourceConfig, label_column: str | None, batch_size: int
+) -> Iterator[list[Row]]:
     import pyarrow.parquet as pq
 
     try:
@@ -294,7 +301,9 @@ def _read_parquet(path: Path, src: SourceConfig, label_column: str | None, batch
         yield _rows_from_table(batch, src, label_column)
 
 
-def _read_arrow(path: Path, src: SourceConfig, label_column: str | None, batch_size: int) -> Iterator[list[Row]]:
+def _read_arrow(
+    path: Path, src: SourceConfig, label_column: str | None, batch_size: int
+) -> Iterator[list[Row]]:
     import pyarrow.ipc as ipc
 
     needed = _columns_needed(src, label_column)
@@ -318,12 +327,15 @@ def _read_arrow(path: Path, src: SourceConfig, label_column: str | None, batch_s
             yield _rows_from_table(sub, src, label_column)
 
 
-def _read_csv(path: Path, src: SourceConfig, label_column: str | None, batch_size: int) -> Iterator[list[Row]]:
+def _read_csv(
+    path: Path, src: SourceConfig, label_column: str | None, batch_size: int
+) -> Iterator[list[Row]]:
     import pyarrow.csv as pcsv
 
     needed = _columns_needed(src, label_column)
-    parse = pcsv.ParseOptions(delimiter="\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ",",
-                              newlines_in_values=True)
+    parse = pcsv.ParseOptions(
+        delimiter="\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ",", newlines_in_values=True
+    )
     read = pcsv.ReadOptions(block_size=1 << 22)
 
     def open_reader(convert: pcsv.ConvertOptions):
@@ -337,8 +349,9 @@ def _read_csv(path: Path, src: SourceConfig, label_column: str | None, batch_siz
     names = open_reader(pcsv.ConvertOptions()).schema.names
     _check_columns(names, needed, str(path), src, label_column)
     reader = open_reader(
-        pcsv.ConvertOptions(include_columns=needed, column_types={c: pa.binary() for c in needed},
-                            strings_can_be_null=False)
+        pcsv.ConvertOptions(
+            include_columns=needed, column_types={c: pa.binary() for c in needed}, strings_can_be_null=False
+        )
     )
     try:
         for batch in reader:
@@ -356,7 +369,9 @@ def _open_binary(path: Path):
         try:
             import zstandard
         except ImportError:
-            raise MoemixError(f"reading {path} needs the 'zstandard' package (pip install moemix[zstd])") from None
+            raise MoemixError(
+                f"reading {path} needs the 'zstandard' package (pip install moemix[zstd])"
+            ) from None
         fh = open(path, "rb")  # noqa: SIM115 - closed by the wrapping reader
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True))
     return open(path, "rb")
@@ -450,7 +465,9 @@ def _read_hub(src: SourceConfig, label_column: str | None, batch_size: int) -> I
 
         ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split, streaming=True)
     except Exception as e:  # any loader failure is a user-facing problem with this source
-        raise MoemixError(f"cannot load hub dataset {src.hub} (split {src.split}): {str(e).splitlines()[0]}") from None
+        raise MoemixError(
+            f"cannot load hub dataset {src.hub} (split {src.split}): {str(e).splitlines()[0]}"
+        ) from None
     needed = _columns_needed(src, label_column)
     rows: list[Row] = []
     checked = False
@@ -459,8 +476,11 @@ def _read_hub(src: SourceConfig, label_column: str | None, batch_size: int) -> I
             _check_columns(list(obj), needed, f"hub dataset {src.hub}", src, label_column)
             checked = True
         rows.append(
-            (obj.get(src.text_column), obj.get(src.id_column) if src.id_column else None,
-             obj.get(label_column) if label_column else None)
+            (
+                obj.get(src.text_column),
+                obj.get(src.id_column) if src.id_column else None,
+                obj.get(label_column) if label_column else None,
+            )
         )
         if len(rows) >= batch_size:
             yield rows
@@ -489,7 +509,9 @@ def read_rows(
             it = _read_jsonl(path, src, label_column, batch_size, stats)
         elif fmt == "text":
             if label_column:
-                raise MoemixError(f"{path}: text files have no columns, so label column {label_column!r} can't exist")
+                raise MoemixError(
+                    f"{path}: text files have no columns, so label column {label_column!r} can't exist"
+                )
             it = _read_text(path, src, batch_size, stats)
         else:  # pragma: no cover - Literal guards this
             raise MoemixError(f"{path}: unknown format {fmt!r}")
@@ -499,7 +521,9 @@ def read_rows(
         except MoemixError:
             raise
         except (OSError, EOFError, pa.ArrowException) as e:  # truncated gzip, corrupt parquet, ...
-            raise MoemixError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise MoemixError(
+                f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
 
 
 # --------------------------------------------------------------------------- the stream

@@ -67,15 +67,26 @@ def source_stats(cfg: Config) -> list[dict[str, Any]]:
             out.append({"hub": getattr(src, "hub", None)})
             continue
         p = Path(path)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else sorted(p.parent.glob(p.name))
-        out.append({"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
+        files = (
+            sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else sorted(p.parent.glob(p.name))
+        )
+        out.append(
+            {"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+        )
     return out
 
 
-def domains_stage(cfg: Config, run_dir: Path, assign_fn: Callable | None = None, progress: bool = True) -> DomainsOutput:
+def domains_stage(
+    cfg: Config, run_dir: Path, assign_fn: Callable | None = None, progress: bool = True
+) -> DomainsOutput:
     from moemix.pipeline.domains import run_domains
 
-    stage = stage_for(run_dir, "domains", {"domains": cfg.domains, "seed": cfg.seed}, {"sources": stable_hash(source_stats(cfg))})
+    stage = stage_for(
+        run_dir,
+        "domains",
+        {"domains": cfg.domains, "seed": cfg.seed},
+        {"sources": stable_hash(source_stats(cfg))},
+    )
     if not stage.is_complete():
         log.info("domains: building %s", stage.path)
         started = time.time()
@@ -117,10 +128,19 @@ def proxy_specs(cfg: Config, domains: DomainsOutput, stage: Stage) -> list[Any]:
         domain_tokens=domains.token_counts(),
         tokens_per_run=tokens_per_run,
     )
-    return make_specs(pcfg, domains.domains, mixtures, domains.tokens_dir, stage.path, domains_fingerprint=domains.fingerprint)
+    return make_specs(
+        pcfg,
+        domains.domains,
+        mixtures,
+        domains.tokens_dir,
+        stage.path,
+        domains_fingerprint=domains.fingerprint,
+    )
 
 
-def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runner: Callable[[list[Any]], Any]) -> ProxiesOutput:
+def proxies_stage(
+    cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runner: Callable[[list[Any]], Any]
+) -> ProxiesOutput:
     from moemix.proxies.run import collect_runs, scale_transfer_report, swarm_target
 
     # the swarm's key sees only what a proxy computes: a weighted-domain target is applied at fit time
@@ -129,8 +149,12 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
     if cfg.proxies.rounds == 1:
         swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
     # threads, device and logging cadence change how a proxy runs, not what it computes (run ids agree)
-    stage = stage_for(run_dir, "proxies", {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed},
-                      {"domains": domains.stage.key})
+    stage = stage_for(
+        run_dir,
+        "proxies",
+        {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed},
+        {"domains": domains.stage.key},
+    )
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: finished proxies under runs/ are kept and skipped
@@ -140,7 +164,9 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
         earlier = [s.run_id for s in specs if s.scale == "base"]
         for round_idx in range(1, cfg.proxies.rounds):
             more = next_round_specs(cfg, domains, stage, round_idx, earlier)
-            log.info("proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more))
+            log.info(
+                "proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more)
+            )
             swarm_runner(more)
             earlier += [s.run_id for s in more]
         runs = collect_runs(stage.path)
@@ -148,7 +174,9 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
             raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
         n_ok = int((runs["status"] == "ok").sum())
         if n_ok == 0:
-            raise MoemixError(f"proxies: all {len(runs)} proxy runs failed; first error: {runs['error'].iloc[0]}")
+            raise MoemixError(
+                f"proxies: all {len(runs)} proxy runs failed; first error: {runs['error'].iloc[0]}"
+            )
         stage.complete(
             {
                 "runs": "runs.parquet",
@@ -159,11 +187,14 @@ def proxies_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runn
             started,
         )
     out = stage.manifest()["outputs"]
-    return ProxiesOutput(stage, stage.path / out["runs"], out["n_ok"], out["n_failed"], out.get("scale_transfer"))
+    return ProxiesOutput(
+        stage, stage.path / out["runs"], out["n_ok"], out["n_failed"], out.get("scale_transfer")
+    )
 
 
-def next_round_specs(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int,
-                     earlier: list[str]) -> list[Any]:
+def next_round_specs(
+    cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, earlier: list[str]
+) -> list[Any]:
     """CLIMB: fit the base runs of the earlier rounds (``earlier``: their run ids), then sample the next
     batch around the best predicted mixtures.
 
@@ -179,17 +210,36 @@ def next_round_specs(cfg: Config, domains: DomainsOutput, stage: Stage, round_id
     wcols = [f"w/{d}" for d in domains.domains]
     tokens = domains.token_counts()
     fit_cfg = dataclasses.replace(fit_config(cfg, domains), plots=False)
-    fitted = fit_runs(base, target_expression(cfg, domains.domains), wcols, fit_cfg, stage.path / "rounds" / str(round_idx),
-                      prior=domains.prior(), domain_tokens=tokens, where=str(stage.path),
-                      curves=pd.read_parquet(stage.path / CURVES_TABLE))
+    fitted = fit_runs(
+        base,
+        target_expression(cfg, domains.domains),
+        wcols,
+        fit_cfg,
+        stage.path / "rounds" / str(round_idx),
+        prior=domains.prior(),
+        domain_tokens=tokens,
+        where=str(stage.path),
+        curves=pd.read_parquet(stage.path / CURVES_TABLE),
+    )
     pcfg = cfg.proxies
     mixtures = propose_next_batch(
-        fitted, None, pcfg.next_round_size, round_idx,
+        fitted,
+        None,
+        pcfg.next_round_size,
+        round_idx,
         cfg=ProposeConfig(n_samples=20_000, max_epochs=pcfg.sampler.max_epochs, seed=cfg.seed),
-        existing=base[wcols].to_numpy(dtype=np.float64), domain_tokens=tokens,
-        tokens_per_run=pcfg.train.tokens_per_run())
-    return round_specs(pcfg, mixtures, domains.tokens_dir, stage.path, start_index=len(earlier),
-                       domains_fingerprint=domains.fingerprint)
+        existing=base[wcols].to_numpy(dtype=np.float64),
+        domain_tokens=tokens,
+        tokens_per_run=pcfg.train.tokens_per_run(),
+    )
+    return round_specs(
+        pcfg,
+        mixtures,
+        domains.tokens_dir,
+        stage.path,
+        start_index=len(earlier),
+        domains_fingerprint=domains.fingerprint,
+    )
 
 
 def fit_config(cfg: Config, domains: DomainsOutput) -> Any:
@@ -197,8 +247,11 @@ def fit_config(cfg: Config, domains: DomainsOutput) -> Any:
     fit_cfg = cfg.fit
     if fit_cfg.predictor == "scaling_law":
         vocab = DomainTokens(domains.tokens_dir).vocab_size
-        params = {"target_scale": target_scale(cfg), "target_params": target_params_ratio(cfg, vocab),
-                  **fit_cfg.predictor_params}
+        params = {
+            "target_scale": target_scale(cfg),
+            "target_params": target_params_ratio(cfg, vocab),
+            **fit_cfg.predictor_params,
+        }
         fit_cfg = dataclasses.replace(fit_cfg, predictor_params=params)
     return fit_cfg
 
@@ -236,8 +289,12 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
 
     fit_cfg = fit_config(cfg, domains)
     target = target_expression(cfg, domains.domains)
-    stage = stage_for(run_dir, "fit", {"fit": fit_cfg, "target": target, "seed": cfg.seed, "format": FIT_FORMAT},
-                      {"proxies": proxies.stage.key})
+    stage = stage_for(
+        run_dir,
+        "fit",
+        {"fit": fit_cfg, "target": target, "seed": cfg.seed, "format": FIT_FORMAT},
+        {"proxies": proxies.stage.key},
+    )
     if not stage.is_complete():
         started = time.time()
         stage.start(fresh=True)
@@ -258,7 +315,9 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
             seed_noise=seed_noise(_replicate_targets(base, target)),
             size_check=_size_check(runs, curves),
         )
-        stage.complete({"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started)
+        stage.complete(
+            {"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started
+        )
     return FitOutput(stage)
 
 
@@ -318,21 +377,29 @@ class ProposeOutput:
         return self.stage.path / "mixture.json"
 
 
-def propose_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput, fit: FitOutput) -> ProposeOutput:
+def propose_stage(
+    cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput, fit: FitOutput
+) -> ProposeOutput:
     from moemix.mixing.fit import load_fit
     from moemix.mixing.propose import PROPOSE_FORMAT, proposal_to_doc, propose
     from moemix.mixing.report import plot_mixture
     from moemix.mixing.schema import write_mixture
 
-    stage = stage_for(run_dir, "propose", {"propose": cfg.propose, "seed": cfg.seed, "format": PROPOSE_FORMAT},
-                      {"fit": fit.stage.key, "domains": domains.stage.key})
+    stage = stage_for(
+        run_dir,
+        "propose",
+        {"propose": cfg.propose, "seed": cfg.seed, "format": PROPOSE_FORMAT},
+        {"fit": fit.stage.key, "domains": domains.stage.key},
+    )
     if not stage.is_complete():
         started = time.time()
         stage.start(fresh=True)
         fitted = load_fit(fit.stage.path)
         domain_tokens, prior = domains.token_counts(), domains.prior()
         target_tokens = cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
-        proposal = propose(fitted, prior, cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens)
+        proposal = propose(
+            fitted, prior, cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens
+        )
         plots = {}
         if cfg.fit.plots:
             plot_mixture(list(proposal.domains), proposal.weights, prior, stage.path / "mixture.png")
@@ -414,8 +481,12 @@ def pretrain_stage(
     from moemix.mixing.schema import load_mixture
 
     doc = load_mixture(propose_out.mixture_path)
-    stage = stage_for(run_dir, "pretrain", pretrain_key_config(cfg),
-                      {"propose": propose_out.stage.key, "domains": domains.stage.key})
+    stage = stage_for(
+        run_dir,
+        "pretrain",
+        pretrain_key_config(cfg),
+        {"propose": propose_out.stage.key, "domains": domains.stage.key},
+    )
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: checkpoints inside are how a crashed run resumes
@@ -435,12 +506,20 @@ def pretrain_stage(
         results = pretrain_runner(mixtures, domains.tokens_dir, stage.path)
         results.update({name: results[twin] for name, twin in same_as.items()})
         comparison: dict[str, Any] = {
-            name: {"target_loss": r["target_loss"], "target_bpb": r.get("target_bpb"), "tokens": r.get("tokens"),
-                   "checkpoint": r.get("checkpoint"), "loss": r.get("loss"), "same_as": same_as.get(name)}
+            name: {
+                "target_loss": r["target_loss"],
+                "target_bpb": r.get("target_bpb"),
+                "tokens": r.get("tokens"),
+                "checkpoint": r.get("checkpoint"),
+                "loss": r.get("loss"),
+                "same_as": same_as.get(name),
+            }
             for name, r in results.items()
         }
         if "uniform" in comparison:
-            comparison["improvement_vs_uniform"] = comparison["uniform"]["target_loss"] - comparison["chosen"]["target_loss"]
+            comparison["improvement_vs_uniform"] = (
+                comparison["uniform"]["target_loss"] - comparison["chosen"]["target_loss"]
+            )
         comparison["verdict"] = asdict(pretrain_verdict(comparison))
         comparison["moemix_version"] = __version__
         from moemix._io import write_json_atomic
@@ -468,14 +547,18 @@ def pretrain_verdict(comparison: dict[str, Any]) -> PretrainCheck:
     vs = ", ".join(f"{n} {v:.4f}" for n, v in base.items())
     if not lost:
         return PretrainCheck(losses, True, f"chosen {chosen:.4f} beats {vs}")
-    return PretrainCheck(losses, False, f"WARNING: chosen {chosen:.4f} does not beat {', '.join(lost)} ({vs})")
+    return PretrainCheck(
+        losses, False, f"WARNING: chosen {chosen:.4f} does not beat {', '.join(lost)} ({vs})"
+    )
 
 
 def annotate_mixture(mixture_path: Path, comparison: dict[str, Any]) -> PretrainCheck:
     """Record the pretraining verdict in the published mixture.json (what users read), and warn on a loss."""
     from moemix.mixing.schema import load_mixture, write_mixture
 
-    check = PretrainCheck(**comparison["verdict"]) if "verdict" in comparison else pretrain_verdict(comparison)
+    check = (
+        PretrainCheck(**comparison["verdict"]) if "verdict" in comparison else pretrain_verdict(comparison)
+    )
     doc = load_mixture(mixture_path)
     notes = [n for n in (doc.notes or []) if not n.startswith("pretraining: ")]
     if not check.beats_baselines:

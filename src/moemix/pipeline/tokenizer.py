@@ -49,8 +49,14 @@ class BottomKSample:
     and remixes the keys, so samples drawn under different seeds differ.
     """
 
-    def __init__(self, budget_bytes: int | None = None, max_chars: int = 16_000, *, max_docs: int | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        budget_bytes: int | None = None,
+        max_chars: int = 16_000,
+        *,
+        max_docs: int | None = None,
+        seed: int | None = None,
+    ):
         self.budget = budget_bytes
         self.max_docs = max_docs
         self.max_chars = max_chars

@@ -19,15 +19,30 @@ from moemix.training.evaluate import TargetConfig
 
 
 def demo_proxy_model() -> MoEConfig:
-    """~0.7M-parameter MoE at vocab 4096 (0.39M active; 8 experts, top-2); vocab_size is replaced by the tokenizer's at run time."""
+    """~0.7M-parameter MoE at vocab 4096 (0.39M active; 8 experts, top-2); vocab_size is replaced by the
+    tokenizer's at run time."""
     return MoEConfig(
-        vocab_size=4096, max_seq_len=128, d_model=64, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=128
+        vocab_size=4096,
+        max_seq_len=128,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_experts=8,
+        top_k=2,
+        d_expert=128,
     )
 
 
 def demo_large_model() -> MoEConfig:
     return MoEConfig(
-        vocab_size=4096, max_seq_len=128, d_model=128, n_layers=3, n_heads=4, n_experts=8, top_k=2, d_expert=256
+        vocab_size=4096,
+        max_seq_len=128,
+        d_model=128,
+        n_layers=3,
+        n_heads=4,
+        n_experts=8,
+        top_k=2,
+        d_expert=256,
     )
 
 
@@ -87,7 +102,8 @@ class ProxiesConfig:
             raise ValueError("max_retries and transient_retries must be >= 0")
         if self.scale_check.n_mixtures > self.sampler.n_mixtures:
             raise ValueError(
-                f"scale_check.n_mixtures={self.scale_check.n_mixtures} exceeds sampler.n_mixtures={self.sampler.n_mixtures}"
+                f"scale_check.n_mixtures={self.scale_check.n_mixtures} exceeds "
+                f"sampler.n_mixtures={self.sampler.n_mixtures}"
             )
         for sub in (self.sampler, self.model, self.train, self.target, self.scale_check):
             sub.validate()

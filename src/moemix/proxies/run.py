@@ -110,13 +110,24 @@ def _tokens_hash(data: DomainTokens) -> str:
 
 
 def make_run_id(
-    mixture: Mapping[str, float], model: Any, train_cfg: TrainConfig, target: TargetConfig, fingerprint: str,
-    scale: str = "base", curve_points: int = 1,
+    mixture: Mapping[str, float],
+    model: Any,
+    train_cfg: TrainConfig,
+    target: TargetConfig,
+    fingerprint: str,
+    scale: str = "base",
+    curve_points: int = 1,
 ) -> str:
     tc = outcome_config(train_cfg)
     mix = {d: round(float(w), 12) for d, w in mixture.items()}
-    key: dict[str, Any] = {"mixture": mix, "model": model, "train": tc, "target": target, "domains": fingerprint,
-                           "scale": scale}
+    key: dict[str, Any] = {
+        "mixture": mix,
+        "model": model,
+        "train": tc,
+        "target": target,
+        "domains": fingerprint,
+        "scale": scale,
+    }
     if curve_points > 1:  # keeps the ids of runs without curves as they were
         key["curve_points"] = curve_points
     return stable_hash(key)
@@ -203,21 +214,31 @@ def make_specs(
     first ``scale_check.n_mixtures`` again with the larger model (``scale='large'``)."""
     data = DomainTokens(tokens_dir)
     if list(domains) != data.domains:
-        raise MoemixError(f"{tokens_dir}: domains {data.domains} do not match the mixtures' columns {list(domains)}")
+        raise MoemixError(
+            f"{tokens_dir}: domains {data.domains} do not match the mixtures' columns {list(domains)}"
+        )
     train_cfg = swarm_train_config(cfg)
-    kw = dict(target=swarm_target(cfg.target), tokens_dir=tokens_dir, out_dir=out_dir, data=data,
-              domains_fingerprint=domains_fingerprint, curve_points=cfg.curve_points)
+    kw = dict(
+        target=swarm_target(cfg.target),
+        tokens_dir=tokens_dir,
+        out_dir=out_dir,
+        data=data,
+        domains_fingerprint=domains_fingerprint,
+        curve_points=cfg.curve_points,
+    )
     mixtures = np.asarray(mixtures)
     specs = specs_for_mixtures(mixtures, model=cfg.model, train_cfg=train_cfg, scale="base", **kw)
     if cfg.sampler.include_references:
         for seed in range(1, cfg.uniform_seeds):
             reseeded = dataclasses.replace(train_cfg, seed=train_cfg.seed + seed)
-            specs += specs_for_mixtures(mixtures[:1], model=cfg.model, train_cfg=reseeded, scale="base",
-                                        start_index=len(specs), **kw)
+            specs += specs_for_mixtures(
+                mixtures[:1], model=cfg.model, train_cfg=reseeded, scale="base", start_index=len(specs), **kw
+            )
     n_large = cfg.scale_check.n_mixtures
     if n_large:
-        specs += specs_for_mixtures(mixtures[:n_large], model=cfg.scale_check.model, train_cfg=train_cfg,
-                                    scale="large", **kw)
+        specs += specs_for_mixtures(
+            mixtures[:n_large], model=cfg.scale_check.model, train_cfg=train_cfg, scale="large", **kw
+        )
     return specs
 
 
@@ -229,13 +250,27 @@ def swarm_train_config(cfg: Any) -> TrainConfig:
     return cfg.train
 
 
-def round_specs(cfg: Any, mixtures: np.ndarray, tokens_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                *, start_index: int, domains_fingerprint: str | None = None) -> list[ProxySpec]:
+def round_specs(
+    cfg: Any,
+    mixtures: np.ndarray,
+    tokens_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    start_index: int,
+    domains_fingerprint: str | None = None,
+) -> list[ProxySpec]:
     """Base-scale specs for a later round of an iterative swarm (indices continue after ``start_index``)."""
-    return specs_for_mixtures(mixtures, model=cfg.model, train_cfg=swarm_train_config(cfg),
-                              target=swarm_target(cfg.target), tokens_dir=tokens_dir, out_dir=out_dir,
-                              domains_fingerprint=domains_fingerprint, curve_points=cfg.curve_points,
-                              start_index=start_index)
+    return specs_for_mixtures(
+        mixtures,
+        model=cfg.model,
+        train_cfg=swarm_train_config(cfg),
+        target=swarm_target(cfg.target),
+        tokens_dir=tokens_dir,
+        out_dir=out_dir,
+        domains_fingerprint=domains_fingerprint,
+        curve_points=cfg.curve_points,
+        start_index=start_index,
+    )
 
 
 def load_result(spec_or_path: ProxySpec | str | os.PathLike[str]) -> ProxyResult | None:
@@ -292,19 +327,33 @@ def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
     curve: list[dict[str, Any]] = []
 
     def evaluate_all(model: Any) -> EvalResult:
-        return evaluate(model, data, spec.target, seq_len=train_cfg.seq_len, eval_tokens=train_cfg.eval_tokens,
-                        batch_size=train_cfg.eval_batch_size)
+        return evaluate(
+            model,
+            data,
+            spec.target,
+            seq_len=train_cfg.seq_len,
+            eval_tokens=train_cfg.eval_tokens,
+            batch_size=train_cfg.eval_batch_size,
+        )
 
     eval_fn = None
     if spec.curve_points > 1:
-        train_cfg = dataclasses.replace(train_cfg, eval_every=max(1, train_cfg.num_steps // spec.curve_points))
+        train_cfg = dataclasses.replace(
+            train_cfg, eval_every=max(1, train_cfg.num_steps // spec.curve_points)
+        )
         step = [0]
 
         def eval_fn(model: Any) -> dict[str, Any]:
             step[0] += train_cfg.eval_every
             ev = evaluate_all(model)
-            curve.append({"step": step[0], "tokens": step[0] * train_cfg.tokens_per_step, "loss": ev.loss,
-                          "target": ev.target})
+            curve.append(
+                {
+                    "step": step[0],
+                    "tokens": step[0] * train_cfg.tokens_per_step,
+                    "loss": ev.loss,
+                    "target": ev.target,
+                }
+            )
             return {}
 
     tr = train(spec.model, train_cfg, data, spec.mixture, eval_fn=eval_fn)
@@ -358,7 +407,9 @@ def run_proxy(spec: ProxySpec, *, transient_retries: int = 1) -> ProxyResult:
             break
         except Exception as e:  # any failure of one proxy must not kill the swarm
             error = f"{type(e).__name__}: {e}"
-            log.warning("proxy %s attempt %d failed: %s\n%s", spec.run_id, attempts, error, traceback.format_exc())
+            log.warning(
+                "proxy %s attempt %d failed: %s\n%s", spec.run_id, attempts, error, traceback.format_exc()
+            )
             continue
         write_json_atomic(spec.result_path, res)
         return res
@@ -366,7 +417,11 @@ def run_proxy(spec: ProxySpec, *, transient_retries: int = 1) -> ProxyResult:
 
 
 def run_sequential(
-    specs: Sequence[ProxySpec], *, transient_retries: int = 1, num_threads: int | None = None, progress: bool = False
+    specs: Sequence[ProxySpec],
+    *,
+    transient_retries: int = 1,
+    num_threads: int | None = None,
+    progress: bool = False,
 ) -> list[ProxyResult]:
     """Run proxies one after another in this process (same results as the Ray swarm)."""
     import torch
@@ -406,8 +461,13 @@ def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> 
                 domains.append(d)
     rows = []
     for r in sorted(results, key=lambda r: (r.scale != "base", r.scale, r.index, r.run_id)):
-        row: dict[str, Any] = {"run_id": r.run_id, "status": r.status, "error": r.error, "scale": r.scale,
-                               "seed": int(r.seed)}
+        row: dict[str, Any] = {
+            "run_id": r.run_id,
+            "status": r.status,
+            "error": r.error,
+            "scale": r.scale,
+            "seed": int(r.seed),
+        }
         for d in domains:
             row[f"w/{d}"] = float(r.mixture.get(d, 0.0))
         for d in domains:
@@ -415,9 +475,16 @@ def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> 
         for d in domains:
             row[f"bpb/{d}"] = float(r.bpb.get(d, np.nan))
         row.update(
-            target=float(r.target), target_bpb=float(r.target_bpb), tokens=int(r.tokens), seconds=float(r.seconds),
-            params_active=int(r.params_active), params_total=int(r.params_total), train_loss=float(r.train_loss),
-            tokens_per_s=float(r.tokens_per_s), mfu=float(r.mfu), attempts=int(r.attempts),
+            target=float(r.target),
+            target_bpb=float(r.target_bpb),
+            tokens=int(r.tokens),
+            seconds=float(r.seconds),
+            params_active=int(r.params_active),
+            params_total=int(r.params_total),
+            train_loss=float(r.train_loss),
+            tokens_per_s=float(r.tokens_per_s),
+            mfu=float(r.mfu),
+            attempts=int(r.attempts),
         )
         rows.append(row)
     df = pd.DataFrame(rows, columns=_columns(domains))
@@ -444,15 +511,24 @@ def curves_table(results: Sequence[ProxyResult], domains: list[str]) -> pd.DataF
         points = r.curve or [{"step": None, "tokens": r.tokens, "loss": r.loss, "target": r.target}]
         last_tokens = points[-1]["tokens"] or r.tokens or 1
         for pt in points:
-            row: dict[str, Any] = {"run_id": r.run_id, "scale": r.scale, "seed": int(r.seed),
-                                   "step": int(pt["step"] or 0), "tokens": int(pt["tokens"]),
-                                   "frac": float(pt["tokens"]) / float(last_tokens)}
+            row: dict[str, Any] = {
+                "run_id": r.run_id,
+                "scale": r.scale,
+                "seed": int(r.seed),
+                "step": int(pt["step"] or 0),
+                "tokens": int(pt["tokens"]),
+                "frac": float(pt["tokens"]) / float(last_tokens),
+            }
             row.update({f"w/{d}": float(r.mixture.get(d, 0.0)) for d in domains})
             row.update({f"loss/{d}": float(pt["loss"].get(d, np.nan)) for d in domains})
             row["target"] = float(pt.get("target", np.nan))
             rows.append(row)
-    cols = (["run_id", "scale", "seed", "step", "tokens", "frac"] + [f"w/{d}" for d in domains]
-            + [f"loss/{d}" for d in domains] + ["target"])
+    cols = (
+        ["run_id", "scale", "seed", "step", "tokens", "frac"]
+        + [f"w/{d}" for d in domains]
+        + [f"loss/{d}" for d in domains]
+        + ["target"]
+    )
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -21,8 +21,14 @@ BYTES_PER_TOKEN = 3  # pretend every token spells three UTF-8 bytes, so bpb is w
 
 class MarkovDomain:
     def __init__(
-        self, vocab_size: int, eos_id: int, seed: int, fanout: int = 3, concentration: float = 0.6,
-        shared: float = 0.0, shared_seed: int = 10_000,
+        self,
+        vocab_size: int,
+        eos_id: int,
+        seed: int,
+        fanout: int = 3,
+        concentration: float = 0.6,
+        shared: float = 0.0,
+        shared_seed: int = 10_000,
     ):
         rng = np.random.default_rng(seed)
         self.vocab_size = vocab_size
@@ -33,7 +39,9 @@ class MarkovDomain:
             # a fraction of the successor table is common to all domains: transfer between domains,
             # so dropping one costs less than a cliff and the loss is smooth in the weights
             common_rng = np.random.default_rng(shared_seed)
-            common = np.stack([common_rng.choice(n_regular, size=fanout, replace=False) for _ in range(n_regular)])
+            common = np.stack(
+                [common_rng.choice(n_regular, size=fanout, replace=False) for _ in range(n_regular)]
+            )
             rows = common_rng.random(n_regular) < shared
             self.succ[rows] = common[rows]
         p = concentration ** np.arange(fanout)
@@ -69,8 +77,10 @@ def write_markov_domains(
     tokens_dir = Path(tokens_dir)
     eos_id = 0
     names = [f"d{i}" for i in range(n_domains)]
-    chains = [MarkovDomain(vocab_size, eos_id, seed * 1000 + i, fanout, concentration, shared, seed * 1000 + 999)
-              for i in range(n_domains)]
+    chains = [
+        MarkovDomain(vocab_size, eos_id, seed * 1000 + i, fanout, concentration, shared, seed * 1000 + 999)
+        for i in range(n_domains)
+    ]
     meta = TokensMeta(vocab_size=vocab_size, eos_id=eos_id, dtype="", domains=names)
     for split in SPLITS:
         for s in ("tokens", "docs", "bytes"):

@@ -64,7 +64,15 @@ def assign_parquet_ray(
 ) -> list[Path]:
     """Ray Data twin of ``assign_parquet``: same files, same rows, same ``domain_id`` values."""
     return _map_parquet(
-        AssignActor, domain_schema, model_dir, in_files, out_dir, num_actors, batch_size, num_gpus_per_actor, text_column
+        AssignActor,
+        domain_schema,
+        model_dir,
+        in_files,
+        out_dir,
+        num_actors,
+        batch_size,
+        num_gpus_per_actor,
+        text_column,
     )
 
 
@@ -88,7 +96,15 @@ def embed_parquet_ray(
         return schema.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
 
     return _map_parquet(
-        EmbedActor, schema_fn, model_dir, in_files, out_dir, num_actors, batch_size, num_gpus_per_actor, text_column
+        EmbedActor,
+        schema_fn,
+        model_dir,
+        in_files,
+        out_dir,
+        num_actors,
+        batch_size,
+        num_gpus_per_actor,
+        text_column,
     )
 
 
@@ -208,7 +224,8 @@ class _OrderedWriter:
     def finish(self) -> None:
         if self.i < len(self.paths):
             raise MoemixError(
-                f"ray data: {self.paths[self.i].name} got {self.counts[self.i] - self.left} of {self.counts[self.i]} rows"
+                f"ray data: {self.paths[self.i].name} got {self.counts[self.i] - self.left} of "
+                f"{self.counts[self.i]} rows"
             )
 
     def cleanup(self) -> None:

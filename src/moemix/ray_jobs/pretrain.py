@@ -66,14 +66,20 @@ def _worker_loop(config: dict[str, Any]) -> None:
         # shared storage, inside the Ray Train run directory (the run's own directory), so it is registered
         # where it is instead of uploaded
         ckpt = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None
-        ray.train.report({"step": step}, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
-                         delete_local_checkpoint_after_upload=False)
+        ray.train.report(
+            {"step": step},
+            checkpoint=ckpt,
+            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+            delete_local_checkpoint_after_upload=False,
+        )
 
     # after a FailureConfig restart Ray Train hands back the last checkpoint it registered; the run's own
     # directory may hold a newer one (completed just before the failure, not yet registered)
     ckpt_dir = out_dir / "checkpoints"
     restored = ray.train.get_checkpoint()
-    resume_from = Path(restored.path) if restored is not None and latest_checkpoint(ckpt_dir) is None else None
+    resume_from = (
+        Path(restored.path) if restored is not None and latest_checkpoint(ckpt_dir) is None else None
+    )
 
     model_cfg = model_config_for_data(pcfg.model, data.vocab_size, train_cfg.seq_len)
     result = train(
@@ -154,7 +160,9 @@ def pretrain_mixtures(
                     "out_dir": str(run_dir),
                     "seed": seed,
                 },
-                scaling_config=ScalingConfig(num_workers=pcfg.num_workers, use_gpu=pcfg.use_gpu, resources_per_worker=resources),
+                scaling_config=ScalingConfig(
+                    num_workers=pcfg.num_workers, use_gpu=pcfg.use_gpu, resources_per_worker=resources
+                ),
                 run_config=RunConfig(
                     # Ray Train's run directory is the mixture's own, so the checkpoints written there are
                     # Ray-managed without a copy
@@ -216,7 +224,10 @@ class _Progress:
 def progress_line(first: dict[str, Any], last: dict[str, Any]) -> str:
     """``step 120/300 (40%), loss 5.1234, 12,345 tokens/s, ETA 1m30s`` from two metrics records."""
     step, total = int(last["step"]), int(last["total_steps"])
-    line = f"step {step}/{total} ({100 * step / max(total, 1):.0f}%), loss {last['loss']:.4f}, {last['tokens_per_s']:,.0f} tokens/s"
+    line = (
+        f"step {step}/{total} ({100 * step / max(total, 1):.0f}%), loss {last['loss']:.4f}, "
+        f"{last['tokens_per_s']:,.0f} tokens/s"
+    )
     if last["step"] > first["step"] and last["time"] > first["time"]:
         rate = (last["step"] - first["step"]) / (last["time"] - first["time"])
         eta = (total - step) / rate

@@ -64,7 +64,9 @@ def submit_pipeline(
     try:
         client = JobSubmissionClient(address)
     except Exception as e:  # connection refused, auth, bad URL: one line for the user
-        raise MoemixError(f"submit: cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+        raise MoemixError(
+            f"submit: cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}"
+        ) from None
     try:
         job_id = client.submit_job(
             entrypoint=build_entrypoint(config_name, out, overrides),
@@ -73,7 +75,9 @@ def submit_pipeline(
         )
     except Exception as e:  # e.g. HTTP 500 "No available agent to submit job" while the head is starting
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        raise MoemixError(f"submit: the cluster at {address} refused the job: {lines[-1] if lines else e!r}") from None
+        raise MoemixError(
+            f"submit: the cluster at {address} refused the job: {lines[-1] if lines else e!r}"
+        ) from None
     if wait:
         _follow(client, job_id)
     return job_id

@@ -90,5 +90,7 @@ def run_swarm(
     if bar is not None:
         bar.close()
     if n_failed:
-        log.warning("swarm: %d of %d submitted proxies failed (recorded in their result.json)", n_failed, len(todo))
+        log.warning(
+            "swarm: %d of %d submitted proxies failed (recorded in their result.json)", n_failed, len(todo)
+        )
     return [results[s.run_id] for s in specs]

@@ -65,7 +65,9 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
         return None
     path = ckpt_dir / pointer.read_text().strip()
     if not (path / ".metadata").exists() or not (path / TRAINER_STATE).exists():
-        raise MoemixError(f"checkpoint {path} named by {pointer} is incomplete; delete {pointer} to start over")
+        raise MoemixError(
+            f"checkpoint {path} named by {pointer} is incomplete; delete {pointer} to start over"
+        )
     return path
 
 
@@ -77,16 +79,26 @@ class Checkpointer:
     the next checkpoint or at ``close``, once every rank's write is done.
     """
 
-    def __init__(self, ckpt_dir: str | Path, keep: int = 2, async_save: bool = False,
-                 on_complete: Callable[[Path, int], None] | None = None):
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        keep: int = 2,
+        async_save: bool = False,
+        on_complete: Callable[[Path, int], None] | None = None,
+    ):
         self.dir = Path(ckpt_dir)
         self.keep = keep
         self.async_save = async_save
         self.on_complete = on_complete  # (directory, step) once a checkpoint is complete, on every rank
         self._pending: tuple[Any, Path, Path, int] | None = None  # (future, tmp dir, final dir, step)
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             trainer_state: dict[str, Any]) -> None:
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+    ) -> None:
         """Checkpoint ``step`` (complete on return unless ``async_save``)."""
         self.wait()
         final = self.dir / step_dir_name(step)

@@ -97,7 +97,13 @@ class TrainConfig:
 # world size is: gradient accumulation computes the same step up to float rounding (tests/training), the
 # one exception being a Switch aux loss with aux_loss_scope "micro", which is per forward by definition
 EXECUTION_ONLY = (
-    "num_threads", "device", "log_every", "checkpoint_every", "measure_mfu", "eval_every", "micro_batch_size",
+    "num_threads",
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "measure_mfu",
+    "eval_every",
+    "micro_batch_size",
 )
 
 

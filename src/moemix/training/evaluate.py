@@ -69,10 +69,14 @@ def sequence_nats(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     total = 0.0
     n = 0
-    for x, y in eval_batches(data, domain, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, split=split):
+    for x, y in eval_batches(
+        data, domain, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, split=split
+    ):
         logits = model(x.to(device)).logits
         total += float(
-            F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum")
+            F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum"
+            )
         )
         n += y.numel()
     return total, n
@@ -120,7 +124,12 @@ def evaluate(
             res.bpb[d] = nats / LN2 / (n * _bytes_per_token(data, "valid", d)) if n else float("nan")
         if target.external:
             res.target, res.target_bpb = _external_loss(
-                model, data, target.external, seq_len=seq_len, eval_tokens=eval_tokens, batch_size=batch_size,
+                model,
+                data,
+                target.external,
+                seq_len=seq_len,
+                eval_tokens=eval_tokens,
+                batch_size=batch_size,
                 device=device,
             )
         else:

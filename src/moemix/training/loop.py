@@ -58,7 +58,9 @@ class TrainResult:
     tokens_per_s: float
     flops_per_token: float
     achieved_flops_per_s: float  # per rank
-    peak_flops_per_s: float  # measured fp32 (or bf16) matmul throughput of this rank's device; 0 if not measured
+    peak_flops_per_s: (
+        float  # measured fp32 (or bf16) matmul throughput of this rank's device; 0 if not measured
+    )
     mfu: float
     final_loss: float  # mean lm loss over the last log window
     params_active: int
@@ -130,13 +132,21 @@ def _check_world(world_size: int) -> bool:
 
 
 def _setup(
-    model_cfg: Any, cfg: TrainConfig, data: DomainTokens, mixture: Mapping[str, float], rank: int, world_size: int,
-    parallel: ParallelConfig, model_factory: Callable[[Any], torch.nn.Module],
+    model_cfg: Any,
+    cfg: TrainConfig,
+    data: DomainTokens,
+    mixture: Mapping[str, float],
+    rank: int,
+    world_size: int,
+    parallel: ParallelConfig,
+    model_factory: Callable[[Any], torch.nn.Module],
 ) -> _Run:
     cfg.validate()
     parallel.validate()
     if getattr(model_cfg, "vocab_size", data.vocab_size) < data.vocab_size:
-        raise MoemixError(f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
+        raise MoemixError(
+            f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's {data.vocab_size}"
+        )
     if getattr(model_cfg, "max_seq_len", cfg.seq_len) < cfg.seq_len:
         raise MoemixError(f"train seq_len {cfg.seq_len} exceeds model max_seq_len {model_cfg.max_seq_len}")
     distributed = _check_world(world_size)
@@ -151,7 +161,10 @@ def _setup(
     torch.manual_seed(cfg.seed)  # same init on every rank; FSDP then keeps each rank's shard of it
     model = model_factory(model_cfg)
     if not isinstance(model, TrainableModel):
-        raise MoemixError(f"{type(model).__name__} does not implement the training contract (moemix.training.model_contract)")
+        raise MoemixError(
+            f"{type(model).__name__} does not implement the training contract "
+            "(moemix.training.model_contract)"
+        )
     model = model.to(device)
     try:
         mesh = build_mesh(parallel, world_size, device) if distributed else None
@@ -159,17 +172,31 @@ def _setup(
         raise MoemixError(str(e)) from None
     model = parallelize(model, mesh, parallel, device)
     stream = MixtureStream(
-        data, mixture, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rank,
-        world_size=world_size, max_epochs=cfg.max_epochs, total_tokens=cfg.planned_tokens,
+        data,
+        mixture,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        max_epochs=cfg.max_epochs,
+        total_tokens=cfg.planned_tokens,
     )
     try:
         n_micro = cfg.micro_batches(stream.local_batch_size)
     except ValueError as e:
         raise MoemixError(str(e)) from None
     return _Run(
-        cfg=cfg, model=model, opt=build_optimizer(model, cfg), stream=stream, device=device,
-        autocast=make_autocast(device, cfg.precision), resume_key=resume_key(model_cfg, cfg, mixture),
-        rank=rank, world_size=world_size, n_micro=n_micro,
+        cfg=cfg,
+        model=model,
+        opt=build_optimizer(model, cfg),
+        stream=stream,
+        device=device,
+        autocast=make_autocast(device, cfg.precision),
+        resume_key=resume_key(model_cfg, cfg, mixture),
+        rank=rank,
+        world_size=world_size,
+        n_micro=n_micro,
     )
 
 
@@ -195,8 +222,12 @@ def _restore(run: _Run, checkpoint_dir: Path | None, resume_from: Path | None) -
 def _checkpoint(run: _Run, checkpointer: Checkpointer | None, step: int) -> None:
     if checkpointer is None:
         return
-    state = {"resume_key": run.resume_key, "stream": run.stream.state_dict(), "rng": torch.get_rng_state(),
-             "train_cfg": to_jsonable(run.cfg)}
+    state = {
+        "resume_key": run.resume_key,
+        "stream": run.stream.state_dict(),
+        "rng": torch.get_rng_state(),
+        "train_cfg": to_jsonable(run.cfg),
+    }
     checkpointer.save(step, run.model, run.opt, state)
 
 
@@ -229,7 +260,9 @@ def _train_step(run: _Run, step: int, batch: Batch) -> tuple[torch.Tensor, torch
         lm += out.lm_loss.detach().float() / run.n_micro
         aux += (out.loss - out.lm_loss).detach().float() / run.n_micro
     # the norm is logged even without clipping: Adam hides a wrong gradient scale, the norm does not
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    )
     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over all shards
         grad_norm = grad_norm.full_tensor()
     run.opt.step()

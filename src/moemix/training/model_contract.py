@@ -23,7 +23,8 @@ class TrainableModel(Protocol):
         """Called after every optimizer step (identically on every rank)."""
 
     def expert_load_by_domain(self, domain_ids: Tensor, n_domains: int) -> Tensor:
-        """[layers, domains, experts] routed counts of the last forward (a zero-width tensor for dense models)."""
+        """[layers, domains, experts] routed counts of the last forward (a zero-width tensor for dense
+        models)."""
 
     def num_params(self, active_only: bool = False) -> int: ...
 

@@ -52,7 +52,8 @@ class ParallelConfig:
             raise ValueError("parallel.activation_checkpointing must be none, full or selective")
 
     def mesh_shape(self, world_size: int) -> tuple[int, int]:
-        """(dp_replicate, dp_shard) for ``world_size`` ranks; a one-line error when they do not multiply out."""
+        """(dp_replicate, dp_shard) for ``world_size`` ranks; a one-line error when they do not multiply
+        out."""
         shard = self.dp_shard if self.dp_shard != -1 else world_size // self.dp_replicate
         if self.dp_replicate * shard != world_size:
             raise ValueError(

@@ -33,7 +33,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class TokenShardWriter:
     """Appends tokenized documents of one (split, domain) to a temp file; ``close`` renames it in place."""
 
-    def __init__(self, tokens_dir: str | os.PathLike[str], split: str, domain: str, vocab_size: int, eos_id: int):
+    def __init__(
+        self, tokens_dir: str | os.PathLike[str], split: str, domain: str, vocab_size: int, eos_id: int
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.path = Path(tokens_dir) / split / f"{domain}.bin"

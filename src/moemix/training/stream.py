@@ -45,7 +45,9 @@ def normalize_mixture(mixture: Mapping[str, float], domains: list[str]) -> np.nd
     w = np.array([float(mixture.get(d, 0.0)) for d in domains], dtype=np.float64)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         bad = domains[int(np.argmax(~np.isfinite(w) | (w < 0)))]
-        raise MoemixError(f"mixture weight for domain {bad!r} must be a finite number >= 0, got {mixture[bad]!r}")
+        raise MoemixError(
+            f"mixture weight for domain {bad!r} must be a finite number >= 0, got {mixture[bad]!r}"
+        )
     total = w.sum()
     if total <= 0:
         raise MoemixError("mixture weights sum to 0; at least one domain needs a positive weight")
@@ -261,7 +263,9 @@ class MixtureStream:
         for key in ("domains", "batch_size", "seq_len", "seed"):
             mine = self.state_dict()[key]
             if state[key] != mine:
-                raise MoemixError(f"stream checkpoint does not match this stream: {key} {state[key]!r} != {mine!r}")
+                raise MoemixError(
+                    f"stream checkpoint does not match this stream: {key} {state[key]!r} != {mine!r}"
+                )
         if not np.allclose(state["weights"], self.weights, atol=1e-12):
             raise MoemixError("stream checkpoint was written for a different mixture")
         self.steps = int(state["steps"])
@@ -286,7 +290,8 @@ def check_epoch_cap(
             raise MoemixError(
                 f"domain {d!r}: weight {w:.4f} x {total_tokens} training tokens = {need:.0f} tokens "
                 f"exceeds max_epochs {max_epochs:g} x {available[d]} available tokens "
-                f"({need / max(available[d], 1):.2f} epochs); lower its weight, the token budget, or raise max_epochs"
+                f"({need / max(available[d], 1):.2f} epochs); lower its weight, the token budget, or raise "
+                "max_epochs"
             )
 
 

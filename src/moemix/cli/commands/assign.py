@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("domains_dir", metavar="DOMAINS_DIR", help="a domains stage directory (or its clusters/)")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="parquet or .jsonl files")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write <stem>.parquet files")
-    p.add_argument("--text-column", default="text", help="column/key holding the document text (default: text)")
+    p.add_argument(
+        "--text-column", default="text", help="column/key holding the document text (default: text)"
+    )
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_assign)
@@ -107,7 +109,9 @@ def assign_files(
                         bar.update(table.num_rows)
                     if writer is None:  # no rows: still write a valid (empty) file
                         pq.write_table(
-                            pa.table({"domain_id": pa.array([], pa.int32()), "domain": pa.array([], pa.string())}),
+                            pa.table(
+                                {"domain_id": pa.array([], pa.int32()), "domain": pa.array([], pa.string())}
+                            ),
                             tmp,
                         )
                 finally:

@@ -38,7 +38,9 @@ def _read_mapping(path: str | Path) -> dict[str, Any]:
 
             obj = yaml.safe_load(text)
     except Exception as e:  # any parse failure is bad user input
-        raise MoemixError(f"{path}: cannot parse ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise MoemixError(
+            f"{path}: cannot parse ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
     if obj is None:
         return {}
     if not isinstance(obj, dict):
@@ -78,9 +80,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     df = read_table(args.runs)
     where = str(args.runs)
     cols = resolve_weight_cols(df, args.weights_prefix, _csv_list(args.weights), where)
-    cfg = FitConfig(predictor=args.predictor, cv_folds=args.cv_folds, seed=args.seed, target_mode=args.target_mode,
-                    weight_sum_tol=args.weight_sum_tol, weights_prefix=args.weights_prefix or "w/",
-                    nested_cv=args.nested_cv, plots=not args.no_plots)
+    cfg = FitConfig(
+        predictor=args.predictor,
+        cv_folds=args.cv_folds,
+        seed=args.seed,
+        target_mode=args.target_mode,
+        weight_sum_tol=args.weight_sum_tol,
+        weights_prefix=args.weights_prefix or "w/",
+        nested_cv=args.nested_cv,
+        plots=not args.no_plots,
+    )
     prior = None
     if args.prior:
         from moemix.mixing.runs import domain_name
@@ -90,9 +99,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     res = fit_runs(df, args.target, cols, cfg, args.out, prior=prior, where=where)
     cv = res.cv
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"fit {res.cv.get('predictor')} on {res.n_used}/{res.n_rows} runs "
-          f"(skipped {sum(res.skipped.values())}: {res.skipped}); CV spearman={fmt(cv.get('spearman'))} "
-          f"pearson={fmt(cv.get('pearson'))} mae={fmt(cv.get('mae'))} -> {args.out}")
+    print(
+        f"fit {res.cv.get('predictor')} on {res.n_used}/{res.n_rows} runs "
+        f"(skipped {sum(res.skipped.values())}: {res.skipped}); CV spearman={fmt(cv.get('spearman'))} "
+        f"pearson={fmt(cv.get('pearson'))} mae={fmt(cv.get('mae'))} -> {args.out}"
+    )
     return 0
 
 
@@ -143,10 +154,15 @@ def cmd_propose(args: argparse.Namespace) -> int:
     if args.seed is not None:
         raw["seed"] = args.seed
     cfg, ctx = build_propose_config(raw, where)
-    domain_tokens = _per_domain(ctx["domain_tokens"], fit.domains, "domain_tokens", where) \
-        if "domain_tokens" in ctx else None
+    domain_tokens = (
+        _per_domain(ctx["domain_tokens"], fit.domains, "domain_tokens", where)
+        if "domain_tokens" in ctx
+        else None
+    )
     target_tokens = ctx.get("target_tokens")
-    if target_tokens is not None and (isinstance(target_tokens, bool) or not isinstance(target_tokens, (int, float))):
+    if target_tokens is not None and (
+        isinstance(target_tokens, bool) or not isinstance(target_tokens, (int, float))
+    ):
         raise MoemixError(f"{where}: target_tokens: expected a number")
     prior = _per_domain(ctx["prior"], fit.domains, "prior", where) if "prior" in ctx else None
     prop = propose(fit, prior, cfg, domain_tokens, None if target_tokens is None else int(target_tokens))
@@ -155,8 +171,10 @@ def cmd_propose(args: argparse.Namespace) -> int:
     tokens = domain_tokens.astype(np.int64) if domain_tokens is not None else None
     notes = [f"prior: {'given in constraints' if prior is not None else fit.prior_source}"]
     write_proposal(out, prop, fit, natural=prior, domain_tokens=tokens, notes=notes)
-    print(f"proposed ({prop.method}) predicted {fit.target.name}={prop.predicted_loss:.4f} vs natural "
-          f"{prop.baselines['natural']:.4f}, uniform {prop.baselines['uniform']:.4f} -> {out}")
+    print(
+        f"proposed ({prop.method}) predicted {fit.target.name}={prop.predicted_loss:.4f} vs natural "
+        f"{prop.baselines['natural']:.4f}, uniform {prop.baselines['uniform']:.4f} -> {out}"
+    )
     return 0
 
 
@@ -165,20 +183,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("fit", help="fit a predictor of loss from mixture weights on a runs table")
     p.add_argument("runs", help="runs table (.csv or .parquet)")
-    p.add_argument("--target", default="target",
-                   help="target column, COL1:W1,COL2:W2 (weighted sum) or PREFIX* (mean); default 'target'")
+    p.add_argument(
+        "--target",
+        default="target",
+        help="target column, COL1:W1,COL2:W2 (weighted sum) or PREFIX* (mean); default 'target'",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights-prefix", default="w/", help="weight columns start with this (default 'w/')")
     g.add_argument("--weights", default=None, help="comma-separated weight columns")
     p.add_argument("--predictor", default="auto", choices=list(PREDICTOR_NAMES))
-    p.add_argument("--target-mode", default="combined", choices=["combined", "separate"],
-                   help="separate: one predictor per target column, combined with the target weights")
+    p.add_argument(
+        "--target-mode",
+        default="combined",
+        choices=["combined", "separate"],
+        help="separate: one predictor per target column, combined with the target weights",
+    )
     p.add_argument("--cv-folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weight-sum-tol", type=float, default=1e-3,
-                   help="rows whose weights sum to 1 within this are renormalised; others are an error")
-    p.add_argument("--prior", default=None, help="YAML/JSON mapping domain -> natural weight (stored for propose)")
-    p.add_argument("--nested-cv", action="store_true", help="auto: unbiased nested CV (costs folds x the fit)")
+    p.add_argument(
+        "--weight-sum-tol",
+        type=float,
+        default=1e-3,
+        help="rows whose weights sum to 1 within this are renormalised; others are an error",
+    )
+    p.add_argument(
+        "--prior", default=None, help="YAML/JSON mapping domain -> natural weight (stored for propose)"
+    )
+    p.add_argument(
+        "--nested-cv", action="store_true", help="auto: unbiased nested CV (costs folds x the fit)"
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, help="fit directory to write")
     p.set_defaults(func=cmd_fit)
@@ -190,12 +223,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output table (.csv or .parquet)")
     p.set_defaults(func=cmd_predict)
 
-    p = subparsers.add_parser("propose", help="propose the best mixture from a fitted predictor (writes mixture.json)")
+    p = subparsers.add_parser(
+        "propose", help="propose the best mixture from a fitted predictor (writes mixture.json)"
+    )
     p.add_argument("fitdir")
-    p.add_argument("--constraints", default=None,
-                   help="YAML/JSON: ProposeConfig keys (method, kl_weight, min_weight, max_weight, max_epochs, ...) "
-                        "plus domain_tokens, target_tokens, prior. Without a prior the one stored at fit time is used "
-                        "(fit --prior, else the mean of the training mixtures)")
+    p.add_argument(
+        "--constraints",
+        default=None,
+        help="YAML/JSON: ProposeConfig keys (method, kl_weight, min_weight, max_weight, max_epochs, ...) "
+        "plus domain_tokens, target_tokens, prior. Without a prior the one stored at fit time is used "
+        "(fit --prior, else the mean of the training mixtures)",
+    )
     p.add_argument("--method", default=None, choices=["simulate", "constrained", "search"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, help="mixture.json path")

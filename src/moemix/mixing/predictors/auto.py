@@ -40,7 +40,9 @@ def _label(spec: dict[str, Any]) -> str:
     return f"{spec['name']}{extra}"
 
 
-def cross_val_predict(spec: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> np.ndarray:
+def cross_val_predict(
+    spec: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: list[np.ndarray]
+) -> np.ndarray:
     oof = np.empty(len(y))
     all_idx = np.arange(len(y))
     for test in folds:
@@ -77,8 +79,14 @@ class AutoPredictor(Predictor):
     name = "auto"
     seeded = True
 
-    def __init__(self, cv_folds: int = 5, seed: int = 0, candidates: list[dict[str, Any]] | None = None,
-                 mode: str = "ensemble", **params: Any) -> None:
+    def __init__(
+        self,
+        cv_folds: int = 5,
+        seed: int = 0,
+        candidates: list[dict[str, Any]] | None = None,
+        mode: str = "ensemble",
+        **params: Any,
+    ) -> None:
         if mode not in ("ensemble", "best"):
             raise MoemixError(f"auto: mode must be 'ensemble' or 'best', got {mode!r}")
         super().__init__(cv_folds=cv_folds, seed=seed, candidates=candidates, mode=mode, **params)
@@ -106,8 +114,14 @@ class AutoPredictor(Predictor):
         for spec in specs:
             oof = cross_val_predict(spec, X, y, folds)
             oofs.append(oof)
-            table.append({"candidate": _label(spec), "spec": spec, "cv_spearman": spearman(oof, y),
-                          "cv_mae": float(np.mean(np.abs(oof - y)))})
+            table.append(
+                {
+                    "candidate": _label(spec),
+                    "spec": spec,
+                    "cv_spearman": spearman(oof, y),
+                    "cv_mae": float(np.mean(np.abs(oof - y))),
+                }
+            )
         oof_mat = np.column_stack(oofs)
         if self.params["mode"] == "best":
             w = np.zeros(len(specs))
@@ -151,8 +165,12 @@ class AutoPredictor(Predictor):
         return mean, np.sqrt(within + between)
 
     def get_state(self) -> dict[str, Any]:
-        return {"members": [m.to_dict() for m in self.members], "weights": self.weights,
-                "cv_table": self.cv_table, "oof": self.oof}
+        return {
+            "members": [m.to_dict() for m in self.members],
+            "weights": self.weights,
+            "cv_table": self.cv_table,
+            "oof": self.oof,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.members = [from_dict(m) for m in state["members"]]
@@ -161,10 +179,14 @@ class AutoPredictor(Predictor):
         self.oof = None if state.get("oof") is None else np.asarray(state["oof"], dtype=np.float64)
 
     def explain(self, domains: list[str]) -> dict[str, Any]:
-        return {"kind": "ensemble",
-                "members": [{"predictor": m.label, "weight": float(w), **m.explain(domains)}
-                            for m, w in zip(self.members, self.weights)],
-                "candidates": [{k: v for k, v in t.items() if k != "spec"} for t in self.cv_table]}
+        return {
+            "kind": "ensemble",
+            "members": [
+                {"predictor": m.label, "weight": float(w), **m.explain(domains)}
+                for m, w in zip(self.members, self.weights)
+            ],
+            "candidates": [{k: v for k, v in t.items() if k != "spec"} for t in self.cv_table],
+        }
 
 
 @register
@@ -174,7 +196,9 @@ class WeightedSumPredictor(Predictor):
     name = "weighted_sum"
     selectable = False
 
-    def __init__(self, columns: list[str] | None = None, coefs: list[float] | None = None, **params: Any) -> None:
+    def __init__(
+        self, columns: list[str] | None = None, coefs: list[float] | None = None, **params: Any
+    ) -> None:
         super().__init__(columns=list(columns or []), coefs=list(coefs or []), **params)
         self.members: list[Predictor] = []
 
@@ -210,5 +234,7 @@ class WeightedSumPredictor(Predictor):
         self.members = [from_dict(m) for m in state["members"]]
 
     def explain(self, domains: list[str]) -> dict[str, Any]:
-        return {"kind": "per_column", "members": {col: m.explain(domains)
-                                                  for col, m in zip(self.params["columns"], self.members)}}
+        return {
+            "kind": "per_column",
+            "members": {col: m.explain(domains) for col, m in zip(self.params["columns"], self.members)},
+        }

@@ -119,13 +119,19 @@ class Predictor(ABC):
         return load_predictor(path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params, "n_features": self.n_features,
-                "state": to_jsonable(self.get_state())}
+        return {
+            "name": self.name,
+            "params": self.params,
+            "n_features": self.n_features,
+            "state": to_jsonable(self.get_state()),
+        }
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if self.n_features is not None and X.shape[1] != self.n_features:
-            raise MoemixError(f"predictor {self.name}: expects {self.n_features} weight columns, got {X.shape[1]}")
+            raise MoemixError(
+                f"predictor {self.name}: expects {self.n_features} weight columns, got {X.shape[1]}"
+            )
         return X
 
 

@@ -31,16 +31,27 @@ class LightGBMPredictor(Predictor):
         regmix: bool = False,
         **params: Any,
     ) -> None:
-        super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                         min_data_in_leaf=min_data_in_leaf, num_threads=min(int(num_threads), 2),
-                         seed=seed, regmix=regmix, **params)
+        super().__init__(
+            n_estimators=n_estimators,
+            learning_rate=learning_rate,
+            num_leaves=num_leaves,
+            min_data_in_leaf=min_data_in_leaf,
+            num_threads=min(int(num_threads), 2),
+            seed=seed,
+            regmix=regmix,
+            **params,
+        )
         self.booster = None
 
     def _lgb_params(self, n: int) -> dict[str, Any]:
         p = self.params
         out: dict[str, Any] = {
-            "objective": "regression", "learning_rate": p["learning_rate"], "verbosity": -1,
-            "num_threads": p["num_threads"], "seed": p["seed"], "deterministic": True,
+            "objective": "regression",
+            "learning_rate": p["learning_rate"],
+            "verbosity": -1,
+            "num_threads": p["num_threads"],
+            "seed": p["seed"],
+            "deterministic": True,
             "force_row_wise": True,
         }
         if not p["regmix"]:
@@ -55,14 +66,20 @@ class LightGBMPredictor(Predictor):
 
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         self.n_features = X.shape[1]
-        ds = lgb.Dataset(X, label=np.asarray(y, dtype=np.float64),
-                         params={"verbosity": -1, "min_data_in_bin": 1 if not self.params["regmix"] else 3})
-        self.booster = lgb.train(self._lgb_params(len(X)), ds, num_boost_round=int(self.params["n_estimators"]))
+        ds = lgb.Dataset(
+            X,
+            label=np.asarray(y, dtype=np.float64),
+            params={"verbosity": -1, "min_data_in_bin": 1 if not self.params["regmix"] else 3},
+        )
+        self.booster = lgb.train(
+            self._lgb_params(len(X)), ds, num_boost_round=int(self.params["n_estimators"])
+        )
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(self._check_X(X), num_threads=self.params["num_threads"]),
-                          dtype=np.float64)
+        return np.asarray(
+            self.booster.predict(self._check_X(X), num_threads=self.params["num_threads"]), dtype=np.float64
+        )
 
     def get_state(self) -> dict[str, Any]:
         return {"model": self.booster.model_to_string()}
@@ -75,4 +92,7 @@ class LightGBMPredictor(Predictor):
     def explain(self, domains: list[str]) -> dict[str, Any]:
         gain = self.booster.feature_importance(importance_type="gain")
         total = float(gain.sum()) or 1.0
-        return {"kind": "feature_importance_gain", "values": {d: float(g) / total for d, g in zip(domains, gain)}}
+        return {
+            "kind": "feature_importance_gain",
+            "values": {d: float(g) / total for d, g in zip(domains, gain)},
+        }

@@ -43,8 +43,10 @@ class GPPredictor(Predictor):
         self.F = featurize(X, self.params["features"])
         self.y = np.asarray(y, dtype=np.float64)
         gp = GaussianProcessRegressor(
-            _kernel(self.F.shape[1]), normalize_y=True,
-            n_restarts_optimizer=int(self.params["n_restarts"]), random_state=int(self.params["seed"]),
+            _kernel(self.F.shape[1]),
+            normalize_y=True,
+            n_restarts_optimizer=int(self.params["n_restarts"]),
+            random_state=int(self.params["seed"]),
         )
         with warnings.catch_warnings(), blas_threads(1):
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -79,5 +81,8 @@ class GPPredictor(Predictor):
 
     def explain(self, domains: list[str]) -> dict[str, Any]:
         k = self.model.kernel_ if self.model is not None and hasattr(self.model, "kernel_") else None
-        return {"kind": "kernel", "kernel": str(k) if k is not None else None,
-                "log_theta": [float(t) for t in self.theta]}
+        return {
+            "kind": "kernel",
+            "kernel": str(k) if k is not None else None,
+            "log_theta": [float(t) for t in self.theta],
+        }

@@ -22,10 +22,18 @@ class _ExpLaw(Predictor):
     free_floor: bool = False
     seeded = True
 
-    def __init__(self, features: str = "raw", n_restarts: int = 8, huber_delta: float | None = None,
-                 l2: float = 1e-3, seed: int = 0, **params: Any) -> None:
-        super().__init__(features=features, n_restarts=n_restarts, huber_delta=huber_delta, l2=l2,
-                         seed=seed, **params)
+    def __init__(
+        self,
+        features: str = "raw",
+        n_restarts: int = 8,
+        huber_delta: float | None = None,
+        l2: float = 1e-3,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        super().__init__(
+            features=features, n_restarts=n_restarts, huber_delta=huber_delta, l2=l2, seed=seed, **params
+        )
         self.c = 0.0
         self.sign = 1.0
         self.t: np.ndarray | None = None
@@ -73,8 +81,15 @@ class _ExpLaw(Predictor):
                     return np.vstack([top, bottom])
 
                 try:
-                    res = least_squares(resid, np.concatenate([[c0], t0]), jac=jac, loss="huber",
-                                        f_scale=delta / ys, max_nfev=300, method="trf")
+                    res = least_squares(
+                        resid,
+                        np.concatenate([[c0], t0]),
+                        jac=jac,
+                        loss="huber",
+                        f_scale=delta / ys,
+                        max_nfev=300,
+                        method="trf",
+                    )
                 except (ValueError, FloatingPointError):
                     continue
                 if not np.all(np.isfinite(res.x)):
@@ -82,7 +97,11 @@ class _ExpLaw(Predictor):
                 if best is None or res.cost < best[0]:
                     best = (float(res.cost), float(res.x[0]), sign, res.x[1:].copy())
         if best is None:  # cannot happen unless every start failed numerically: fall back to the mean
-            self.c, self.sign, self.t = (float(np.mean(y)) if self.free_floor else np.log(np.mean(y))), 1.0, None
+            self.c, self.sign, self.t = (
+                (float(np.mean(y)) if self.free_floor else np.log(np.mean(y))),
+                1.0,
+                None,
+            )
         else:
             _, self.c, self.sign, self.t = best
         return self

@@ -48,8 +48,13 @@ class LinearPredictor(Predictor):
         return mean, np.sqrt(np.maximum(var, 0.0))
 
     def get_state(self) -> dict[str, Any]:
-        return {"coef": self.coef, "intercept": self.intercept, "sigma": self.sigma,
-                "alpha": self.alpha, "x_offset": self.x_offset}
+        return {
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "sigma": self.sigma,
+            "alpha": self.alpha,
+            "x_offset": self.x_offset,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.coef = np.asarray(state["coef"], dtype=np.float64)
@@ -67,5 +72,8 @@ class LinearPredictor(Predictor):
             names = [f"w:{d}" for d in domains] + [f"sqrt:{d}" for d in domains]
         elif feats != "raw":
             names = [f"{feats}:{d}" for d in domains]
-        return {"kind": "coefficients", "intercept": self.intercept,
-                "values": dict(zip(names, map(float, self.coef)))}
+        return {
+            "kind": "coefficients",
+            "intercept": self.intercept,
+            "values": dict(zip(names, map(float, self.coef))),
+        }

@@ -52,16 +52,18 @@ class CurvePoints:
         return CurvePoints(self.W[mask], self.scale[mask], self.losses[mask], self.groups[mask])
 
 
-def _unpack(p: np.ndarray, D: int, own: int | None, n_delta: int) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
+def _unpack(
+    p: np.ndarray, D: int, own: int | None, n_delta: int
+) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     E, log_b, alpha, log_x = p[:_N_CORE]
     n_tau = D - (own is not None)
-    free = p[_N_CORE:_N_CORE + n_tau]
+    free = p[_N_CORE : _N_CORE + n_tau]
     tau = np.ones(D)
     if own is None:
         tau = free.copy()
     else:
         tau[np.arange(D) != own] = free
-    delta = p[_N_CORE + n_tau:_N_CORE + n_tau + n_delta]
+    delta = p[_N_CORE + n_tau : _N_CORE + n_tau + n_delta]
     return E, log_b, alpha, log_x, tau, delta
 
 
@@ -72,15 +74,24 @@ def _law(params: dict[str, Any], W: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _offset_keys(s: np.ndarray) -> tuple[list[float], np.ndarray]:
-    """The intermediate evaluation points (an offset each) and every row's index into them (-1: end of run)."""
+    """The intermediate evaluation points (an offset each) and every row's index into them (-1: end of
+    run)."""
     s_key = np.round(s, 4)
     mids = sorted(set(s_key[s_key < s_key.max()].tolist()))
     return mids, np.array([mids.index(v) if v in mids else -1 for v in s_key.tolist()], dtype=np.int64)
 
 
 def fit_component(
-    W: np.ndarray, s: np.ndarray, y: np.ndarray, own: int | None, *, n_restarts: int = 4, l2: float = 1e-2,
-    seed: int = 0, speed: np.ndarray | None = None, init: dict[str, Any] | None = None,
+    W: np.ndarray,
+    s: np.ndarray,
+    y: np.ndarray,
+    own: int | None,
+    *,
+    n_restarts: int = 4,
+    l2: float = 1e-2,
+    seed: int = 0,
+    speed: np.ndarray | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Least-squares fit of one component's law (several starts; the lowest cost wins).
 
@@ -109,7 +120,7 @@ def fit_component(
         pred = E + np.exp(log_b) * x ** (-alpha)
         if n_delta:
             pred = pred + np.where(mid_idx >= 0, delta[np.maximum(mid_idx, 0)], 0.0)
-        return np.concatenate([pred - y, lam * p[_N_CORE:_N_CORE + n_tau]])
+        return np.concatenate([pred - y, lam * p[_N_CORE : _N_CORE + n_tau]])
 
     free_cols = np.arange(D) if own is None else np.flatnonzero(np.arange(D) != own)
     onehot = np.zeros((m, n_delta))
@@ -126,10 +137,10 @@ def fit_component(
         J[:m, 1] = bx
         J[:m, 2] = -bx * np.log(x)
         J[:m, 3] = dx * np.exp(log_x)
-        J[:m, _N_CORE:_N_CORE + n_tau] = (dx * s)[:, None] * W[:, free_cols]
-        J[:m, _N_CORE + n_tau:] = onehot
+        J[:m, _N_CORE : _N_CORE + n_tau] = (dx * s)[:, None] * W[:, free_cols]
+        J[:m, _N_CORE + n_tau :] = onehot
         J[m:] = 0.0
-        J[m:, _N_CORE:_N_CORE + n_tau] = lam * np.eye(n_tau)
+        J[m:, _N_CORE : _N_CORE + n_tau] = lam * np.eye(n_tau)
         return J
 
     lo = np.concatenate([[0.0, -20.0, 0.01, np.log(1e-5)], np.zeros(n_tau), np.full(n_delta, -5.0)])
@@ -140,29 +151,48 @@ def fit_component(
         free = np.asarray(init["tau"])[free_cols]
         delta0 = np.array([init["delta"].get(f"{v:g}", 0.0) for v in mids])
         p0 = np.concatenate([[init["E"], init["log_b"], init["alpha"], init["log_x"]], free, delta0])
-        best = least_squares(residuals, np.clip(p0, lo + 1e-9, hi - 1e-9), jac=jacobian, bounds=(lo, hi),
-                             method="trf", x_scale="jac", max_nfev=500)
+        best = least_squares(
+            residuals,
+            np.clip(p0, lo + 1e-9, hi - 1e-9),
+            jac=jacobian,
+            bounds=(lo, hi),
+            method="trf",
+            x_scale="jac",
+            max_nfev=500,
+        )
         n_restarts = 0
     for r in range(n_restarts):
         alpha0 = [0.3, 0.1, 0.8, 1.5][r % 4] * (1.0 if r < 4 else rng.uniform(0.5, 1.5))
         E0 = ymin * [0.5, 0.8, 0.2, 0.65][r % 4]
         tau0 = np.full(n_tau, 0.2) if r == 0 else rng.uniform(0.0, 0.6, n_tau)
         x0 = np.log([0.01, 0.05, 0.002, 0.1][r % 4])
-        xs = s * (W @ _unpack(np.concatenate([[E0, 0.0, alpha0, x0], tau0, np.zeros(n_delta)]), D, own, n_delta)[4])
+        xs = s * (
+            W @ _unpack(np.concatenate([[E0, 0.0, alpha0, x0], tau0, np.zeros(n_delta)]), D, own, n_delta)[4]
+        )
         scale = float(np.mean((xs + np.exp(x0)) ** (-alpha0)))
         b0 = np.log(max(float(np.mean(y)) - E0, 1e-3) / max(scale, 1e-12))
         p0 = np.clip(np.concatenate([[E0, b0, alpha0, x0], tau0, np.zeros(n_delta)]), lo + 1e-9, hi - 1e-9)
-        res = least_squares(residuals, p0, jac=jacobian, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=500)
+        res = least_squares(
+            residuals, p0, jac=jacobian, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=500
+        )
         if best is None or res.cost < best.cost:
             best = res
     E, log_b, alpha, log_x, tau, delta = _unpack(best.x, D, own, n_delta)
-    return {"own": own, "E": float(E), "log_b": float(log_b), "alpha": float(alpha), "log_x": float(log_x),
-            "tau": [float(t) for t in tau], "delta": {f"{k:g}": float(v) for k, v in zip(mids, delta)},
-            "rmse": float(np.sqrt(np.mean(residuals(best.x)[:m] ** 2)))}
+    return {
+        "own": own,
+        "E": float(E),
+        "log_b": float(log_b),
+        "alpha": float(alpha),
+        "log_x": float(log_x),
+        "tau": [float(t) for t in tau],
+        "delta": {f"{k:g}": float(v) for k, v in zip(mids, delta)},
+        "rmse": float(np.sqrt(np.mean(residuals(best.x)[:m] ** 2))),
+    }
 
 
-def _run_speeds(comps: list[dict[str, Any]], pts: CurvePoints, span: float = 0.7, n_grid: int = 57,
-                center: bool = True) -> np.ndarray:
+def _run_speeds(
+    comps: list[dict[str, Any]], pts: CurvePoints, span: float = 0.7, n_grid: int = 57, center: bool = True
+) -> np.ndarray:
     """Per row, its run's learning-speed factor: the multiplier of its tokens that best fits all of the
     run's losses under the current laws (grid search in log space), centred to geometric mean 1."""
     mids, mid_idx = _offset_keys(pts.scale)
@@ -193,12 +223,27 @@ class ScalingLawPredictor(Predictor):
     smooth = True
     seeded = True
 
-    def __init__(self, target_scale: float = 1.0, n_restarts: int = 4, l2: float = 1e-2, seed: int = 0,
-                 bootstrap: int = 16, target_params: float | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        target_scale: float = 1.0,
+        n_restarts: int = 4,
+        l2: float = 1e-2,
+        seed: int = 0,
+        bootstrap: int = 16,
+        target_params: float | None = None,
+        **params: Any,
+    ) -> None:
         # target_params: active parameters of the model predicted for, relative to the proxies' (used
         # once calibrate_size has measured how much faster a larger proxy learns)
-        super().__init__(target_scale=target_scale, n_restarts=n_restarts, l2=l2, seed=seed, bootstrap=bootstrap,
-                         target_params=target_params, **params)
+        super().__init__(
+            target_scale=target_scale,
+            n_restarts=n_restarts,
+            l2=l2,
+            seed=seed,
+            bootstrap=bootstrap,
+            target_params=target_params,
+            **params,
+        )
         self.size_exponent: float | None = None
         self.components: list[dict[str, Any]] = []
         # the same laws refitted on runs resampled with replacement (whole mixtures, seeds together):
@@ -209,17 +254,21 @@ class ScalingLawPredictor(Predictor):
         self.run_speed_spread: float | None = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ScalingLawPredictor:
-        """A plain table of final losses: one component (the target itself), every domain a transfer source."""
+        """A plain table of final losses: one component (the target itself), every domain a transfer
+        source."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         pts = CurvePoints(X, np.ones(len(X)), np.asarray(y, dtype=np.float64)[:, None], np.arange(len(X)))
         return self.fit_curves(pts, owns=[None], coefs=[1.0], names=["target"])
 
-    def fit_curves(self, pts: CurvePoints, owns: list[int | None], coefs: list[float],
-                   names: list[str]) -> ScalingLawPredictor:
+    def fit_curves(
+        self, pts: CurvePoints, owns: list[int | None], coefs: list[float], names: list[str]
+    ) -> ScalingLawPredictor:
         if pts.losses.shape[1] != len(owns) or len(coefs) != len(owns) or len(names) != len(owns):
             raise MoemixError("scaling_law: one own-domain index, coefficient and name per loss column")
         if len(np.unique(pts.groups)) < 3:
-            raise MoemixError(f"scaling_law: needs runs of at least 3 mixtures, got {len(np.unique(pts.groups))}")
+            raise MoemixError(
+                f"scaling_law: needs runs of at least 3 mixtures, got {len(np.unique(pts.groups))}"
+            )
         self.n_features = pts.W.shape[1]
         self.components, speed = self._fit_all(pts, owns)
         self.run_speed_spread = float(np.std(np.log(speed)))
@@ -233,14 +282,21 @@ class ScalingLawPredictor(Predictor):
         self.members = []
         for _ in range(int(self.params.get("bootstrap", 0))):
             draw = rng.integers(0, len(mixtures), size=len(mixtures))
-            rows = np.concatenate([np.flatnonzero(pts.groups == g) for i in draw for g in by_mix[mixtures[i]]])
+            rows = np.concatenate(
+                [np.flatnonzero(pts.groups == g) for i in draw for g in by_mix[mixtures[i]]]
+            )
             boot = pts.subset(rows)
             self.members.append(self._fit_all(boot, owns, speed=speed[rows], init=self.components)[0])
         return self
 
-    def _fit_all(self, pts: CurvePoints, owns: list[int | None], n_restarts: int | None = None,
-                 speed: np.ndarray | None = None,
-                 init: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def _fit_all(
+        self,
+        pts: CurvePoints,
+        owns: list[int | None],
+        n_restarts: int | None = None,
+        speed: np.ndarray | None = None,
+        init: list[dict[str, Any]] | None = None,
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """Every component's law, with run effects by backfitting when each run has a curve.
 
         Why run effects: proxies differ by seed as much as by mixture (the demo's uniform mixture under
@@ -261,9 +317,19 @@ class ScalingLawPredictor(Predictor):
             for k, own in enumerate(owns):
                 ok = np.isfinite(pts.losses[:, k])
                 start = comps_prev[k] if comps_prev is not None else (init[k] if init is not None else None)
-                comps.append(fit_component(
-                    pts.W[ok], pts.scale[ok], pts.losses[ok, k], own, n_restarts=restarts,
-                    l2=float(self.params["l2"]), seed=int(self.params["seed"]) + k, speed=speed[ok], init=start))
+                comps.append(
+                    fit_component(
+                        pts.W[ok],
+                        pts.scale[ok],
+                        pts.losses[ok, k],
+                        own,
+                        n_restarts=restarts,
+                        l2=float(self.params["l2"]),
+                        seed=int(self.params["seed"]) + k,
+                        speed=speed[ok],
+                        init=start,
+                    )
+                )
             comps_prev = comps
             if it < rounds:
                 speed = _run_speeds(comps, pts)
@@ -276,7 +342,9 @@ class ScalingLawPredictor(Predictor):
         target_params ** size_exponent`` (Data Mixing Laws nest model size on top of the mixing law; a
         speed factor is that nesting with one parameter, all that a few large runs can pin down)."""
         if params_ratio <= 1.0 or len(large.W) == 0:
-            raise MoemixError(f"scaling_law: the scale check's model must be larger (params ratio {params_ratio:.3g})")
+            raise MoemixError(
+                f"scaling_law: the scale check's model must be larger (params ratio {params_ratio:.3g})"
+            )
         pooled = CurvePoints(large.W, large.scale, large.losses, np.zeros(len(large.W), dtype=np.int64))
         speed = float(_run_speeds(self.components, pooled, span=3.0, n_grid=241, center=False)[0])
         self.size_exponent = float(np.log(speed) / np.log(params_ratio))
@@ -320,8 +388,14 @@ class ScalingLawPredictor(Predictor):
         return other
 
     def get_state(self) -> dict[str, Any]:
-        return {"components": self.components, "members": self.members, "names": self.names, "coefs": self.coefs,
-                "run_speed_spread": self.run_speed_spread, "size_exponent": self.size_exponent}
+        return {
+            "components": self.components,
+            "members": self.members,
+            "names": self.names,
+            "coefs": self.coefs,
+            "run_speed_spread": self.run_speed_spread,
+            "size_exponent": self.size_exponent,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.components = list(state["components"])
@@ -334,10 +408,19 @@ class ScalingLawPredictor(Predictor):
         out = {}
         for name, c in zip(self.names, self.components):
             out[name] = {
-                "E": c["E"], "B": float(np.exp(c["log_b"])), "alpha": c["alpha"], "x0": float(np.exp(c["log_x"])),
-                "transfer": dict(zip(domains, c["tau"])), "rmse": c.get("rmse"),
+                "E": c["E"],
+                "B": float(np.exp(c["log_b"])),
+                "alpha": c["alpha"],
+                "x0": float(np.exp(c["log_x"])),
+                "transfer": dict(zip(domains, c["tau"])),
+                "rmse": c.get("rmse"),
             }
-        return {"target_scale": self.params["target_scale"], "effective_scale": self.effective_scale(),
-                "size_exponent": self.size_exponent, "coefs": dict(zip(self.names, self.coefs)),
-                "run_speed_log_std": self.run_speed_spread, "bootstrap_members": len(self.members),
-                "components": out}
+        return {
+            "target_scale": self.params["target_scale"],
+            "effective_scale": self.effective_scale(),
+            "size_exponent": self.size_exponent,
+            "coefs": dict(zip(self.names, self.coefs)),
+            "run_speed_log_std": self.run_speed_spread,
+            "bootstrap_members": len(self.members),
+            "components": out,
+        }
