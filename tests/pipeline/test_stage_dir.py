@@ -32,6 +32,14 @@ def test_complete_only_after_manifest(tmp_path):
     assert st.is_complete()
 
 
+def test_manifest_records_the_stages_it_read(tmp_path):
+    fit = stage_for(tmp_path, "fit", {"a": 1}, {"proxies": "p1"})
+    prop = stage_for(tmp_path, "propose", {"b": 2}, {"fit": fit.key})
+    prop.start()
+    prop.complete({})
+    assert prop.manifest()["inputs"] == {"fit": fit.key}
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "out.json"
     write_json_atomic(path, {"v": 1})

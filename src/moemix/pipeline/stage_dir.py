@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class Stage:
     name: str
     key: str
     path: Path
+    # the keys of the stages this one read (recorded in the manifest: which fit a mixture came from)
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def manifest_path(self) -> Path:
@@ -51,6 +53,7 @@ class Stage:
             "moemix_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": None if started is None else round(time.time() - started, 3),
+            "inputs": dict(self.inputs),
             "outputs": outputs,
         }
         write_json_atomic(self.manifest_path, info)
@@ -63,4 +66,4 @@ def stage_key(config: Any, inputs: dict[str, str] | None = None) -> str:
 
 def stage_for(run_dir: str | Path, name: str, config: Any, inputs: dict[str, str] | None = None) -> Stage:
     key = stage_key(config, inputs)
-    return Stage(name=name, key=key, path=Path(run_dir) / name / key)
+    return Stage(name=name, key=key, path=Path(run_dir) / name / key, inputs=dict(inputs or {}))
