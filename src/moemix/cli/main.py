@@ -20,8 +20,8 @@ from moemix import __version__
 from moemix.errors import MoemixError
 from moemix.pipeline import STAGES
 
-# modules that add their own subcommands (fit/predict/propose, assign)
-COMMAND_MODULES = ("moemix.cli.commands.mixing", "moemix.cli.commands.assign")
+# modules that add their own subcommands (fit/predict/propose, assign, plan)
+COMMAND_MODULES = ("moemix.cli.commands.mixing", "moemix.cli.commands.assign", "moemix.cli.commands.plan")
 
 
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -82,7 +82,10 @@ def _print_summary(result: Any) -> None:
     doc = load_mixture(result.mixture_path)
     cv = "n/a" if doc.cv_spearman is None else f"{doc.cv_spearman:.3f}"
     print(f"predictor: {doc.predictor} (CV Spearman {cv})")
-    print("mixture: " + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight)))
+    print(
+        "mixture: "
+        + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight))
+    )
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4f}"
@@ -165,11 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit the pipeline as a Ray job to a cluster")
     p.add_argument("config", nargs="?")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray dashboard address, e.g. http://head:8265")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray dashboard address, e.g. http://head:8265",
+    )
     p.add_argument("--out", help="run directory on the cluster's shared storage")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--working-dir", help="directory shipped to the cluster (default: the config's directory)")
-    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
+    p.add_argument(
+        "--no-wait", action="store_true", help="return after submitting instead of following the logs"
+    )
     p.set_defaults(func=_cmd_submit)
 
     for mod_name in COMMAND_MODULES:

@@ -15,6 +15,7 @@ import ray
 from moemix._io import write_text_atomic
 from moemix.pipeline import STAGES
 from moemix.pipeline.config import Config, dump_config
+from moemix.pipeline.memory import check_pretrain_memory
 from moemix.pipeline.stages import (
     DomainsOutput,
     FitOutput,
@@ -32,6 +33,7 @@ from moemix.pipeline.stages import (
 from moemix.ray_jobs.ray_init import init_ray
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class PipelineResult:
@@ -58,10 +60,14 @@ class _LazyRay:
             ray.shutdown()
 
 
-def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", progress: bool = True) -> PipelineResult:
+def run_pipeline(
+    cfg: Config, run_dir: str | Path, until: str = "pretrain", progress: bool = True
+) -> PipelineResult:
     if until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}")
     last = STAGES.index(until)
+    if last == STAGES.index("pretrain"):
+        check_pretrain_memory(cfg)  # before anything is written or launched: one line, not a late OOM
     # absolute: Ray workers (Ray Train's above all) do not share the driver's working directory
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +79,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", prog
         if last < 1:
             return res
 
-        def swarm_runner(specs):  # noqa: ANN001, ANN202
+        def swarm_runner(specs):
             from moemix.ray_jobs.swarm import run_swarm
 
             lazy.ensure()
@@ -98,11 +104,13 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", prog
         if last < 4 or not cfg.pretrain.enabled:
             return res
 
-        def pretrain_runner(mixtures, tokens_dir, out_dir):  # noqa: ANN001, ANN202
+        def pretrain_runner(mixtures, tokens_dir, out_dir):
             from moemix.ray_jobs.pretrain import pretrain_mixtures
 
             lazy.ensure()
-            return pretrain_mixtures(cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed)
+            return pretrain_mixtures(
+                cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed
+            )
 
         res.pretrain = pretrain_stage(cfg, run_dir, res.domains, res.propose, pretrain_runner)
         annotate_mixture(res.mixture_path, res.pretrain.comparison)
@@ -112,11 +120,11 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str = "pretrain", prog
         lazy.close()
 
 
-def _assign_fn(cfg: Config, lazy: _LazyRay):  # noqa: ANN202
+def _assign_fn(cfg: Config, lazy: _LazyRay):
     if cfg.domains.mode == "label":
         return None
 
-    def assign(model_dir, in_files, out_dir):  # noqa: ANN001, ANN202
+    def assign(model_dir, in_files, out_dir):
         from moemix.ray_jobs.data import assign_parquet_ray
 
         lazy.ensure()
