@@ -16,6 +16,7 @@ from moemix._io import write_text_atomic
 from moemix.pipeline import STAGES
 from moemix.pipeline.config import Config, dump_config
 from moemix.pipeline.memory import check_pretrain_memory
+from moemix.pipeline.run_lock import RunLock
 from moemix.pipeline.stages import (
     DomainsOutput,
     FitOutput,
@@ -70,7 +71,12 @@ def run_pipeline(
         check_pretrain_memory(cfg)  # before anything is written or launched: one line, not a late OOM
     # absolute: Ray workers (Ray Train's above all) do not share the driver's working directory
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # a second run on this directory stops here with one line; a killed run's lock is simply taken over
+    with RunLock(run_dir):
+        return _run_stages(cfg, run_dir, last, progress)
+
+
+def _run_stages(cfg: Config, run_dir: Path, last: int, progress: bool) -> PipelineResult:
     write_text_atomic(run_dir / "config.resolved.yaml", dump_config(cfg))
     res = PipelineResult(run_dir=run_dir)
     lazy = _LazyRay(cfg)
