@@ -38,7 +38,8 @@ class RunLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise MoemixError(
-                f"run directory {self.path.parent} is in use by {holder}; wait for it to finish or use another --out"
+                f"run directory {self.path.parent} is in use by {holder}; wait for it to finish or use "
+                "another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.write(

@@ -422,8 +422,9 @@ def fit_problem(plan: MemoryPlan, limit_gib: float | None, what: str) -> str | N
     if plan.eval_peak > plan.train_total:
         div, unit = _unit(plan.eval_peak)
         return (
-            f"{what}: the final evaluation needs {plan.eval_peak / div:.1f} {unit} on one device (the whole fp32 "
-            f"model {4 * plan.n_params / div:.1f} and {what}.train.eval_batch_size sequences), more than {limit}; "
+            f"{what}: the final evaluation needs {plan.eval_peak / div:.1f} {unit} on one device (the whole "
+            f"fp32 model {4 * plan.n_params / div:.1f} and {what}.train.eval_batch_size sequences), more "
+            f"than {limit}; "
             f"lower {what}.train.eval_batch_size"
         )
     div, unit = _unit(plan.train_total)

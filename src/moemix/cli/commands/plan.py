@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan",
         help="per-device memory of the proxy and pretraining runs; refuses a pretraining run that cannot fit",
-        description="Per-device bytes of parameters, gradients, optimizer state and activations for the proxy "
-        "and pretraining models under the configured mesh, micro-batch and checkpointing.",
+        description="Per-device bytes of parameters, gradients, optimizer state and activations for the "
+        "proxy and pretraining models under the configured mesh, micro-batch and checkpointing.",
     )
     p.add_argument("config", nargs="?", help="config YAML or preset name (default: the demo preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
