@@ -126,3 +126,30 @@ def test_a_noisier_fit_stays_closer_to_the_better_baseline(fitted):
         return float(np.sum(np.where(w > 0, w * np.log(w / base), 0.0)))
 
     assert kl(noisy.weights) < 0.85 * kl(sharp.weights), (kl(noisy.weights), kl(sharp.weights))
+
+
+def test_tight_bootstrap_members_do_not_override_a_large_out_of_fold_error(fitted):
+    """Refits that agree (small standard error of the gain) say the data pin the fit down, not that the
+    model is right: a gain below the held-out error still ships the baseline."""
+
+    class Agreeing:
+        label = name = "agreeing"
+        smooth = True
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict(self, W):
+            return self.inner.predict(W)
+
+        def predict_with_std(self, W):
+            return self.inner.predict_with_std(W)
+
+        def predict_members(self, W):
+            return np.vstack([self.inner.predict(W) + 1e-6 * i for i in range(8)])
+
+    unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
+    gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
+    agreeing = dataclasses.replace(_with_noise(fitted, 2 * gain), predictor=Agreeing(fitted.predictor))
+    p = propose(agreeing, None, CFG)
+    assert p.decision.action == "baseline" and p.decision.noise == pytest.approx(2 * gain)
