@@ -18,6 +18,7 @@ import yaml
 
 from moemix.mixing.schema import load_mixture
 from moemix.pipeline.config import load_config
+from moemix.pipeline.run_lock import LOCK_NAME
 from moemix.training.shards import DomainTokens
 
 
@@ -31,7 +32,8 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
     return {
         str(p.relative_to(run_dir)): p.stat().st_mtime_ns
         for p in run_dir.rglob("*")
-        if p.is_file() and p.name != "config.resolved.yaml" and "ray_train" not in p.parts
+        # the resolved config and the run lock are rewritten by every run; they are not outputs
+        if p.is_file() and p.name not in ("config.resolved.yaml", LOCK_NAME) and "ray_train" not in p.parts
     }
 
 
