@@ -52,6 +52,8 @@ class EmbedActor:
         return batch.append_column("embedding", col)
 
 
+# assign_parquet_ray and embed_parquet_ray share a signature on purpose: they are the two public Ray Data
+# entry points (each documented for its own use) over the one implementation, _map_parquet
 def assign_parquet_ray(
     model_dir: Path,
     in_files: list[Path],
