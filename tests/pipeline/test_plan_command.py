@@ -66,15 +66,17 @@ def test_plan_names_the_evaluation_when_it_is_what_does_not_fit(capsys):
     )
 
 
-def test_run_refuses_before_anything_launches(tmp_path, capsys):
-    import ray
+def test_run_refuses_before_anything_launches(tmp_path, capsys, monkeypatch):
+    import moemix.ray_jobs.pipeline as pipeline
 
+    started = []  # Ray may already be up for other tests of this session: watch for this run starting it
+    monkeypatch.setattr(pipeline, "init_ray", lambda *a, **k: started.append(1))
     run_dir = tmp_path / "run"
     code, _, err = _run(capsys, ["run", _config(tmp_path, device_memory_gb=0.01), "--out", str(run_dir)])
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("moemix: error: pretrain: needs ")
     assert not run_dir.exists()  # nothing written, no stage started
-    assert not ray.is_initialized()
+    assert not started
 
 
 def test_run_pipeline_checks_only_when_it_pretrains(tmp_path):
