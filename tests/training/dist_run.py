@@ -71,13 +71,15 @@ def main() -> None:
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        out = run(spec, rank, world)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    out = run(spec, rank, world)
     with open(f"{out_path}.{rank}", "w") as f:
         json.dump(out, f)
+    if world > 1:
+        dist.barrier()  # every rank's result is on disk
+        # leave without tearing gloo down: its teardown sometimes aborts the process ("terminate called
+        # without an active exception") after the work is done, which would read as a failed rank
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def spec_for(tokens: str, model: MoEConfig, train_cfg: TrainConfig, mixture: dict, **extra) -> dict:
