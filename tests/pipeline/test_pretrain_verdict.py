@@ -36,8 +36,10 @@ def test_verdict_needs_a_win_over_every_baseline():
         not lost.beats_baselines and "uniform" in lost.verdict and "natural" not in lost.verdict.split("(")[0]
     )
     assert not pretrain_verdict(_comparison(4.2, 4.1, 4.0)).beats_baselines
-    # the guard shipped uniform itself: a tie with its own twin is no loss
-    assert pretrain_verdict(_comparison(4.1, 4.1, 4.2, same_as="chosen")).beats_baselines
+    # the guard shipped uniform itself: a tie with its own twin is no loss, and the verdict says what it is
+    same = pretrain_verdict(_comparison(4.1, 4.1, 4.2, same_as="chosen"))
+    assert same.beats_baselines
+    assert same.verdict == "chosen 4.1000 is the uniform mixture, beats natural 4.2000"
 
 
 def test_a_loss_is_a_field_a_note_and_a_warning_in_mixture_json(tmp_path, caplog):

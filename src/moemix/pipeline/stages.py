@@ -543,13 +543,15 @@ def pretrain_verdict(comparison: dict[str, Any]) -> PretrainCheck:
     base = {n: v for n, v in losses.items() if n != "chosen"}
     if not base:
         return PretrainCheck(losses, True, f"chosen {chosen:.4f} (no baseline pretrained)")
-    lost = [n for n, v in base.items() if v <= chosen and comparison[n].get("same_as") != "chosen"]
-    vs = ", ".join(f"{n} {v:.4f}" for n, v in base.items())
+    same = [n for n in base if comparison[n].get("same_as") == "chosen"]
+    others = {n: v for n, v in base.items() if n not in same}
+    lost = [n for n, v in others.items() if v <= chosen]
+    # a baseline the guard shipped is the chosen mixture itself: nothing to beat, and say so
+    head = f"chosen {chosen:.4f}" + "".join(f" is the {n} mixture," for n in same)
+    vs = ", ".join(f"{n} {v:.4f}" for n, v in others.items())
     if not lost:
-        return PretrainCheck(losses, True, f"chosen {chosen:.4f} beats {vs}")
-    return PretrainCheck(
-        losses, False, f"WARNING: chosen {chosen:.4f} does not beat {', '.join(lost)} ({vs})"
-    )
+        return PretrainCheck(losses, True, f"{head} beats {vs}" if vs else head.rstrip(","))
+    return PretrainCheck(losses, False, f"WARNING: {head} does not beat {', '.join(lost)} ({vs})")
 
 
 def annotate_mixture(mixture_path: Path, comparison: dict[str, Any]) -> PretrainCheck:
