@@ -6,6 +6,18 @@ import copy
 
 import pytest
 
+# the proxy and the pretrain model are the same tiny MoE here
+TINY_MODEL = {
+    "vocab_size": 512,
+    "max_seq_len": 32,
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "n_experts": 4,
+    "top_k": 2,
+    "d_expert": 32,
+}
+
 TINY = {
     "domains": {
         "sources": [],
@@ -15,16 +27,7 @@ TINY = {
     },
     "proxies": {
         "sampler": {"n_mixtures": 8},
-        "model": {
-            "vocab_size": 512,
-            "max_seq_len": 32,
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_experts": 4,
-            "top_k": 2,
-            "d_expert": 32,
-        },
+        "model": dict(TINY_MODEL),
         "train": {
             "steps": 12,
             "batch_size": 8,
@@ -53,16 +56,7 @@ TINY = {
     "pretrain": {
         "num_workers": 1,
         "checkpoint_every": 5,
-        "model": {
-            "vocab_size": 512,
-            "max_seq_len": 32,
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_experts": 4,
-            "top_k": 2,
-            "d_expert": 32,
-        },
+        "model": dict(TINY_MODEL),
         "train": {
             "steps": 10,
             "batch_size": 8,
