@@ -50,6 +50,11 @@ def run(spec: dict, rank: int, world: int) -> dict:
         "param_bytes": res.local_param_bytes,
         "optimizer_bytes": res.local_optimizer_bytes,
         "router_bias": [b.tolist() for n, b in built[0].named_buffers() if n.endswith("expert_bias")],
+        "expert_bytes": sum(
+            (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size()
+            for n, p in built[0].named_parameters()
+            if ".experts." in n
+        ),
     }
     if res.model is not None:
         out["state"] = {

@@ -223,3 +223,33 @@ def test_killed_run_resumes_on_another_world_size(markov_tokens, single, tmp_pat
     assert resumed["resumed_from"] >= 10
     assert resumed["resumed_from"] < 20, "the kill came after the run had finished"
     assert rel_diff(resumed["losses"][-1:], single["losses"][-1:]) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "world,parallel",
+    [(2, {"ep": 2}), (4, {"ep": 2})],
+    ids=["ep2", "fsdp4xep2"],
+)
+def test_expert_parallel_matches_one_process(markov_tokens, single, tmp_path, world, parallel):
+    """Experts split over ep ranks, tokens moved by all-to-all: the one-process run. With 4 ranks the
+    dense weights are FSDP-sharded 4 ways and each expert slice lives on 2 ranks (ep_dp 2), whose
+    gradients are summed by hand: a missing or doubled reduction changes the losses."""
+    ranks = run_job(tmp_path, spec(markov_tokens, cfg(), parallel=parallel), world, f"ep{world}")
+    assert all(r["losses"] == ranks[0]["losses"] for r in ranks)
+    assert rel_diff(ranks[0]["losses"], single["losses"]) <= 1e-4
+    for k, v in single["state"].items():  # gathered from the ep slices and FSDP shards
+        assert ranks[0]["state"][k] == pytest.approx(v, rel=1e-3, abs=1e-3), k
+    # each ep rank holds half the experts (and a 1/world share of the dense weights)
+    assert ranks[0]["expert_bytes"] * 2 == single["expert_bytes"]
+
+
+@pytest.mark.slow
+def test_expert_parallel_run_resumes_on_one_process(markov_tokens, single, tmp_path):
+    """A checkpoint written with experts split over 2 ranks loads into one process (global shapes)."""
+    ckpt = tmp_path / "ckpt"
+    s = spec(markov_tokens, cfg(checkpoint_every=5), checkpoint_dir=str(ckpt), parallel={"ep": 2})
+    _kill_after_checkpoint(launch(tmp_path, s, 2, "killed"), ckpt, step=10)
+    resumed = run_job(tmp_path, {**s, "parallel": {}}, 1, "resumed")[0]
+    assert 10 <= resumed["resumed_from"] < 20
+    assert rel_diff(resumed["losses"][-1:], single["losses"][-1:]) <= 1e-4

@@ -150,9 +150,11 @@ def test_param_grad_optimizer_bytes_are_what_a_run_holds(markov_data):
 
 
 @pytest.mark.slow
-def test_dp_shard_two_halves_params_and_optimizer(markov_tokens, tmp_path):
-    """Two gloo ranks under FSDP2: each rank's bytes are the plan's (the larger rank: vocab 65 rows split
-    33 + 32), and together the two hold what one process does."""
+@pytest.mark.parametrize("ep", [1, 2])
+def test_dp_shard_two_halves_params_and_optimizer(markov_tokens, tmp_path, ep):
+    """Two gloo ranks under FSDP2 (and with the experts split over them, ep 2): each rank's bytes are the
+    plan's (the larger rank: vocab 65 rows split 33 + 32), and together the two hold what one process
+    does."""
     from test_distributed import run_job  # tests/training is on sys.path (rootdir-relative import)
 
     model_cfg = demo_model(vocab_size=65)
@@ -162,11 +164,12 @@ def test_dp_shard_two_halves_params_and_optimizer(markov_tokens, tmp_path):
         "model": dataclasses.asdict(model_cfg),
         "train": dataclasses.asdict(train_cfg),
         "mixture": MIX,
+        "parallel": {"ep": ep},
     }
     ranks = run_job(tmp_path, spec, 2, "plan")
-    one = plan_memory(model_cfg, train_cfg, ParallelConfig(), 1, False)
-    two = plan_memory(model_cfg, train_cfg, ParallelConfig(), 2, False)
-    assert two.mesh == (1, 2)
+    one = plan_memory(model_cfg, train_cfg, ParallelConfig(ep=ep), 1, False)
+    two = plan_memory(model_cfg, train_cfg, ParallelConfig(ep=ep), 2, False)
+    assert two.mesh == (1, 2) and two.ep == ep
     assert two.params == max(r["param_bytes"] for r in ranks)
     assert two.optimizer == max(r["optimizer_bytes"] for r in ranks)
     assert sum(r["param_bytes"] for r in ranks) == one.params
@@ -234,8 +237,8 @@ def test_refusal_is_one_line_naming_the_parts_and_the_keys():
         f"pretrain: needs {big.train_total / 2**30:.1f} GiB "
     )
     assert line.endswith(
-        "more than pretrain.device_memory_gb 0.01; set pretrain.train.micro_batch_size, "
-        "or turn on pretrain.parallel.activation_checkpointing"
+        "more than pretrain.device_memory_gb 0.01; split the experts with pretrain.parallel.ep, set "
+        "pretrain.train.micro_batch_size, or turn on pretrain.parallel.activation_checkpointing"
     )  # dp_shard is the world already
     with pytest.raises(MoemixError, match="pretrain: needs"):
         check_fits(plan, 0.01, "pretrain")

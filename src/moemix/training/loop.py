@@ -40,10 +40,18 @@ from moemix.training.checkpoint import (
 from moemix.training.config import TrainConfig, outcome_config
 from moemix.training.device import make_autocast, resolve_device
 from moemix.training.flops import peak_matmul_flops
+from moemix.training.grads import clip_grad_norm, reduce_expert_grads
 from moemix.training.malloc_tuning import keep_large_allocations_on_heap
 from moemix.training.model_contract import TrainableModel
 from moemix.training.optim import build_optimizer, lr_at
-from moemix.training.parallel import ParallelConfig, build_mesh, is_sharded, parallelize
+from moemix.training.parallel import (
+    ParallelConfig,
+    build_expert_mesh,
+    build_mesh,
+    is_sharded,
+    parallelize,
+    sharded_expert_params,
+)
 from moemix.training.shards import DomainTokens
 from moemix.training.stream import Batch, MixtureStream
 
@@ -121,6 +129,8 @@ class _Run:
     world_size: int
     n_micro: int
     start_step: int = 0
+    expert_mesh: Any = None  # the (ep_dp, ep) mesh under expert parallelism
+    expert_params: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 def _check_world(world_size: int) -> bool:
@@ -168,9 +178,10 @@ def _setup(
     model = model.to(device)
     try:
         mesh = build_mesh(parallel, world_size, device) if distributed else None
+        expert_mesh = build_expert_mesh(parallel, world_size, device) if distributed else None
+        model = parallelize(model, mesh, parallel, device, expert_mesh=expert_mesh)
     except ValueError as e:
         raise MoemixError(str(e)) from None
-    model = parallelize(model, mesh, parallel, device)
     stream = MixtureStream(
         data,
         mixture,
@@ -197,6 +208,8 @@ def _setup(
         rank=rank,
         world_size=world_size,
         n_micro=n_micro,
+        expert_mesh=expert_mesh,
+        expert_params=sharded_expert_params(model),
     )
 
 
@@ -260,11 +273,14 @@ def _train_step(run: _Run, step: int, batch: Batch) -> tuple[torch.Tensor, torch
         lm += out.lm_loss.detach().float() / run.n_micro
         aux += (out.loss - out.lm_loss).detach().float() / run.n_micro
     # the norm is logged even without clipping: Adam hides a wrong gradient scale, the norm does not
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    )
-    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over all shards
-        grad_norm = grad_norm.full_tensor()
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    if run.expert_params:  # experts split over ep groups: parameters on two meshes
+        reduce_expert_grads(run.expert_params, run.expert_mesh, run.world_size)
+        grad_norm = clip_grad_norm(list(model.parameters()), max_norm, run.world_size)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     model.update_router_biases()

@@ -8,7 +8,9 @@
   AdamW's two fp32 moments plus a 4-byte ``step`` per tensor. One caveat is modelled too: with gradient
   accumulation (``micro_batches > 1``) on a sharded run the loop turns gradient sync off for all but the
   last micro-batch, and FSDP2 then keeps the *unsharded* fp32 gradient of every parameter until the
-  last one reduce-scatters - ``grads`` is the whole model's fp32 gradient on every rank.
+  last one reduce-scatters - ``grads`` is the whole model's fp32 gradient on every rank. Under expert
+  parallelism (``ep`` > 1) the routed experts are not FSDP's: each rank holds ``E / ep`` of every layer's
+  experts whole (weights, gradients and moments), replicated over the ``ep_dp`` ranks.
 * **gathered** - FSDP2's working set (estimated from its schedule): the root module's parameters (the
   tied embedding and final norm, gathered through the forward and the backward), two blocks' parameters
   at a time (the one computing and the one prefetched) plus one all-gather staging buffer, and in the
@@ -27,7 +29,10 @@
   its backward. The peak is the larger of the start of the backward (everything saved plus the fp32
   cross-entropy gradients) and the backward of each block (what is still saved below it, its own
   set, and its backward's scratch: the expert kernels' gradient buffers and the block's weight
-  gradients on an unsharded run). ``saved_activations`` is what autograd holds when the forward ends.
+  gradients on an unsharded run). Expert parallelism adds, per MoE block, the per-slot expert outputs
+  the routing weights multiply (saved) and the exchange's send and receive buffers (scratch), with the
+  tokens assumed balanced over the ep ranks. ``saved_activations`` is what autograd holds when the
+  forward ends.
   Checked on CPU against what ``saved_tensors_hooks`` and PyTorch's MemTracker measure
   (tests/training/test_memory_plan.py); the bf16/GPU variants follow the same accounting with the
   dtypes and kernels the GPU path uses, unmeasured here.
@@ -67,6 +72,7 @@ class MemoryPlan:
     # ---- inputs
     world_size: int
     mesh: tuple[int, int]  # (dp_replicate, dp_shard)
+    ep: int  # ranks splitting each layer's experts (1: no expert parallelism)
     micro_batch: int  # sequences per forward/backward on one rank
     micro_batches: int  # forward/backward passes per optimizer step
     seq_len: int
@@ -76,6 +82,7 @@ class MemoryPlan:
     attention: str  # flash | efficient | math (the SDPA path the plan assumes)
     experts_kernel: str  # triton | grouped
     n_params: int
+    has_experts: bool  # the model has routed experts (expert parallelism applies)
     # ---- per-device bytes
     params: int
     grads: int
@@ -106,9 +113,11 @@ class MemoryPlan:
 # --------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class _ParamLayout:
-    shapes: list[tuple[int, ...]]  # every distinct parameter (tied ones once)
+    shapes: list[tuple[int, ...]]  # every distinct parameter (tied ones once) but the routed experts
+    expert_shapes: list[tuple[int, ...]]  # the routed experts' stacked weights ([E, ...] each)
     root_numel: int  # parameters outside the blocks (embedding/LM head, final norm)
     block_numel: list[int]
+    block_expert_numel: list[int]  # the routed experts' share of block_numel
     block_matmul_numel: list[int]  # the block's >= 2-d weights (what autocast copies to bf16)
     root_matmul_numel: int  # the LM head's weight (a bf16 copy under autocast)
     buffer_bytes: int
@@ -122,12 +131,16 @@ def _layout(cfg: MoEConfig) -> _ParamLayout:
         model = MoETransformer(cfg)
     params = list(model.parameters())  # distinct: a tied embedding once
     in_blocks = {id(p) for b in model.blocks for p in b.parameters()}
+    experts = {id(p) for n, p in model.named_parameters() if ".experts." in n}
     block_numel = [sum(p.numel() for p in b.parameters()) for b in model.blocks]
+    block_experts = [sum(p.numel() for p in b.parameters() if id(p) in experts) for b in model.blocks]
     block_matmul = [sum(p.numel() for p in b.parameters() if p.dim() >= 2) for b in model.blocks]
     return _ParamLayout(
-        shapes=[tuple(p.shape) for p in params],
+        shapes=[tuple(p.shape) for p in params if id(p) not in experts],
+        expert_shapes=[tuple(p.shape) for p in params if id(p) in experts],
         root_numel=sum(p.numel() for p in params if id(p) not in in_blocks),
         block_numel=block_numel,
+        block_expert_numel=block_experts,
         block_matmul_numel=block_matmul,
         root_matmul_numel=model.lm_head.weight.numel(),
         buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
@@ -206,6 +219,7 @@ def _block_bytes(
     attention: str,
     kernel: str,
     matmul_numel: int,
+    ep: int = 1,
 ) -> _BlockBytes:
     """Bytes one block saves / needs as scratch for ``n`` tokens (``seq_len`` per sequence)."""
     d, h, kv = cfg.d_model, cfg.n_heads, cfg.kv_heads
@@ -239,6 +253,9 @@ def _block_bytes(
             # gathered x, h, silu(g), a, y per row; the routing plan (int64 token/row maps, weights)
             ffn += k * (c * (2 * d + 4 * f) + 16 + c) + 8 * k
             ws_ffn = k * c * (2 * d + 3 * f + 1)  # upstream rows, da, dh, dx rows, row dots
+        if ep > 1:  # the per-slot outputs the weights multiply; the exchange's send/receive buffers
+            ffn += k * c * d
+            ws_ffn += 2 * k * c * d
         if cfg.n_shared_experts:
             fs = cfg.n_shared_experts * f
             ffn += _swiglu(fs, c) + (c * d if dt.casts else 0)
@@ -274,11 +291,20 @@ def _activations(
     kernel: str,
     checkpointing: str,
     sharded: bool,
+    ep: int,
 ) -> _Activations:
     d, v = cfg.d_model, cfg.vocab_size
     blocks = [
         _block_bytes(
-            cfg, i >= cfg.n_dense_layers, n, seq_len, dt, attention, kernel, layout.block_matmul_numel[i]
+            cfg,
+            i >= cfg.n_dense_layers,
+            n,
+            seq_len,
+            dt,
+            attention,
+            kernel,
+            layout.block_matmul_numel[i],
+            ep,
         )
         for i in range(cfg.n_layers)
     ]
@@ -347,16 +373,30 @@ def plan_memory(
     fsdp_bf16 = sharded and use_gpu and parallel.mixed_precision
     dt = _dtypes(train_cfg, fsdp_bf16)
 
-    # exact: what FSDP2 (or the plain module) stores on the most loaded rank
-    local_numel = sum(_shard_numel(s, shards) for s in layout.shapes) if sharded else layout.n_params
+    ep = parallel.ep if sharded else 1
+    # exact: what FSDP2 (or the plain module) stores on the most loaded rank; ep slices are whole
+    expert_local = sum(math.prod(s) // ep for s in layout.expert_shapes)
+    dense_total = layout.n_params - sum(math.prod(s) for s in layout.expert_shapes)
+    if sharded and ep > 1:
+        local_numel = sum(_shard_numel(s, shards) for s in layout.shapes) + expert_local
+    elif sharded:
+        local_numel = sum(_shard_numel(s, shards) for s in layout.shapes + layout.expert_shapes)
+    else:
+        local_numel = layout.n_params
     params = 4 * local_numel
-    optimizer = 2 * params + 4 * len(layout.shapes)  # exp_avg, exp_avg_sq (fp32) and a step per tensor
-    grads = 4 * layout.n_params if (not sharded or n_micro > 1) else params
+    n_tensors = len(layout.shapes) + len(layout.expert_shapes)
+    optimizer = 2 * params + 4 * n_tensors  # exp_avg, exp_avg_sq (fp32) and a step per tensor
+    grads = 4 * (dense_total + expert_local) if (not sharded or n_micro > 1) else params
 
     if sharded:
         p = 2 if fsdp_bf16 else 4
-        block = max(layout.block_numel)
-        held = layout.n_params if not parallel.reshard_after_forward else layout.root_numel + 2 * block
+        # FSDP gathers a block's dense weights (and, without ep, its experts)
+        block = max(
+            n - (e if ep > 1 else 0)
+            for n, e in zip(layout.block_numel, layout.block_expert_numel, strict=True)
+        )
+        everything = dense_total if ep > 1 else layout.n_params
+        held = everything if not parallel.reshard_after_forward else layout.root_numel + 2 * block
         gathered = p * (held + block) + p * (layout.root_numel + block) + 2 * 4 * block
     else:
         gathered = 0  # autocast's bf16 weight copies are saved tensors: counted with the activations
@@ -373,6 +413,7 @@ def plan_memory(
         kernel,
         parallel.activation_checkpointing,
         sharded,
+        ep,
     )
 
     full_model = 4 * layout.n_params + layout.buffer_bytes
@@ -387,6 +428,7 @@ def plan_memory(
     return MemoryPlan(
         world_size=world_size,
         mesh=mesh,
+        ep=ep,
         micro_batch=micro,
         micro_batches=n_micro,
         seq_len=train_cfg.seq_len,
@@ -396,6 +438,7 @@ def plan_memory(
         attention=attention,
         experts_kernel=kernel,
         n_params=layout.n_params,
+        has_experts=bool(layout.expert_shapes),
         params=params,
         grads=grads,
         optimizer=optimizer,
@@ -434,6 +477,8 @@ def fit_problem(plan: MemoryPlan, limit_gib: float | None, what: str) -> str | N
     hints = []
     if plan.mesh[1] < plan.world_size:
         hints.append(f"raise {what}.parallel.dp_shard")
+    if plan.ep == 1 and plan.world_size > 1 and plan.has_experts:
+        hints.append(f"split the experts with {what}.parallel.ep")
     if plan.micro_batch > 1:
         hints.append(f"{'set' if plan.micro_batches == 1 else 'lower'} {what}.train.micro_batch_size")
     if plan.checkpointing == "none":

@@ -5,7 +5,13 @@
 has a ``dp_replicate`` and a ``dp_shard`` dimension: shard only = FSDP (ZeRO-3), replicate only = plain
 data parallelism, both = HSDP (replicate across nodes, shard within). Gradients are averaged over the
 whole data-parallel group by FSDP's reduce-scatter/all-reduce, overlapped with the backward pass; there
-is no hand-written all-reduce.
+is no hand-written all-reduce of the dense weights.
+
+Expert parallelism (``ep`` > 1) borrows its ranks from ``dp_shard``, as torchtitan's does: groups of
+``ep`` consecutive ranks split every MoE layer's experts (``moemix.moe_model.expert_parallel`` moves the
+tokens), and FSDP leaves the expert weights alone. The ranks holding the same experts (one per ep
+group: the ``ep_dp`` dimension of the expert mesh) sum their expert gradients once per optimizer step
+(``reduce_expert_grads``); every other parameter is FSDP's as before.
 
 A world of one process keeps the plain module: there is nothing to shard, and proxies (one per core,
 no process group) train that way.
@@ -42,6 +48,8 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # ZeRO-3; False keeps gathered params between forward and backward
     # write checkpoints from a background thread (DCP async_save) while training continues
     async_checkpoint: bool = False
+    # expert parallelism: ranks per group that split each MoE layer's experts; divides dp_shard
+    ep: int = 1
 
     def validate(self) -> None:
         if self.dp_replicate < 1:
@@ -50,6 +58,8 @@ class ParallelConfig:
             raise ValueError("parallel.dp_shard must be >= 1 or -1 (the rest of the world)")
         if self.activation_checkpointing not in ("none", "full", "selective"):
             raise ValueError("parallel.activation_checkpointing must be none, full or selective")
+        if self.ep < 1:
+            raise ValueError("parallel.ep must be >= 1")
 
     def mesh_shape(self, world_size: int) -> tuple[int, int]:
         """(dp_replicate, dp_shard) for ``world_size`` ranks; a one-line error when they do not multiply
@@ -60,6 +70,8 @@ class ParallelConfig:
                 f"parallel: dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} does not match "
                 f"the world size {world_size}"
             )
+        if shard % self.ep:
+            raise ValueError(f"parallel: ep {self.ep} does not divide dp_shard {shard}")
         return self.dp_replicate, shard
 
 
@@ -71,6 +83,44 @@ def build_mesh(cfg: ParallelConfig, world_size: int, device: torch.device):  # -
 
     shape = cfg.mesh_shape(world_size)
     return init_device_mesh(device.type, shape, mesh_dim_names=("dp_replicate", "dp_shard"))
+
+
+def build_expert_mesh(cfg: ParallelConfig, world_size: int, device: torch.device):  # -> DeviceMesh | None
+    """The ``(ep_dp, ep)`` mesh of expert parallelism, or None without it. Its row-major rank order is
+    the data mesh's, so each ep group is ``ep`` consecutive ranks of one ``dp_shard`` row."""
+    if world_size <= 1 or cfg.ep == 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    cfg.mesh_shape(world_size)  # the one-line error when ep does not fit the mesh
+    return init_device_mesh(device.type, (world_size // cfg.ep, cfg.ep), mesh_dim_names=("ep_dp", "ep"))
+
+
+def expert_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules that can hold a slice of their experts (they define ``shard_experts``)."""
+    return [m for m in model.modules() if callable(getattr(m, "shard_experts", None))]
+
+
+def apply_expert_parallel(model: nn.Module, expert_mesh) -> None:
+    """Each module keeps its ep rank's experts, as DTensors of the whole stack (sharded over ``ep``,
+    replicated over ``ep_dp``): checkpoints then record global shapes and reshard to any mesh, and the
+    consolidated export gathers them like FSDP's shards."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    ep_mesh = expert_mesh["ep"]
+    modules = expert_modules(model)
+    if not modules:
+        raise ValueError("parallel.ep > 1 needs a model with routed experts")
+    for m in modules:
+        m.shard_experts(ep_mesh.get_group(), ep_mesh.size(), ep_mesh.get_local_rank())
+        for name, p in list(m.named_parameters(recurse=False)):
+            whole = DTensor.from_local(p.detach(), expert_mesh, [Replicate(), Shard(0)], run_check=False)
+            setattr(m, name, nn.Parameter(whole))
+
+
+def sharded_expert_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters expert parallelism split (each rank holds its ep rank's experts)."""
+    return [p for m in expert_modules(model) if getattr(m, "shard", None) is not None for p in m.parameters()]
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -100,7 +150,9 @@ def apply_compile(model: nn.Module) -> None:
         blocks[i] = torch.compile(block, fullgraph=False)
 
 
-def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device, ignored: set[nn.Parameter]
+) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy()
@@ -114,13 +166,24 @@ def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device
     for i, block in enumerate(blocks):
         # the last block is gathered again at once by backward, so keeping it saves one all-gather
         reshard = cfg.reshard_after_forward and i < len(blocks) - 1
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard, ignored_params=ignored)
+    fully_shard(
+        model,
+        mesh=dp_mesh,
+        mp_policy=mp,
+        reshard_after_forward=cfg.reshard_after_forward,
+        ignored_params=ignored,
+    )
     return model
 
 
-def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device) -> nn.Module:
-    """Lay ``model`` out over ``mesh`` (None: one process, the module stays as it is)."""
+def parallelize(
+    model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device, expert_mesh=None
+) -> nn.Module:
+    """Lay ``model`` out over ``mesh`` (None: one process, the module stays as it is) and, with
+    ``expert_mesh``, split its experts over the ep groups first."""
+    if expert_mesh is not None:
+        apply_expert_parallel(model, expert_mesh)  # before the wrappers below rename the modules
     apply_activation_checkpointing(model, cfg.activation_checkpointing)
     if cfg.compile:
         apply_compile(model)
@@ -128,7 +191,7 @@ def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.devic
         return model
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("parallelize over a mesh needs torch.distributed to be initialised")
-    return apply_fsdp(model, mesh, cfg, device)
+    return apply_fsdp(model, mesh, cfg, device, ignored=set(sharded_expert_params(model)))
 
 
 def is_sharded(model: nn.Module) -> bool:

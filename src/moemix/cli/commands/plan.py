@@ -70,6 +70,7 @@ def _rows(plan: MemoryPlan) -> list[tuple[str, str]]:
     rows = [
         ("parameters", _count(plan.n_params)),
         ("world (replicate x shard)", f"{plan.world_size} ({rep} x {shard})"),
+        ("expert parallel (ep)", str(plan.ep)),
         ("micro-batch per rank", micro),
         ("checkpointing", plan.checkpointing),
         ("compute / gathered dtype", f"{plan.compute_dtype} / {plan.gathered_dtype}"),
