@@ -50,15 +50,14 @@ import numpy as np
 import yaml
 
 from moemix import load_mixture
-from moemix._io import file_hash, stable_hash, to_jsonable, write_json_atomic
+from moemix._io import file_hash, stable_hash, write_json_atomic
+from moemix.training.config import outcome_config
 
 if TYPE_CHECKING:
     from moemix.mixing.schema import MixtureDoc
 
 RANDOM_SEED_BASE = 1000
 PIPELINE_STAGES = ("domains", "proxies", "fit", "propose")
-# TrainConfig fields that do not change what is learned, left out of the cache key
-NON_RESULT_FIELDS = ("num_threads", "log_every", "checkpoint_every", "eval_every", "measure_mfu")
 MIXTURE_KNOWN = {
     "domains",
     "created_at",
@@ -127,7 +126,7 @@ def mixture_info(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- pretraining (cached, in-process)
 def run_key(mixture: dict[str, float], model_cfg: Any, train_cfg: Any, tokens_fp: str) -> str:
     total = sum(mixture.values())
-    tc = {k: v for k, v in to_jsonable(train_cfg).items() if k not in NON_RESULT_FIELDS}
+    tc = outcome_config(train_cfg)  # without the fields that do not change what is learned
     mix = {d: round(w / total, 9) for d, w in sorted(mixture.items())}
     return stable_hash({"mixture": mix, "model": model_cfg, "train": tc, "tokens": tokens_fp})
 
@@ -266,6 +265,13 @@ def print_target(spec: str, sc: dict[str, Any], doc: MixtureDoc, info: dict[str,
         f"{sc['margin_vs_uniform']:+.4f} ({verdict} spread); same-seed margins "
         + ", ".join(f"{m:+.4f}" for m in sc["paired_margins"])
     )
+    if "withheld" in sc:
+        w = sc["withheld"]
+        print(
+            f"withheld optimum (the guard's audit): rank {w['rank']}/{sc['n_ranked']}, margin vs uniform "
+            f"{w['margin_vs_uniform']:+.4f}; same-seed margins "
+            + ", ".join(f"{m:+.4f}" for m in w["paired_margins"])
+        )
     print(
         "chosen weights: "
         + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight))
@@ -341,6 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, tuple[dict[str, float], int]] = {
         name: (docs[spec].weights, seed0 + s) for spec in specs for s, name in enumerate(chosen[spec])
     }
+    # the guard's audit: when it shrank or withheld the fit's optimum, pretrain that optimum too (same
+    # seeds as the chosen mixture), so the table says whether withholding it was right
+    withheld: dict[str, list[str]] = {}
+    for spec in specs:
+        dec = docs[spec].decision
+        if dec is not None and dec.action != "optimum" and dec.optimum:
+            withheld[spec] = [n.replace("chosen/", "withheld/", 1) for n in chosen[spec]]
+            for s, name in enumerate(withheld[spec]):
+                runs[name] = (dict(dec.optimum), seed0 + s)
     uniform = [f"uniform@seed{seed0 + s}" for s in range(max(1, args.uniform_seeds))]
     for s, name in enumerate(uniform):
         runs[name] = ({d: 1.0 / len(domains) for d in domains}, seed0 + s)
@@ -366,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         spec: score(results, [f"chosen/{spec}", *baselines], uniform, chosen[spec], t)
         for spec, t in targets.items()
     }
+    for spec, names in withheld.items():  # how the optimum the guard withheld would have done
+        audit = score(results, [names[0], *baselines], uniform, names, targets[spec])
+        scores[spec]["withheld"] = {
+            k: audit[k] for k in ("rank", "chosen_seeds", "paired_margins", "margin_vs_uniform")
+        }
     for spec in specs:
         print_target(spec, scores[spec], docs[spec], infos[spec])
     print("\nwall time:")

@@ -73,6 +73,10 @@ def test_a_gain_of_about_one_noise_unit_ships_the_baseline(fitted):
     gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
     p = propose(_with_noise(fitted, gain / 1.01), None, CFG)
     assert p.decision.action == "shrunk" and p.decision.shrink < 0.03
+    # what the guard withheld is on record (the benchmark pretrains it to audit the guard)
+    withheld = np.array([p.decision.optimum[d] for d in p.domains])
+    np.testing.assert_allclose(withheld, unguarded.weights, atol=1e-6)
+    assert p.decision.optimum_predicted_loss == pytest.approx(unguarded.predicted_loss, abs=1e-9)
 
 
 def test_no_predicted_gain_ships_the_baseline(fitted):

@@ -40,7 +40,8 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 4  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error
+PROPOSE_FORMAT = 5  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+# 5: the decision records the withheld optimum
 
 
 @dataclass
@@ -363,8 +364,12 @@ def _do_no_harm(
         # -0.007 nats for predicted +0.011, +0.011, +0.028; docs/benchmarks/mixture_quality.md)
         spread = float(np.std(members[:, 1 + best] - members[:, 0], ddof=1))
         noise = spread if noise is None else max(noise, spread)
+    withheld = {
+        "optimum": {d: round(float(v), 6) for d, v in zip(fit.domains, w)},
+        "optimum_predicted_loss": float(pred[0]),
+    }
     if cfg.min_gain_sigmas is None or noise is None or cfg.min_gain_sigmas == 0:
-        return w, Decision("optimum", name, gain, noise, 1.0, None)
+        return w, Decision("optimum", name, gain, noise, 1.0, None, **withheld)
     need = cfg.min_gain_sigmas * noise
     # positive-part James-Stein: the predicted gain is an estimate with this standard error, and the step
     # toward the optimum is kept in the share its signal exceeds that noise (a cliff at k sigma would ship
@@ -378,6 +383,7 @@ def _do_no_harm(
             noise,
             1.0,
             f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}",
+            **withheld,
         )
     if lam == 0.0:
         why = (
@@ -387,7 +393,13 @@ def _do_no_harm(
             f"{noise:.4f}"
         )
         return base.copy(), Decision(
-            "baseline", name, gain, noise, 0.0, f"{why}; the proxies give no evidence to move away from it"
+            "baseline",
+            name,
+            gain,
+            noise,
+            0.0,
+            f"{why}; the proxies give no evidence to move away from it",
+            **withheld,
         )
     shrunk = base + lam * (w - base)
     return shrunk, Decision(
@@ -398,6 +410,7 @@ def _do_no_harm(
         float(lam),
         f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}: "
         f"kept {lam:.2f} of the step from {name} to the optimum",
+        **withheld,
     )
 
 

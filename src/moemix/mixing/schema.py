@@ -67,6 +67,9 @@ class Decision:
     noise: float | None = None
     shrink: float = 1.0
     reason: str | None = None
+    # the fit's optimum before the guard (what a shrunk or baseline decision withheld) and its prediction
+    optimum: dict[str, float] | None = None
+    optimum_predicted_loss: float | None = None
 
 
 @dataclass
