@@ -21,7 +21,12 @@ from moemix.errors import MoemixError
 from moemix.pipeline import STAGES
 
 # modules that add their own subcommands (fit/predict/propose, assign, plan)
-COMMAND_MODULES = ("moemix.cli.commands.mixing", "moemix.cli.commands.assign", "moemix.cli.commands.plan")
+COMMAND_MODULES = (
+    "moemix.cli.commands.mixing",
+    "moemix.cli.commands.assign",
+    "moemix.cli.commands.plan",
+    "moemix.cli.commands.status",
+)
 
 
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -162,19 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_cmd_stage(stage))
 
     p = sub.add_parser("config", help="print the resolved config (validates it)")
-    p.add_argument("config", nargs="?")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("config", nargs="?", help="config YAML or preset name (default: the demo preset)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("submit", help="submit the pipeline as a Ray job to a cluster")
-    p.add_argument("config", nargs="?")
+    p.add_argument("config", nargs="?", help="config YAML or preset name (default: the demo preset)")
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray dashboard address, e.g. http://head:8265",
     )
     p.add_argument("--out", help="run directory on the cluster's shared storage")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--working-dir", help="directory shipped to the cluster (default: the config's directory)")
     p.add_argument(
         "--no-wait", action="store_true", help="return after submitting instead of following the logs"

@@ -237,11 +237,28 @@ def _normalized_weights(
         i, j = np.argwhere(W < 0)[0]
         raise MoemixError(f"{where}: row {int(rows[i])} has a negative weight in {weight_cols[j]!r}")
     sums = W.sum(axis=1)
-    off = np.nonzero(np.abs(sums - 1.0) > weight_sum_tol)[0]
+    tol = np.maximum(weight_sum_tol, rounding_slack(W))
+    off = np.nonzero(np.abs(sums - 1.0) > tol)[0]
     if off.size:
         i = off[0]
         raise MoemixError(
             f"{where}: weights in row {int(rows[i])} sum to {sums[i]:.6g}, not 1 "
-            f"(tolerance {weight_sum_tol:g}; {off.size} such rows)"
+            f"(tolerance {tol[i]:g}; {off.size} such rows)"
         )
     return W / sums[:, None]
+
+
+def rounding_slack(W: np.ndarray, max_decimals: int = 6) -> np.ndarray:
+    """Per row, how far from 1 its sum may be from rounding alone: weights written with ``p`` decimals
+    (RegMix's released tables use 3) are each off by up to half a unit of the ``p``-th decimal, so a row
+    of ``D`` of them may miss 1 by ``D / 2 * 10**-p``. Rows with more than ``max_decimals`` decimals get
+    no slack (0)."""
+    slack = np.zeros(len(W))
+    undecided = np.ones(len(W), dtype=bool)
+    for p in range(max_decimals + 1):
+        scaled = W * 10.0**p
+        exact = np.all(np.abs(scaled - np.round(scaled)) <= 1e-6, axis=1)  # weights <= 1: float error ~1e-10
+        hit = undecided & exact
+        slack[hit] = W.shape[1] / 2 * 10.0**-p
+        undecided &= ~exact
+    return slack

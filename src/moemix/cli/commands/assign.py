@@ -32,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--text-column", default="text", help="column/key holding the document text (default: text)"
     )
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1024,
+        help="documents embedded and assigned at a time (default: 1024)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_assign)
 

@@ -178,6 +178,16 @@ def cmd_propose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_weight_sum_tol(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weight-sum-tol",
+        type=float,
+        default=1e-3,
+        help="rows whose weights sum to 1 within this (or within what rounding to the row's decimals "
+        "explains) are renormalised; others are an error",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from moemix.mixing.predictors import PREDICTOR_NAMES
 
@@ -191,42 +201,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights-prefix", default="w/", help="weight columns start with this (default 'w/')")
     g.add_argument("--weights", default=None, help="comma-separated weight columns")
-    p.add_argument("--predictor", default="auto", choices=list(PREDICTOR_NAMES))
+    p.add_argument(
+        "--predictor",
+        default="auto",
+        choices=list(PREDICTOR_NAMES),
+        help="predictor family (auto: the best by cross-validated Spearman)",
+    )
     p.add_argument(
         "--target-mode",
         default="combined",
         choices=["combined", "separate"],
         help="separate: one predictor per target column, combined with the target weights",
     )
-    p.add_argument("--cv-folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--weight-sum-tol",
-        type=float,
-        default=1e-3,
-        help="rows whose weights sum to 1 within this are renormalised; others are an error",
-    )
+    p.add_argument("--cv-folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the predictors (default: 0)")
+    _add_weight_sum_tol(p)
     p.add_argument(
         "--prior", default=None, help="YAML/JSON mapping domain -> natural weight (stored for propose)"
     )
     p.add_argument(
         "--nested-cv", action="store_true", help="auto: unbiased nested CV (costs folds x the fit)"
     )
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", required=True, help="fit directory to write")
     p.set_defaults(func=cmd_fit)
 
     p = subparsers.add_parser("predict", help="predict the target loss of mixtures with a fitted predictor")
-    p.add_argument("fitdir")
+    p.add_argument("fitdir", help="a directory written by moemix fit")
     p.add_argument("mixtures", help="table (.csv or .parquet) with the fit's weight columns")
-    p.add_argument("--weight-sum-tol", type=float, default=1e-3)
-    p.add_argument("--out", required=True, help="output table (.csv or .parquet)")
+    _add_weight_sum_tol(p)
+    p.add_argument(
+        "--out", required=True, help="output table (.csv or .parquet): the mixtures plus a prediction column"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser(
         "propose", help="propose the best mixture from a fitted predictor (writes mixture.json)"
     )
-    p.add_argument("fitdir")
+    p.add_argument("fitdir", help="a directory written by moemix fit")
     p.add_argument(
         "--constraints",
         default=None,
@@ -234,7 +246,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plus domain_tokens, target_tokens, prior. Without a prior the one stored at fit time is used "
         "(fit --prior, else the mean of the training mixtures)",
     )
-    p.add_argument("--method", default=None, choices=["simulate", "constrained", "search"])
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=["simulate", "constrained", "search"],
+        help="search method (default: the constraints' method, else simulate)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the search (default: the constraints')")
     p.add_argument("--out", required=True, help="mixture.json path")
     p.set_defaults(func=cmd_propose)
