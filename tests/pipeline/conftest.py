@@ -75,3 +75,16 @@ TINY = {
 def tiny_config() -> dict:
     """A fresh copy per test (tests edit it)."""
     return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def small_swarm_config(tmp_path, tiny_config):
+    """The tiny config with a plain swarm of 8 proxies (no scale check, uniform once), written to
+    ``tmp_path/tiny.yaml``; returns that path."""
+    import yaml
+
+    tiny_config["proxies"]["scale_check"] = {"n_mixtures": 0}
+    tiny_config["proxies"]["uniform_seeds"] = 1
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path

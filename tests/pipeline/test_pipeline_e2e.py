@@ -153,6 +153,40 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert sorted(k for k, v in _snapshot(run_dir).items() if "/runs/" in k and after.get(k) != v) == []
     assert load_mixture(run_dir / "mixture.json").target.name == f"loss/{first}"
 
+    # pretraining on a mixture from elsewhere: a hand-written mapping, validated against the domains
+    hand = {d: (0.5 if d == first else 0.5 / (len(res.domains.domains) - 1)) for d in res.domains.domains}
+    (tmp_path / "hand.json").write_text(json.dumps(hand))
+    capsys.readouterr()
+    argv = [
+        "pretrain",
+        str(cfg_path),
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--mixture",
+        str(tmp_path / "hand.json"),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pretrain target loss: chosen " in out and "pretrain verdict: " in out, out
+    given = [
+        json.loads(m.read_text())
+        for m in run_dir.glob("pretrain/*/manifest.json")
+        if "mixture" in json.loads(m.read_text())["inputs"]
+    ]
+    assert len(given) == 1 and given[0]["key"] != res.pretrain.stage.key
+    assert (run_dir / "mixture.json").read_bytes() != b"" and load_mixture(run_dir / "mixture.json")
+    stamps = _snapshot(run_dir)
+    assert main(argv) == 0  # the same file again: cached, nothing trained
+    assert {k: v for k, v in _snapshot(run_dir).items() if "pretrain" in k} == {
+        k: v for k, v in stamps.items() if "pretrain" in k
+    }
+    (tmp_path / "bad.json").write_text(json.dumps({**hand, "nope": 0.0}))
+    capsys.readouterr()
+    assert main([*argv[:-1], str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.json: unknown domain 'nope'" in err, err
+
 
 @pytest.mark.slow
 def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_config):
@@ -184,7 +218,7 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
-            done = list(run_dir.glob("proxies/*/runs/*/result.json"))
+            done = list(run_dir.glob("proxies/runs/*/result.json"))
             if len(done) >= 2:
                 break
             assert proc.poll() is None, "pipeline exited before it could be killed"
@@ -194,13 +228,13 @@ def test_killed_swarm_resumes_only_missing_proxies(tmp_path, ray_session, tiny_c
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    survivors = {p: p.stat().st_mtime_ns for p in run_dir.glob("proxies/*/runs/*/result.json")}
+    survivors = {p: p.stat().st_mtime_ns for p in run_dir.glob("proxies/runs/*/result.json")}
     assert 2 <= len(survivors) < 13
     assert not list(run_dir.glob("proxies/*/manifest.json"))
 
     cfg = load_config(cfg_path)
     res = run_pipeline(cfg, run_dir, until="proxies", progress=False)
-    results = list(run_dir.glob("proxies/*/runs/*/result.json"))
+    results = list(run_dir.glob("proxies/runs/*/result.json"))
     assert len(results) == 8 + 2 + 3  # 2 more uniform seeds, 3 scale-check runs
     # finished proxies were not retrained: their results are untouched
     assert all(p.stat().st_mtime_ns == m for p, m in survivors.items())

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from moemix.mixing.fit import load_fit
@@ -53,30 +52,26 @@ def test_a_second_round_samples_new_mixtures_from_a_fit_of_the_first(tmp_path, t
     assert predicted_new.max() < predicted_first.min(), (predicted_new, predicted_first)
 
     # the batch is a function of the runs before it: a resumed stage asks for the same one, trains nothing
-    stamps = {p: p.stat().st_mtime_ns for p in out.stage.path.glob("runs/*/result.json")}
+    store = out.stage.path.parent  # RUN_DIR/proxies: runs/<run_id>/ shared by the run dir's swarms
+    stamps = {p: p.stat().st_mtime_ns for p in store.glob("runs/*/result.json")}
+    assert len(stamps) == 11
     out.stage.manifest_path.unlink()
     again = proxies_stage(cfg, tmp_path / "run", domains, run_sequential)
     assert again.n_ok == 11
-    assert {p: p.stat().st_mtime_ns for p in out.stage.path.glob("runs/*/result.json")} == stamps
-
-
-class _Stop(Exception):
-    pass
+    assert {p: p.stat().st_mtime_ns for p in store.glob("runs/*/result.json")} == stamps
 
 
 def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
+    """Rounds search around the target's optimum, so the target keys the swarm; without rounds it is
+    applied at fit time and the swarm is shared."""
+    from moemix._io import stable_hash
+    from moemix.pipeline.stages import proxies_key_config
+
     a = _config(tmp_path, tiny_config)
-    domains = domains_stage(a, tmp_path / "run", progress=False)
-    b = load_config(
-        tmp_path / "tiny.yaml", overrides={"proxies": {"target": {"domains": {domains.domains[0]: 1.0}}}}
-    )
-    chosen = []
-
-    def runner(specs):
-        chosen.append(specs[0].out_dir)  # the stage directory the swarm would fill
-        raise _Stop
-
-    for cfg in (a, b):
-        with pytest.raises(_Stop):
-            proxies_stage(cfg, tmp_path / "run", domains, runner)
-    assert chosen[0] != chosen[1]
+    other = {"proxies": {"target": {"domains": {"d0": 1.0}}}}
+    b = load_config(tmp_path / "tiny.yaml", overrides=other)
+    assert stable_hash(proxies_key_config(a)) != stable_hash(proxies_key_config(b))
+    one = {"proxies": {"rounds": 1}}
+    a1 = load_config(tmp_path / "tiny.yaml", overrides=one)
+    b1 = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {**other["proxies"], "rounds": 1}})
+    assert stable_hash(proxies_key_config(a1)) == stable_hash(proxies_key_config(b1))

@@ -69,7 +69,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "no_pretrain", False) and until == "pretrain":
         until = "propose"
     out = Path(args.out or _default_out(args.config))
-    result = run_pipeline(cfg, out, until=until, progress=not args.quiet)
+    result = run_pipeline(
+        cfg, out, until=until, progress=not args.quiet, mixture=getattr(args, "mixture", None)
+    )
     _print_summary(result)
     return 0
 
@@ -81,6 +83,10 @@ def _print_summary(result: Any) -> None:
     if result.proxies is not None:
         print(f"proxies: {result.proxies.n_ok} ok, {result.proxies.n_failed} failed")
     if result.mixture_path is None:
+        if result.pretrain is not None:  # pretrained on a given mixture
+            _print_pretrain(result.pretrain.comparison)
+            print(f"pretrain verdict: {result.pretrain.comparison['verdict']['verdict']}")
+            print(f"comparison: {result.pretrain.stage.path / 'comparison.json'}")
         return
     from moemix.mixing.schema import load_mixture
 
@@ -104,15 +110,18 @@ def _print_summary(result: Any) -> None:
     if doc.decision is not None and doc.decision.action != "optimum":
         print(f"do-no-harm guard: {doc.decision.reason}")
     if result.pretrain is not None:
-        comp = result.pretrain.comparison
-        line = f"pretrain target loss: chosen {comp['chosen']['target_loss']:.4f}"
-        others = [f"{n} {comp[n]['target_loss']:.4f}" for n in ("uniform", "natural") if n in comp]
-        if others:
-            line += f" vs {', '.join(others)} (same {comp['chosen']['tokens']:,} tokens)"
-        print(line)
+        _print_pretrain(result.pretrain.comparison)
         if doc.pretrain_check is not None:
             print(f"pretrain verdict: {doc.pretrain_check.verdict}")
     print(f"mixture.json: {result.mixture_path}")
+
+
+def _print_pretrain(comp: dict[str, Any]) -> None:
+    line = f"pretrain target loss: chosen {comp['chosen']['target_loss']:.4f}"
+    others = [f"{n} {comp[n]['target_loss']:.4f}" for n in ("uniform", "natural") if n in comp]
+    if others:
+        line += f" vs {', '.join(others)} (same {comp['chosen']['tokens']:,} tokens)"
+    print(line)
 
 
 def _cmd_stage(stage: str):
@@ -164,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in ("domains", "proxies", "pretrain"):
         p = sub.add_parser(stage, help=f"run the {stage} stage of a config (earlier stages as needed)")
         _add_pipeline_args(p)
+        if stage == "pretrain":
+            p.add_argument(
+                "--mixture",
+                metavar="FILE",
+                help="pretrain on this mixture instead of the proposed one: a mixture.json from any run, or "
+                'a JSON mapping {"domain": weight}; only the domains stage runs before it',
+            )
         p.set_defaults(func=_cmd_stage(stage))
 
     p = sub.add_parser("config", help="print the resolved config (validates it)")

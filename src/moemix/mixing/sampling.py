@@ -57,6 +57,9 @@ class SamplerConfig:
             raise ValueError("dedup_tol must be >= 0")
 
 
+SAMPLE_BLOCK = 64  # candidate mixtures drawn per attempt (see sample_mixtures)
+
+
 def normalize_prior(prior: np.ndarray, where: str = "prior") -> np.ndarray:
     p = np.asarray(prior, dtype=np.float64).ravel()
     if p.size == 0:
@@ -226,8 +229,9 @@ def sample_mixtures(
     attempts = 0
     while len(rows) < cfg.n_mixtures and attempts < 200:
         attempts += 1
-        need = cfg.n_mixtures - len(rows)
-        batch = max(2 * need, 16)
+        # candidates come in blocks of a fixed size, whatever n_mixtures is, so a swarm grown from n to
+        # n' > n mixtures starts with the same n (their proxies are reused, not retrained)
+        batch = SAMPLE_BLOCK
         if cfg.method == "space_filling":
             cand = _space_filling_batch(rng, base, batch, cfg)
         else:

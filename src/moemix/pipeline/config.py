@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from moemix._io import to_jsonable
+from moemix.config_fields import execution_only
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitConfig
 from moemix.mixing.propose import ProposeConfig
@@ -53,17 +54,17 @@ class PretrainConfig:
     model: MoEConfig = field(default_factory=MoEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     num_workers: int = 1
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = execution_only(1.0)
     use_gpu: bool = False
     compare_uniform: bool = True
     compare_natural: bool = True  # and on the natural (token-proportional) mixture
-    checkpoint_every: int = 100
+    checkpoint_every: int = execution_only(100)
     # how the workers share the model: FSDP2 over all of them by default (moemix.training.parallel)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # usable memory of one worker's device in GiB (2^30 bytes, as `moemix plan` prints; an "80 GB" GPU has
     # about 79.6): the pipeline refuses a run its planner says cannot fit (moemix.training.memory_plan).
     # null: not checked
-    device_memory_gb: float | None = None
+    device_memory_gb: float | None = execution_only(None)
 
     def validate(self) -> None:
         if self.num_workers < 1:

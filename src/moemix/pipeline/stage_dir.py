@@ -61,7 +61,10 @@ class Stage:
 
 
 def stage_key(config: Any, inputs: dict[str, str] | None = None) -> str:
-    return stable_hash({"config": config, "inputs": inputs or {}, "version": __version__})
+    """The hash of what a stage's outputs depend on. Not the package version: a release that does not
+    change a stage's outputs must not invalidate it, so each stage's key config carries its own format
+    number, raised when the code changes what the stage writes."""
+    return stable_hash({"config": config, "inputs": inputs or {}})
 
 
 def stage_for(run_dir: str | Path, name: str, config: Any, inputs: dict[str, str] | None = None) -> Stage:

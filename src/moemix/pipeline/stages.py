@@ -9,6 +9,7 @@ without Ray; ``moemix.ray_jobs.pipeline`` binds the Ray implementations.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -21,16 +22,24 @@ import numpy as np
 import pandas as pd
 
 from moemix import __version__
-from moemix._io import stable_hash
+from moemix._io import stable_hash, write_json_atomic
+from moemix.config_fields import outcome_view
 from moemix.errors import MoemixError
 from moemix.mixing.schema import PretrainCheck
 from moemix.mixing.transfer import transfer_summary
 from moemix.pipeline.config import Config
 from moemix.pipeline.stage_dir import Stage, stage_for
-from moemix.training.config import outcome_view
 from moemix.training.shards import DomainTokens
 
 log = logging.getLogger(__name__)
+
+# Each stage's key carries a format number instead of the package version (Marin's "version" field):
+# raise a stage's number when a code change alters what that stage writes, and only that stage (and
+# the ones downstream, through their inputs) re-runs. The fit and propose stages keep theirs next to
+# their code (FIT_FORMAT, PROPOSE_FORMAT).
+DOMAINS_FORMAT = 1
+SWARM_FORMAT = 1
+PRETRAIN_FORMAT = 1
 
 
 # ---------------------------------------------------------------- domains
@@ -84,7 +93,7 @@ def domains_stage(
     stage = stage_for(
         run_dir,
         "domains",
-        {"domains": cfg.domains, "seed": cfg.seed},
+        {"domains": cfg.domains, "seed": cfg.seed, "format": DOMAINS_FORMAT},
         {"sources": stable_hash(source_stats(cfg))},
     )
     if not stage.is_complete():
@@ -114,6 +123,14 @@ class ProxiesOutput:
     scale_transfer: dict[str, Any] | None
 
 
+def proxy_store(stage: Stage) -> Path:
+    """Where a run directory keeps its proxy runs: ``RUN_DIR/proxies/runs/<run_id>/``, shared by every
+    swarm of the run directory. A run id hashes everything the proxy computes, so a swarm grown from 8
+    to 12 mixtures, or re-keyed by a setting that does not change what proxies compute, trains only the
+    proxies no swarm has finished."""
+    return stage.path.parent
+
+
 def proxy_specs(cfg: Config, domains: DomainsOutput, stage: Stage) -> list[Any]:
     """The swarm: sampled mixtures (uniform and natural first), each a content-addressed proxy run."""
     from moemix.mixing.sampling import sample_mixtures
@@ -133,33 +150,37 @@ def proxy_specs(cfg: Config, domains: DomainsOutput, stage: Stage) -> list[Any]:
         domains.domains,
         mixtures,
         domains.tokens_dir,
-        stage.path,
+        proxy_store(stage),
         domains_fingerprint=domains.fingerprint,
     )
+
+
+def proxies_key_config(cfg: Config) -> dict[str, Any]:
+    """What the proxies stage's key hashes: only what the proxies compute. A weighted-domain target is
+    applied at fit time (unless later rounds search around the target's optimum); resources, retries,
+    threads and logging cadence are execution-only. The proxies themselves are reused across keys
+    (``proxy_store``)."""
+    from moemix.proxies.run import swarm_target
+
+    swarm_cfg = cfg.proxies
+    if cfg.proxies.rounds == 1:
+        swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
+    return {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed, "format": SWARM_FORMAT}
 
 
 def proxies_stage(
     cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runner: Callable[[list[Any]], Any]
 ) -> ProxiesOutput:
-    from moemix.proxies.run import collect_runs, scale_transfer_report, swarm_target
+    from moemix.proxies.run import collect_runs, scale_transfer_report
 
-    # the swarm's key sees only what a proxy computes: a weighted-domain target is applied at fit time
-    # (unless later rounds search around the target's optimum)
-    swarm_cfg = cfg.proxies
-    if cfg.proxies.rounds == 1:
-        swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
-    # threads, device and logging cadence change how a proxy runs, not what it computes (run ids agree)
-    stage = stage_for(
-        run_dir,
-        "proxies",
-        {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed},
-        {"domains": domains.stage.key},
-    )
+    stage = stage_for(run_dir, "proxies", proxies_key_config(cfg), {"domains": domains.stage.key})
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: finished proxies under runs/ are kept and skipped
         specs = proxy_specs(cfg, domains, stage)
-        log.info("proxies: %d runs under %s", len(specs), stage.path)
+        log.info("proxies: %d runs under %s", len(specs), proxy_store(stage))
+        planned = [s.run_id for s in specs]
+        _write_swarm_plan(stage, planned, cfg.proxies.rounds)
         swarm_runner(specs)
         earlier = [s.run_id for s in specs if s.scale == "base"]
         for round_idx in range(1, cfg.proxies.rounds):
@@ -167,9 +188,11 @@ def proxies_stage(
             log.info(
                 "proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more)
             )
+            planned += [s.run_id for s in more]
+            _write_swarm_plan(stage, planned, cfg.proxies.rounds)
             swarm_runner(more)
             earlier += [s.run_id for s in more]
-        runs = collect_runs(stage.path)
+        runs = collect_runs(stage.path, run_ids=[s.run_id for s in specs] + earlier, store=proxy_store(stage))
         if runs.empty:
             raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
         n_ok = int((runs["status"] == "ok").sum())
@@ -192,6 +215,15 @@ def proxies_stage(
     )
 
 
+SWARM_PLAN = "swarm.json"
+
+
+def _write_swarm_plan(stage: Stage, run_ids: list[str], rounds: int) -> None:
+    """The run ids this swarm will train so far (later rounds add theirs): what ``moemix status``
+    counts finished proxies against while the stage runs."""
+    write_json_atomic(stage.path / SWARM_PLAN, {"run_ids": run_ids, "rounds": rounds})
+
+
 def next_round_specs(
     cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, earlier: list[str]
 ) -> list[Any]:
@@ -205,7 +237,7 @@ def next_round_specs(
     from moemix.mixing.propose import ProposeConfig, propose_next_batch
     from moemix.proxies.run import CURVES_TABLE, collect_runs, round_specs
 
-    runs = collect_runs(stage.path)
+    runs = collect_runs(stage.path, run_ids=earlier, store=proxy_store(stage))
     base = runs[runs["run_id"].isin(earlier) & (runs["status"] == "ok")]
     wcols = [f"w/{d}" for d in domains.domains]
     tokens = domains.token_counts()
@@ -236,7 +268,7 @@ def next_round_specs(
         pcfg,
         mixtures,
         domains.tokens_dir,
-        stage.path,
+        proxy_store(stage),
         start_index=len(earlier),
         domains_fingerprint=domains.fingerprint,
     )
@@ -451,46 +483,100 @@ def publish_mixture(propose_out: ProposeOutput, run_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- pretrain
 @dataclass(frozen=True)
+class MixtureSource:
+    """The mixture pretraining trains on: the propose stage's, or a file the user gives."""
+
+    path: Path  # a mixture.json
+    inputs: dict[str, str]  # what the pretrain key records as its origin
+    weights: dict[str, float]
+
+
+def proposed_mixture(propose_out: ProposeOutput) -> MixtureSource:
+    from moemix.mixing.schema import load_mixture
+
+    doc = load_mixture(propose_out.mixture_path)
+    return MixtureSource(propose_out.mixture_path, {"propose": propose_out.stage.key}, doc.weights)
+
+
+def given_mixture(path: str | Path, domains: DomainsOutput) -> MixtureSource:
+    """``moemix pretrain --mixture FILE``: a mixture.json from any run (validated against the schema) or
+    a hand-written ``{"domain": weight, ...}`` mapping; its domains must be the domains stage's."""
+    from moemix._io import file_hash
+    from moemix.mixing.runs import rounding_slack
+    from moemix.mixing.schema import load_mixture
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MoemixError(f"{path}: mixture file not found") from None
+    except (OSError, ValueError) as e:
+        raise MoemixError(f"{path}: not a readable JSON mixture ({e})") from None
+    if isinstance(obj, dict) and "schema_version" in obj:
+        weights = load_mixture(path).weights
+    elif isinstance(obj, dict) and obj and all(isinstance(v, (int, float)) for v in obj.values()):
+        weights = {str(k): float(v) for k, v in obj.items()}
+        bad = [d for d, w in weights.items() if not (np.isfinite(w) and w >= 0)]
+        if bad:
+            raise MoemixError(f"{path}: weight of {bad[0]!r} must be a finite number >= 0")
+        total = sum(weights.values())
+        slack = float(rounding_slack(np.array([list(weights.values())]))[0])
+        if abs(total - 1.0) > max(1e-3, slack):
+            raise MoemixError(f"{path}: weights sum to {total:.6g}, not 1")
+        weights = {d: w / total for d, w in weights.items()}
+    else:
+        raise MoemixError(
+            f"{path}: expected a mixture.json (moemix.load_mixture) or a mapping of domain to weight"
+        )
+    missing = [d for d in domains.domains if d not in weights]
+    extra = [d for d in weights if d not in domains.domains]
+    if missing or extra:
+        what = f"no weight for domain {missing[0]!r}" if missing else f"unknown domain {extra[0]!r}"
+        raise MoemixError(f"{path}: {what} (the domains stage has {', '.join(domains.domains)})")
+    return MixtureSource(path.resolve(), {"mixture": file_hash(path)}, weights)
+
+
+@dataclass(frozen=True)
 class PretrainOutput:
     stage: Stage
     comparison: dict[str, Any]
 
 
 def pretrain_key_config(cfg: Config) -> dict[str, Any]:
-    """What the pretrain stage's key hashes. Execution-only settings (threads per worker, logging and
-    checkpoint cadence, the declared device memory) stay out; the worker count and layout stay in: a
-    Switch aux loss per forward depends on them."""
-    execution_only = ("cpus_per_worker", "checkpoint_every", "device_memory_gb")
-    pretrain = {k: v for k, v in outcome_view(cfg.pretrain).items() if k not in execution_only}
-    return {"pretrain": pretrain, "target": cfg.proxies.target, "seed": cfg.seed}
+    """What the pretrain stage's key hashes: the section without its execution-only fields (threads per
+    worker, checkpoint cadence, the declared device memory, ...). The worker count and layout stay in:
+    a Switch aux loss per forward depends on them."""
+    return {
+        "pretrain": outcome_view(cfg.pretrain),
+        "target": cfg.proxies.target,
+        "seed": cfg.seed,
+        "format": PRETRAIN_FORMAT,
+    }
 
 
 def pretrain_stage(
     cfg: Config,
     run_dir: Path,
     domains: DomainsOutput,
-    propose_out: ProposeOutput,
+    source: MixtureSource | ProposeOutput,
     pretrain_runner: Callable[[dict[str, dict[str, float]], Path, Path], dict[str, dict[str, Any]]],
 ) -> PretrainOutput:
     """Pretrain on the chosen mixture and, with the same tokens, on the uniform and natural ones.
 
-    ``pretrain_runner(mixtures, tokens_dir, out_dir) -> {name: result dict}`` trains each named mixture
-    under ``out_dir/<name>/`` (resuming from its checkpoint) and returns its final validation losses.
-    A baseline equal to the chosen mixture (the do-no-harm guard can ship one) is not trained twice.
+    ``source``: the propose stage's output or a ``given_mixture``. ``pretrain_runner(mixtures,
+    tokens_dir, out_dir) -> {name: result dict}`` trains each named mixture under ``out_dir/<name>/``
+    (resuming from its checkpoint) and returns its final validation losses. A baseline equal to the
+    chosen mixture (the do-no-harm guard can ship one) is not trained twice.
     """
-    from moemix.mixing.schema import load_mixture
-
-    doc = load_mixture(propose_out.mixture_path)
+    if isinstance(source, ProposeOutput):
+        source = proposed_mixture(source)
     stage = stage_for(
-        run_dir,
-        "pretrain",
-        pretrain_key_config(cfg),
-        {"propose": propose_out.stage.key, "domains": domains.stage.key},
+        run_dir, "pretrain", pretrain_key_config(cfg), {**source.inputs, "domains": domains.stage.key}
     )
     if not stage.is_complete():
         started = time.time()
         stage.start()  # never fresh: checkpoints inside are how a crashed run resumes
-        wanted = {"chosen": doc.weights}
+        wanted = {"chosen": source.weights}
         if cfg.pretrain.compare_uniform:
             wanted["uniform"] = {d: 1.0 / len(domains.domains) for d in domains.domains}
         if cfg.pretrain.compare_natural:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from moemix.config_fields import execution_only
 from moemix.mixing.sampling import SamplerConfig
 from moemix.moe_model.config import MoEConfig
 from moemix.training.config import TrainConfig
@@ -65,10 +66,10 @@ class ProxiesConfig:
     model: MoEConfig = field(default_factory=demo_proxy_model)
     train: TrainConfig = field(default_factory=TrainConfig)  # its defaults are the demo proxy's
     target: TargetConfig = field(default_factory=TargetConfig)
-    num_cpus_per_proxy: float = 1.0
-    num_gpus_per_proxy: float = 0.0
-    max_retries: int = 2  # Ray re-runs a task whose worker died (system failures)
-    transient_retries: int = 1  # in-task retries of a proxy that raised (not for MoemixError)
+    num_cpus_per_proxy: float = execution_only(1.0)
+    num_gpus_per_proxy: float = execution_only(0.0)
+    max_retries: int = execution_only(2)  # Ray re-runs a task whose worker died (system failures)
+    transient_retries: int = execution_only(1)  # in-task retries of a proxy that raised (not for MoemixError)
     scale_check: ScaleCheckConfig = field(default_factory=ScaleCheckConfig)
     # evaluations of every domain along each proxy's training (the last at its end): the loss curves
     # let the fit model loss jointly in mixture and training tokens and extrapolate to the pretraining

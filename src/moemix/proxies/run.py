@@ -450,10 +450,23 @@ def _columns(domains: list[str]) -> list[str]:
     )
 
 
-def collect_runs(proxies_dir: str | os.PathLike[str], *, write: bool = True) -> pd.DataFrame:
-    """Gather every runs/*/result.json into the runs table (docs/ARCHITECTURE.md) and write runs.parquet."""
+def collect_runs(
+    proxies_dir: str | os.PathLike[str],
+    *,
+    run_ids: Sequence[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    write: bool = True,
+) -> pd.DataFrame:
+    """The runs table (docs/ARCHITECTURE.md) of ``run_ids`` (default: every run) found under
+    ``store/runs/<run_id>/result.json`` (default store: ``proxies_dir``); writes runs.parquet and
+    curves.parquet into ``proxies_dir``."""
     proxies_dir = Path(proxies_dir)
-    results = [r for p in sorted((proxies_dir / "runs").glob(f"*/{RESULT_NAME}")) if (r := load_result(p))]
+    root = Path(store) if store is not None else proxies_dir
+    if run_ids is None:
+        paths = sorted((root / "runs").glob(f"*/{RESULT_NAME}"))
+    else:
+        paths = [root / "runs" / i / RESULT_NAME for i in dict.fromkeys(run_ids)]
+    results = [r for p in paths if p.exists() and (r := load_result(p))]
     domains: list[str] = []
     for r in results:
         for d in r.mixture:

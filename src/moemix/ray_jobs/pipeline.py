@@ -26,6 +26,7 @@ from moemix.pipeline.stages import (
     annotate_mixture,
     domains_stage,
     fit_stage,
+    given_mixture,
     pretrain_stage,
     propose_stage,
     proxies_stage,
@@ -62,10 +63,18 @@ class _LazyRay:
 
 
 def run_pipeline(
-    cfg: Config, run_dir: str | Path, until: str = "pretrain", progress: bool = True
+    cfg: Config,
+    run_dir: str | Path,
+    until: str = "pretrain",
+    progress: bool = True,
+    mixture: str | Path | None = None,
 ) -> PipelineResult:
+    """Run the stages up to ``until``. With ``mixture`` (a mixture.json or a domain -> weight mapping),
+    pretrain on it instead: only the domains and pretrain stages run."""
     if until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}")
+    if mixture is not None and until != "pretrain":
+        raise ValueError("a given mixture is for the pretrain stage")
     last = STAGES.index(until)
     if last == STAGES.index("pretrain"):
         check_pretrain_memory(cfg)  # before anything is written or launched: one line, not a late OOM
@@ -73,15 +82,22 @@ def run_pipeline(
     run_dir = Path(run_dir).resolve()
     # a second run on this directory stops here with one line; a killed run's lock is simply taken over
     with RunLock(run_dir):
-        return _run_stages(cfg, run_dir, last, progress)
+        return _run_stages(cfg, run_dir, last, progress, None if mixture is None else Path(mixture))
 
 
-def _run_stages(cfg: Config, run_dir: Path, last: int, progress: bool) -> PipelineResult:
+def _run_stages(
+    cfg: Config, run_dir: Path, last: int, progress: bool, mixture: Path | None
+) -> PipelineResult:
     write_text_atomic(run_dir / "config.resolved.yaml", dump_config(cfg))
     res = PipelineResult(run_dir=run_dir)
     lazy = _LazyRay(cfg)
     try:
         res.domains = domains_stage(cfg, run_dir, assign_fn=_assign_fn(cfg, lazy), progress=progress)
+        if mixture is not None:
+            source = given_mixture(mixture, res.domains)  # one line if it does not fit the domains
+            res.pretrain = pretrain_stage(cfg, run_dir, res.domains, source, _pretrain_runner(cfg, lazy))
+            _log_comparison(res.pretrain)
+            return res
         if last < 1:
             return res
 
@@ -110,20 +126,24 @@ def _run_stages(cfg: Config, run_dir: Path, last: int, progress: bool) -> Pipeli
         if last < 4 or not cfg.pretrain.enabled:
             return res
 
-        def pretrain_runner(mixtures, tokens_dir, out_dir):
-            from moemix.ray_jobs.pretrain import pretrain_mixtures
-
-            lazy.ensure()
-            return pretrain_mixtures(
-                cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed
-            )
-
-        res.pretrain = pretrain_stage(cfg, run_dir, res.domains, res.propose, pretrain_runner)
+        res.pretrain = pretrain_stage(cfg, run_dir, res.domains, res.propose, _pretrain_runner(cfg, lazy))
         annotate_mixture(res.mixture_path, res.pretrain.comparison)
         _log_comparison(res.pretrain)
         return res
     finally:
         lazy.close()
+
+
+def _pretrain_runner(cfg: Config, lazy: _LazyRay):
+    def run(mixtures, tokens_dir, out_dir):
+        from moemix.ray_jobs.pretrain import pretrain_mixtures
+
+        lazy.ensure()
+        return pretrain_mixtures(
+            cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed
+        )
+
+    return run
 
 
 def _assign_fn(cfg: Config, lazy: _LazyRay):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from moemix._io import to_jsonable
+from moemix.config_fields import execution_only, execution_only_fields, outcome_view
 
 
 @dataclass
@@ -17,7 +16,7 @@ class TrainConfig:
     batch_size: int = 16  # global sequences per optimizer step (split across data-parallel ranks)
     # sequences per forward/backward on one rank; 0 = the rank's whole share of the batch at once.
     # The step's loss is still the mean over the global batch (gradient accumulation)
-    micro_batch_size: int = 0
+    micro_batch_size: int = execution_only(0)
     seq_len: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -30,16 +29,16 @@ class TrainConfig:
     max_epochs: float | None = None
     eval_tokens: int = 4096  # per domain, validation split (the same fixed tokens for every proxy)
     eval_batch_size: int = 32
-    eval_every: int = 0  # 0: no evaluation during training (callers evaluate at the end)
+    eval_every: int = execution_only(0)  # 0: no evaluation during training (callers evaluate at the end)
     seed: int = 0
-    num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    log_every: int = 50
-    checkpoint_every: int = 0  # 0: only a final checkpoint (when checkpoint_dir is given)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = execution_only(0)  # torch intra-op threads; 0 leaves torch's default
+    log_every: int = execution_only(50)
+    checkpoint_every: int = execution_only(0)  # 0: only a final checkpoint (when checkpoint_dir is given)
+    device: str = execution_only("auto")  # auto | cpu | cuda | cuda:N
     # bf16 = bf16 autocast (fp32 master weights) on CUDA and CPU. On CPU it pays off only with native
     # bf16 matmuls and wide layers (measured: docs/benchmarks/proxies.md, "bf16 autocast on CPU")
     precision: Literal["fp32", "bf16"] = "fp32"
-    measure_mfu: bool = True  # time a matmul once per process to report MFU
+    measure_mfu: bool = execution_only(True)  # time a matmul once per process to report MFU
 
     def validate(self) -> None:
         if self.steps < 0 or self.total_tokens < 0:
@@ -92,35 +91,17 @@ class TrainConfig:
         return self.planned_tokens
 
 
-# TrainConfig fields that change how fast or how visibly a run goes, not what it computes: a proxy's
-# run id and a checkpoint's resume key leave them out. micro_batch_size is among them for the reason the
-# world size is: gradient accumulation computes the same step up to float rounding (tests/training), the
-# one exception being a Switch aux loss with aux_loss_scope "micro", which is per forward by definition
-EXECUTION_ONLY = (
-    "num_threads",
-    "device",
-    "log_every",
-    "checkpoint_every",
-    "measure_mfu",
-    "eval_every",
-    "micro_batch_size",
-)
+# TrainConfig fields that change how fast or how visibly a run goes, not what it computes (declared with
+# execution_only above): a proxy's run id and a checkpoint's resume key leave them out. micro_batch_size
+# is among them for the reason the world size is: gradient accumulation computes the same step up to
+# float rounding (tests/training), the one exception being a Switch aux loss with aux_loss_scope
+# "micro", which is per forward by definition
+EXECUTION_ONLY = execution_only_fields(TrainConfig)
 
 
 def outcome_config(cfg: TrainConfig) -> dict[str, Any]:
-    """``cfg`` as plain JSON without its ``EXECUTION_ONLY`` fields: what a run's outcome depends on."""
-    return {k: v for k, v in to_jsonable(cfg).items() if k not in EXECUTION_ONLY}
+    """``cfg`` as plain JSON without its execution-only fields: what a run's outcome depends on."""
+    return outcome_view(cfg)
 
 
-def outcome_view(obj: Any) -> Any:
-    """``obj`` (a config dataclass, or a tree of them) as plain JSON, every ``TrainConfig`` in it without
-    its ``EXECUTION_ONLY`` fields: what a cache key over a whole config section should hash."""
-    if isinstance(obj, TrainConfig):
-        return outcome_config(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: outcome_view(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: outcome_view(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [outcome_view(v) for v in obj]
-    return to_jsonable(obj)
+__all__ = ["EXECUTION_ONLY", "TrainConfig", "outcome_config", "outcome_view"]

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moemix.config_fields import execution_only
+
 log = logging.getLogger(__name__)
 
 Checkpointing = Literal["none", "full", "selective"]
@@ -47,7 +49,7 @@ class ParallelConfig:
     mixed_precision: bool = True
     reshard_after_forward: bool = True  # ZeRO-3; False keeps gathered params between forward and backward
     # write checkpoints from a background thread (DCP async_save) while training continues
-    async_checkpoint: bool = False
+    async_checkpoint: bool = execution_only(False)
     # expert parallelism: ranks per group that split each MoE layer's experts; divides dp_shard
     ep: int = 1
 
