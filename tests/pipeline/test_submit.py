@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,15 @@ import pytest
 import yaml
 
 from moemix.mixing.schema import load_mixture
-from moemix.ray_jobs.submit import build_entrypoint, build_runtime_env, submit_pipeline
+from moemix.ray_jobs.submit import (
+    MIXTURE_BEGIN,
+    MIXTURE_END,
+    build_entrypoint,
+    build_runtime_env,
+    mixture_from_logs,
+    submission_id,
+    submit_pipeline,
+)
 
 
 def test_entrypoint_quotes_arguments():
@@ -33,6 +42,31 @@ def test_unreachable_cluster_is_one_clear_error(tmp_path):
 
     with pytest.raises(MoemixError, match="cannot reach the Ray cluster at http://127.0.0.1:9"):
         submit_pipeline(None, "http://127.0.0.1:9", str(tmp_path / "run"), [], wait=False)
+
+
+def test_submission_id_is_the_experiment():
+    a = submission_id("cfg: 1", ["x=1"], "/shared/run")
+    assert a == submission_id("cfg: 1", ["x=1"], "/shared/run")
+    assert (
+        len(
+            {
+                a,
+                submission_id("cfg: 2", ["x=1"], "/shared/run"),
+                submission_id("cfg: 1", [], "/shared/run"),
+                submission_id("cfg: 1", ["x=1"], "/shared/run2"),
+            }
+        )
+        == 4
+    )
+
+
+def test_fetch_reads_the_last_mixture_of_a_log():
+    from moemix.errors import MoemixError
+
+    log = f'noise\n{MIXTURE_BEGIN}\n{{"a": 1}}\n{MIXTURE_END}\n{MIXTURE_BEGIN}\n{{"a": 2}}\n{MIXTURE_END}\n'
+    assert mixture_from_logs(log, "j") == {"a": 2}
+    with pytest.raises(MoemixError, match="job j: its log holds no mixture.json"):
+        mixture_from_logs("still running", "j")
 
 
 def _free_port() -> int:
@@ -95,27 +129,23 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
     )
     try:
         address = f"http://127.0.0.1:{dash}"
-        proc = None
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "moemix.cli",
-                    "submit",
-                    "tiny.yaml",
-                    "--address",
-                    address,
-                    "--out",
-                    str(tmp_path / "run"),
-                ],
-                env={**env, "RAY_AUTH_MODE": "token"},
+        cli_env = {**env, "RAY_AUTH_MODE": "token"}
+
+        def moemix(*argv: str, timeout: float = 400) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "moemix.cli", *argv],
+                env=cli_env,
                 cwd=tmp_path,
                 capture_output=True,
                 text=True,
-                timeout=400,
+                timeout=timeout,
             )
+
+        submit = ["submit", "tiny.yaml", "--address", address, "--out", str(tmp_path / "run"), "--no-wait"]
+        proc = None
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            proc = moemix(*submit)
             starting = ("cannot reach the Ray cluster", "No available agent")
             if not any(msg in proc.stderr for msg in starting):
                 break
@@ -123,9 +153,58 @@ def test_submit_runs_the_pipeline_as_a_ray_job(tmp_path, tiny_config):
         assert proc is not None and proc.returncode == 0, (
             proc.stderr[-2000:] + (tmp_path / "head.log").read_text()[-2000:]
         )
-        assert "submitted job" in proc.stdout
+        job = proc.stdout.split("submitted job ")[1].split()[0]
+        assert job.startswith("moemix-")
+        # the same experiment again: the same job, not a duplicate
+        again = moemix(*submit)
+        assert again.returncode == 0 and f"attached to job {job} " in again.stdout, (
+            again.stdout + again.stderr
+        )
+        followed = moemix("jobs", "logs", job, "--follow", "--address", address)
+        assert followed.returncode == 0, followed.stderr[-2000:]
+        status = moemix("jobs", "status", job, "--address", address, "--json")
+        assert json.loads(status.stdout)["status"] == "SUCCEEDED"
+        assert json.loads(status.stdout)["out"] == str(tmp_path / "run")
+        listed = json.loads(moemix("jobs", "list", "--address", address, "--json").stdout)
+        assert [r["job"] for r in listed].count(job) == 1 and len(listed) == 1
+        assert "mixture.json" in moemix("jobs", "logs", job, "--address", address).stdout
+        fetched = moemix("jobs", "fetch", job, "--address", address, "--out", str(tmp_path / "fetched.json"))
+        assert fetched.returncode == 0, fetched.stderr
         doc = load_mixture(tmp_path / "run" / "mixture.json")
         assert abs(sum(doc.weights.values()) - 1) < 1e-9 and doc.n_proxies == 8 + 2  # + 2 more uniform seeds
+        assert load_mixture(tmp_path / "fetched.json").weights == doc.weights
+        # another experiment, stopped while it runs
+        other = moemix(*submit[:4], "--out", str(tmp_path / "run2"), "--no-wait")
+        other_job = other.stdout.split("submitted job ")[1].split()[0]
+        assert other_job != job
+        stopped = moemix("jobs", "stop", other_job, "--address", address)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == f"{other_job}: STOPPED", stopped.stdout
+        # Ctrl-C while following: the job keeps running, and the command says how to stop it
+        following = subprocess.Popen(
+            [sys.executable, "-m", "moemix.cli", *submit[:4], "--out", str(tmp_path / "run3")],
+            env=cli_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = following.stdout.readline()
+        assert first.startswith("submitted job "), first
+        third = first.split()[2]
+        time.sleep(2)
+        following.send_signal(signal.SIGINT)
+        _, err = following.communicate(timeout=60)
+        assert following.returncode == 2 and f"job {third} keeps running on the cluster" in err, err
+        assert f"moemix jobs stop {third}" in err
+        assert json.loads(moemix("jobs", "status", third, "--address", address, "--json").stdout)[
+            "status"
+        ] in (
+            "PENDING",
+            "RUNNING",
+        )
+        assert moemix("jobs", "stop", third, "--address", address).stdout.strip() == f"{third}: STOPPED"
+        missing = moemix("jobs", "status", "moemix-nope", "--address", address)
+        assert missing.returncode == 2 and "no job 'moemix-nope'" in missing.stderr
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "moemix.cli.commands.assign",
     "moemix.cli.commands.plan",
     "moemix.cli.commands.status",
+    "moemix.cli.commands.jobs",
 )
 
 
@@ -73,6 +74,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg, out, until=until, progress=not args.quiet, mixture=getattr(args, "mixture", None)
     )
     _print_summary(result)
+    if os.environ.get("MOEMIX_SUBMITTED") and result.mixture_path is not None:
+        from moemix.ray_jobs.submit import print_mixture_for_fetch  # for `moemix jobs fetch`
+
+        print_mixture_for_fetch(result.mixture_path)
     return 0
 
 
@@ -141,17 +146,19 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from moemix.ray_jobs.submit import submit_pipeline
+    from moemix.ray_jobs.submit import EntrypointResources, submit_pipeline
 
-    job_id = submit_pipeline(
+    memory = None if args.entrypoint_memory_gb is None else int(args.entrypoint_memory_gb * 2**30)
+    submit_pipeline(
         config=args.config,
         address=args.address,
         out=args.out or _default_out(args.config),
         overrides=args.set or [],
         working_dir=args.working_dir,
         wait=not args.no_wait,
+        resources=EntrypointResources(args.entrypoint_num_cpus, args.entrypoint_num_gpus, memory),
+        stop_on_interrupt=args.stop_on_interrupt,
     )
-    print(f"submitted job {job_id}")
     return 0
 
 
@@ -200,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-wait", action="store_true", help="return after submitting instead of following the logs"
     )
+    p.add_argument(
+        "--stop-on-interrupt",
+        action="store_true",
+        help="Ctrl-C while following stops the job (by default it keeps running and the command says how "
+        "to stop it)",
+    )
+    p.add_argument("--entrypoint-num-cpus", type=float, help="CPUs the job's driver reserves")
+    p.add_argument("--entrypoint-num-gpus", type=float, help="GPUs the job's driver reserves")
+    p.add_argument("--entrypoint-memory-gb", type=float, help="memory the job's driver reserves (GiB)")
     p.set_defaults(func=_cmd_submit)
 
     for mod_name in COMMAND_MODULES:
