@@ -122,6 +122,7 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
             for line in (res.pretrain.stage.path / trained_as / "metrics.jsonl").read_text().splitlines()
         ]
         assert logged[-1]["step"] == tcfg.num_steps, (name, logged[-1])
+        assert list((res.pretrain.stage.path / trained_as).glob("events.out.tfevents.*")), name
     check = doc.pretrain_check
     assert check is not None and check.target_loss["chosen"] == comp["chosen"]["target_loss"]
     assert check.beats_baselines == (

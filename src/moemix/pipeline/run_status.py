@@ -125,7 +125,7 @@ def _pretrain_detail(path: Path, run_dir: Path) -> dict[str, Any]:
         last = _last_metrics(sub / "metrics.jsonl") or {}
         runs[sub.name] = {
             "step": last.get("step"),
-            "steps": steps,
+            "steps": last.get("total_steps", steps),  # the worker records its planned steps
             "loss": last.get("loss"),
             "done": (sub / "model.safetensors").exists(),
         }

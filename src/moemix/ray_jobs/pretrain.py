@@ -43,6 +43,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from moemix.training.evaluate import evaluate
     from moemix.training.loop import train
     from moemix.training.shards import DomainTokens
+    from moemix.training.tensorboard import ScalarWriter
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -54,12 +55,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if train_cfg.checkpoint_every == 0:
         train_cfg.checkpoint_every = pcfg.checkpoint_every
     metrics_path = out_dir / "metrics.jsonl"
+    # TensorBoard event files next to metrics.jsonl (`tensorboard --logdir RUN_DIR/pretrain`)
+    scalars = ScalarWriter(out_dir) if rank == 0 else None
 
     def on_log(rec: dict[str, Any]) -> None:
+        numbers = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if rank == 0:
+            now = time.time()
             with open(metrics_path, "a") as f:
-                f.write(json.dumps({**rec, "total_steps": train_cfg.num_steps, "time": time.time()}) + "\n")
-        ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+                f.write(json.dumps({**rec, "total_steps": train_cfg.num_steps, "time": now}) + "\n")
+            scalars.add(int(rec["step"]), {f"train/{k}": v for k, v in numbers.items() if k != "step"}, now)
+        ray.train.report(numbers)
 
     def on_checkpoint(path: Path, step: int) -> None:
         # every rank reports (Ray Train's report is a barrier). The directory already holds all shards on
@@ -95,6 +101,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         on_log=on_log,
         on_checkpoint=on_checkpoint,
     )
+    if scalars is not None:
+        scalars.close()
     if rank != 0:
         return
     model = result.model
