@@ -61,3 +61,31 @@ def test_ray_embed_parquet(ray_session, model_and_files):
     emb = np.array(t.column("embedding").to_pylist(), dtype=np.float32)
     assert np.array_equal(emb, model.embedder.embed(texts[:300]))
     assert pq.read_table(out[1]).num_rows == 0
+
+
+ONE_CPU = """
+import sys, ray
+from pathlib import Path
+ray.init(num_cpus=1, object_store_memory=150 * 2**20, include_dashboard=False)
+from moemix.ray_jobs.data import assign_parquet_ray
+tmp = Path(sys.argv[1])
+files = sorted((tmp / "in").glob("*.parquet"))
+print("ok", len(assign_parquet_ray(tmp / "model", files, tmp / "one_cpu", batch_size=64)))
+"""
+
+
+@pytest.mark.slow
+def test_assignment_finishes_on_a_one_cpu_ray(model_and_files):
+    """With ray.num_cpus 1 the actor pool took the only CPU and the read tasks waited forever; now the
+    same files come out, from the in-process path."""
+    import subprocess
+
+    tmp, _, files, _ = model_and_files
+    local = assign_parquet(tmp / "model", files, tmp / "local1", batch_size=64)
+    proc = subprocess.run(
+        [sys.executable, "-c", ONE_CPU, str(tmp)], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0 and "ok 4" in proc.stdout, proc.stderr[-3000:]
+    assert "fewer than 2 CPUs" in proc.stderr
+    for a in local:
+        assert pq.read_table(tmp / "one_cpu" / a.name).equals(pq.read_table(a))

@@ -10,6 +10,7 @@ Ray must already be initialised by the caller (``moemix.ray_jobs.ray_init.init_r
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,13 @@ import pyarrow.parquet as pq
 import ray
 
 from moemix.errors import MoemixError
-from moemix.pipeline.cluster import ClusterModel, add_domain_column, domain_schema, output_names
+from moemix.pipeline.cluster import (
+    ClusterModel,
+    add_domain_column,
+    assign_parquet,
+    domain_schema,
+    output_names,
+)
 
 
 class AssignActor:
@@ -64,7 +71,14 @@ def assign_parquet_ray(
     *,
     text_column: str = "text",
 ) -> list[Path]:
-    """Ray Data twin of ``assign_parquet``: same files, same rows, same ``domain_id`` values."""
+    """Ray Data twin of ``assign_parquet``: same files, same rows, same ``domain_id`` values.
+
+    On a Ray with fewer than 2 CPUs (a 1-CPU container) and no GPU actors, Ray Data cannot run the
+    assignment actor and the read tasks that feed it at once: its read operator starves and the
+    pipeline waits forever. There the in-process ``assign_parquet`` runs instead (identical outputs)."""
+    if ray.is_initialized() and num_gpus_per_actor == 0 and ray.cluster_resources().get("CPU", 0) < 2:
+        log.warning("assign: Ray has fewer than 2 CPUs; assigning in this process instead of on Ray Data")
+        return assign_parquet(model_dir, in_files, out_dir, batch_size, text_column=text_column)
     return _map_parquet(
         AssignActor,
         domain_schema,
@@ -76,6 +90,9 @@ def assign_parquet_ray(
         num_gpus_per_actor,
         text_column,
     )
+
+
+log = logging.getLogger(__name__)
 
 
 def embed_parquet_ray(
