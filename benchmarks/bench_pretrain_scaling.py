@@ -28,12 +28,18 @@ from pathlib import Path
 WARMUP_STEPS = 10
 
 
+# (label, world size, pretrain.parallel): one process, FSDP2 over 2 ranks, and FSDP2 with the experts
+# split over the same 2 ranks (expert parallelism)
+LAYOUTS = (("1 process", 1, {}), ("2 FSDP2", 2, {}), ("2 FSDP2 + EP 2", 2, {"ep": 2}))
+
+
 def _worker(spec_path: str, rank: int, world: int, port: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
     from moemix.pipeline.config import load_config
     from moemix.training.loop import train
+    from moemix.training.parallel import ParallelConfig
     from moemix.training.shards import DomainTokens
 
     spec = json.loads(Path(spec_path).read_text())
@@ -59,6 +65,7 @@ def _worker(spec_path: str, rank: int, world: int, port: str, out: str) -> None:
         spec["mixture"],
         rank=rank,
         world_size=world,
+        parallel=ParallelConfig(**spec["parallel"]),
         on_log=lambda rec: stamps.append(time.perf_counter()),
     )
     timed = stamps[-1] - stamps[WARMUP_STEPS - 1]
@@ -123,45 +130,39 @@ def main(argv: list[str] | None = None) -> int:
             train_tokens={f"d{i}": 400_000 for i in range(4)},
             valid_tokens=4096,
         )
-        spec = tmp / "spec.json"
-        spec.write_text(
-            json.dumps(
-                {
-                    "tokens": str(tmp / "tokens"),
-                    "vocab": vocab,
-                    "steps": args.steps,
-                    "micro": args.micro,
-                    "mixture": {f"d{i}": 0.25 for i in range(4)},
-                }
-            )
-        )
-        results: dict[int, list[list[dict]]] = {1: [], 2: []}
-        for i in range(args.repeats):
-            for world in (1, 2):  # alternated, so drift in the machine's load hits both alike
-                results[world].append(run(spec, world, tmp / f"out-{world}-{i}"))
-                print(
-                    f"repeat {i} world {world}: {results[world][-1][0]['tokens_per_s']:,.0f} tokens/s",
-                    flush=True,
-                )
+        base = {
+            "tokens": str(tmp / "tokens"),
+            "vocab": vocab,
+            "steps": args.steps,
+            "micro": args.micro,
+            "mixture": {f"d{i}": 0.25 for i in range(4)},
+        }
+        specs = []
+        for i, (_, _, parallel) in enumerate(LAYOUTS):
+            specs.append(tmp / f"spec-{i}.json")
+            specs[-1].write_text(json.dumps({**base, "parallel": parallel}))
+        results: list[list[list[dict]]] = [[] for _ in LAYOUTS]
+        for rep in range(args.repeats):
+            for i, (label, world, _) in enumerate(LAYOUTS):  # alternated: drift in the load hits all alike
+                results[i].append(run(specs[i], world, tmp / f"out-{i}-{rep}"))
+                print(f"repeat {rep} {label}: {results[i][-1][0]['tokens_per_s']:,.0f} tokens/s", flush=True)
 
-    def median_tps(world: int) -> float:
-        return statistics.median(r[0]["tokens_per_s"] for r in results[world])
-
-    one, two = median_tps(1), median_tps(2)
+    tps = [statistics.median(r[0]["tokens_per_s"] for r in res) for res in results]
     print(
         f"\ndemo pretrain model, {args.steps} steps x 16 x 128 tokens, 1 thread per rank, median of "
         f"{args.repeats}"
     )
-    print(f"{'workers':>8} {'tokens/s':>10} {'params+opt MB/rank':>19} {'peak RSS MB/rank':>17}")
-    for world, tps in ((1, one), (2, two)):
-        last = results[world][-1]
-        mem = max(r["param_bytes"] + r["optimizer_bytes"] for r in last) / 2**20
+    print(
+        f"{'layout':>16} {'tokens/s':>10} {'params+opt MB/rank':>19} {'vs 1 process':>13} {'peak RSS MB':>12}"
+    )
+    whole = results[0][-1][0]["param_bytes"] + results[0][-1][0]["optimizer_bytes"]
+    for (label, _world, _), t, res in zip(LAYOUTS, tps, results):
+        last = res[-1]
+        mem = max(r["param_bytes"] + r["optimizer_bytes"] for r in last)
         rss = max(r["peak_rss_mb"] for r in last)
-        print(f"{world:>8} {tps:>10,.0f} {mem:>19.2f} {rss:>17.0f}")
-    print(f"scaling efficiency (2 workers vs 2 x 1): {two / (2 * one):.2f}")
-    shard = max(r["param_bytes"] + r["optimizer_bytes"] for r in results[2][-1])
-    whole = results[1][-1][0]["param_bytes"] + results[1][-1][0]["optimizer_bytes"]
-    print(f"per-rank params+optimizer, 2 ranks / 1 process: {shard / whole:.3f}")
+        print(f"{label:>16} {t:>10,.0f} {mem / 2**20:>19.2f} {mem / whole:>12.3f}x {rss:>12.0f}")
+    for (label, world, _), t in zip(LAYOUTS[1:], tps[1:]):
+        print(f"scaling efficiency, {label} vs {world} x 1 process: {t / (world * tps[0]):.2f}")
     return 0
 
 

@@ -21,14 +21,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    # one group per (weight decay, device mesh): AdamW runs its fused/foreach kernels group by group, and
+    # those take DTensors of one mesh at a time (FSDP's shards and expert parallelism's slices differ)
+    by_key: dict[tuple[bool, int | None], list[torch.nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            mesh = getattr(p, "device_mesh", None)
+            by_key.setdefault((p.ndim >= 2, None if mesh is None else id(mesh)), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (decay, _), params in by_key.items()
     ]
+    everything = [p for params in by_key.values() for p in params]
     # fused AdamW (one kernel for the whole update) on CUDA; torch's default elsewhere
-    fused = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
+    fused = bool(everything) and all(p.is_cuda for p in everything)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused, foreach=None)
