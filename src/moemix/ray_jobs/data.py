@@ -29,6 +29,8 @@ from moemix.pipeline.cluster import (
     output_names,
 )
 
+log = logging.getLogger(__name__)
+
 
 class AssignActor:
     """Loads the cluster model once; maps a pyarrow batch to the same batch plus ``domain_id``."""
@@ -90,9 +92,6 @@ def assign_parquet_ray(
         num_gpus_per_actor,
         text_column,
     )
-
-
-log = logging.getLogger(__name__)
 
 
 def embed_parquet_ray(

@@ -129,18 +129,15 @@ def submit_pipeline(
     except MoemixError as e:
         raise MoemixError(f"submit: {e}") from None
     base = submission_id(config_text, overrides, out)
-    job_id, attached = base, False
+    job_id, status = base, None
     for attempt in range(1, 100):
         job_id = base if attempt == 1 else f"{base}-r{attempt}"
         status = _status(client, job_id)
-        if status is None:
+        if status not in ("FAILED", "STOPPED"):  # free, or pending/running/succeeded: this experiment's
             break
-        if status not in ("FAILED", "STOPPED"):  # pending, running or succeeded: this is the experiment
-            attached = True
-            break
+    attached = status is not None
     if attached:
-        now = _status(client, job_id)
-        echo(f"attached to job {job_id} ({now}): the same experiment was submitted before")
+        echo(f"attached to job {job_id} ({status}): the same experiment was submitted before")
     else:
         try:
             client.submit_job(

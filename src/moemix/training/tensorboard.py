@@ -98,10 +98,10 @@ class ScalarWriter:
         self._write(_event(time.time(), 0, file_version="brain.Event:2"))
 
     def add(self, step: int, scalars: Mapping[str, float], wall_time: float | None = None) -> None:
-        finite = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))}
-        if finite:
+        numbers = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))}
+        if numbers:
             now = time.time() if wall_time is None else wall_time
-            self._write(_event(now, step, summary=_scalar_summary(finite)))
+            self._write(_event(now, step, summary=_scalar_summary(numbers)))
 
     def _write(self, payload: bytes) -> None:
         self._f.write(_record(payload))
