@@ -1,12 +1,13 @@
 """Embedding + assignment throughput and memory of cluster mode (hashed embedder). Prints JSON lines.
 
-  .venv/bin/python benchmarks/bench_embed_assign.py [--docs 20000] [--scale-docs 10000] [--reps 3] [--no-ray]
+  .venv/bin/python benchmarks/bench_embed_assign.py [--docs 20000] [--scale-docs 10000] [--reps 3]
 
 * ``inproc``: docs/s of ``ClusterModel.assign`` (embed + nearest centroid) in 1 process and in 2 processes
   (one per core), ~1 KB documents, median of ``--reps``.
 * ``stream``: peak RSS of a fresh process running ``assign_parquet`` over a 1x and a 10x parquet corpus;
   streaming keeps it flat.
-* ``ray``: docs/s of ``assign_parquet_ray`` on a local 2-CPU Ray (second run; the first pays actor start-up).
+
+The Ray path of assignment is the domains stage's route step (``benchmarks/bench_domains_scaling.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from corpus import synthetic_docs  # noqa: E402
 
-from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet, fit_cluster_model  # noqa: E402
+from moemix.domains.assign import assign_parquet  # noqa: E402
+from moemix.domains.cluster import ClusterConfig, ClusterModel, fit_cluster_model  # noqa: E402
 
 _MODEL: ClusterModel | None = None
 
@@ -92,7 +94,6 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20000)
     ap.add_argument("--scale-docs", type=int, default=10000, help="1x corpus size for the memory test")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -168,45 +169,6 @@ def main() -> None:
             peak_rss_mb=round(rec["peak_rss_mb"]),
             rss_after_model_load_mb=round(rec["rss_after_load_mb"]),
         )
-
-    if not args.no_ray:
-        import os
-
-        import ray
-
-        from moemix.ray_jobs.data import assign_parquet_ray
-
-        os.environ.setdefault("RAY_ACCEPT_CALLS_FROM_ALL_NODES", "1")
-        ray.init(
-            num_cpus=2,
-            object_store_memory=300 * 2**20,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        files = []
-        for i in range(4):
-            f = tmp / f"ray_in_{i}.parquet"
-            write_corpus(f, args.scale_docs // 4, seed=1000 + i * 7919)
-            files.append(f)
-        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        for run in range(2):
-            t = time.perf_counter()
-            assign_parquet_ray(model_dir, files, tmp / f"ray_out_{run}", num_actors=2)
-            dt = time.perf_counter() - t
-            emit(
-                bench="ray",
-                run=run,
-                note="first run includes actor start-up" if run == 0 else "warm",
-                docs=n,
-                actors=2,
-                docs_per_s=round(n / dt),
-                seconds=round(dt, 2),
-            )
-        t = time.perf_counter()
-        assign_parquet(model_dir, files, tmp / "local_out", model=model)
-        emit(bench="inproc_parquet_same_files", docs=n, docs_per_s=round(n / (time.perf_counter() - t)))
-        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ import torch
 
 from moemix.kernels import moe_ffn
 from moemix.moe_model import MoEConfig
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig
 from moemix.training.flops import peak_matmul_flops
 from moemix.training.loop import train
-from moemix.training.shards import DomainTokens
 
 PRESET = Path(__file__).resolve().parents[1] / "src/moemix/pipeline/presets/cluster-gpu.yaml"
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s

@@ -138,9 +138,9 @@ def pretrain_one(
     import torch
 
     from moemix.proxies.run import model_config_for_data
+    from moemix.token_shards import DomainTokens
     from moemix.training.evaluate import TargetConfig, evaluate
     from moemix.training.loop import train
-    from moemix.training.shards import DomainTokens
 
     torch.set_num_threads(max(1, train_cfg.num_threads))
     data = DomainTokens(tokens_dir)
@@ -321,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = out / f"mixture-{slug(spec)}.json"
         kept.write_bytes((run_dir / "mixture.json").read_bytes())
         docs[spec], infos[spec] = load_mixture(kept), mixture_info(kept)
+    from moemix.configtools import from_dict
     from moemix.pipeline.config import PretrainConfig
-    from moemix.pipeline.configtools import from_dict
 
     # the pretrain section of what the pipeline ran (--set included); only it matters here
     resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())

@@ -38,9 +38,9 @@ def _worker(spec_path: str, rank: int, world: int, port: str, out: str) -> None:
     import torch.distributed as dist
 
     from moemix.pipeline.config import load_config
+    from moemix.token_shards import DomainTokens
     from moemix.training.loop import train
     from moemix.training.parallel import ParallelConfig
-    from moemix.training.shards import DomainTokens
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(1)

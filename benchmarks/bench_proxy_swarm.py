@@ -38,11 +38,11 @@ import torch
 from moemix.moe_model import MoEConfig
 from moemix.proxies.run import run_proxy, run_sequential, specs_for_mixtures
 from moemix.proxies.synthetic import write_markov_domains
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig
 from moemix.training.evaluate import TargetConfig
 from moemix.training.flops import peak_matmul_flops
 from moemix.training.loop import train
-from moemix.training.shards import DomainTokens
 
 DEMO_MODEL = MoEConfig(
     vocab_size=4096, max_seq_len=128, d_model=64, n_layers=2, n_heads=4, n_experts=8, top_k=2, d_expert=128

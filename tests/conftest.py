@@ -67,6 +67,6 @@ def markov_tokens(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def markov_data(markov_tokens):
-    from moemix.training.shards import DomainTokens
+    from moemix.token_shards import DomainTokens
 
     return DomainTokens(markov_tokens)

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "moemix"
-RAY_FREE = ("kernels", "moe_model", "training", "proxies", "mixing", "pipeline")
+RAY_FREE = ("kernels", "moe_model", "training", "proxies", "mixing", "domains", "pipeline")
 
 
 def contract() -> dict[str, tuple[set[str], set[str]]]:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moemix.cli import main
-from moemix.pipeline.cluster import ClusterConfig, fit_cluster_model
+from moemix.domains.cluster import ClusterConfig, fit_cluster_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corpus import labelled_corpus  # noqa: E402

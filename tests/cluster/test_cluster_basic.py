@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moemix.domains.assign import assign_parquet
+from moemix.domains.cluster import ClusterConfig, ClusterModel, fit_cluster_model
+from moemix.domains.embed import EmbedConfig, Embedder
 from moemix.errors import MoemixError
-from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet, fit_cluster_model
-from moemix.pipeline.embed import EmbedConfig, Embedder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corpus import labelled_corpus  # noqa: E402

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from moemix.pipeline.cluster import ClusterConfig, _fold_tiny, fit_cluster_model
-from moemix.pipeline.embed import EmbedConfig, Embedder
+from moemix.domains.cluster import ClusterConfig, _fold_tiny, fit_cluster_model
+from moemix.domains.embed import EmbedConfig, Embedder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corpus import labelled_corpus  # noqa: E402

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moemix.domains.config import DomainsConfig
+from moemix.domains.tokenizer import TokenizerConfig
 from moemix.pipeline.demo_corpus import DemoCorpus, build_demo_corpus
-from moemix.pipeline.domains import DomainsConfig
-from moemix.pipeline.tokenizer import TokenizerConfig
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,7 @@ def test_chunking_respects_limits():
 def test_source_config_reads_every_domain_with_its_label(demo_corpus):
     from collections import Counter
 
-    from moemix.pipeline.ingest import IngestStats, ingest
+    from moemix.domains.ingest import IngestStats, ingest
 
     stats = IngestStats()
     labels: Counter[str] = Counter()

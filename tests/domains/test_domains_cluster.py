@@ -8,11 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
+from moemix.domains.cluster import ClusterConfig, ClusterModel
+from moemix.domains.embed import EmbedConfig
+from moemix.domains.ingest import SourceConfig
+from moemix.domains.routing import DomainAssigner
+from moemix.domains.stage import run_domains
+from moemix.domains.units import run_in_process
 from moemix.errors import MoemixError
-from moemix.pipeline.cluster import ClusterConfig, ClusterModel, assign_parquet
-from moemix.pipeline.domains import DomainAssigner, run_domains
-from moemix.pipeline.embed import EmbedConfig
-from moemix.pipeline.ingest import SourceConfig
 
 
 def _first_texts(out, domain: str, n: int) -> list[str]:
@@ -37,9 +39,9 @@ def cluster_run(demo_subset, tmp_path_factory, small_cfg):
     out = tmp_path_factory.mktemp("cluster") / "run"
     calls = []
 
-    def recording_assign(model_dir, in_files, out_dir):
-        calls.append((model_dir, list(in_files), out_dir))
-        return assign_parquet(model_dir, in_files, out_dir)
+    def recording_executor(fn, units, *, what=""):
+        calls.append((what, len(units)))
+        return run_in_process(fn, units, what=what)
 
     # the label column is present but must be ignored in cluster mode
     cfg = small_cfg(
@@ -47,18 +49,20 @@ def cluster_run(demo_subset, tmp_path_factory, small_cfg):
         mode="cluster",
         cluster=_cluster_cfg(7),
     )
-    res = run_domains(cfg, out, seed=0, assign_fn=recording_assign, progress=False)
+    res = run_domains(cfg, out, seed=0, executor=recording_executor, progress=False)
     return cfg, out, res, calls
 
 
 @pytest.mark.slow
 def test_cluster_mode_recovers_hidden_domains(cluster_run, demo_subset):
     cfg, out, res, calls = cluster_run
-    assert len(calls) == 1 and calls[0][0] == out / "clusters"  # the injected assign_fn did the work
+    # the injected executor ran every step, one work unit per file or partition
+    assert [w for w, _ in calls] == ["read", "dedup", "route", "write"]
+    assert calls[0][1] == 1 and all(n == calls[1][1] for _, n in calls[1:])
     model = ClusterModel.load(out / "clusters")
     assert set(res.domains) <= set(model.domain_names)
     assert 4 <= len(res.domains) <= 7
-    a = pq.read_table(out / "assignments.parquet").to_pydict()
+    a = pq.read_table(out / "assignments").to_pydict()
     truth = dict(zip(*pq.read_table(demo_subset, columns=["id", "source"]).to_pydict().values()))
     # purity: most documents of a cluster domain share one hidden label (chance level is ~0.15)
     by_dom: dict[str, Counter] = {}
@@ -90,10 +94,12 @@ def test_cluster_mode_recovers_hidden_domains(cluster_run, demo_subset):
 def test_cluster_mode_is_deterministic(cluster_run, tmp_path):
     cfg, out, _, _ = cluster_run
     run_domains(cfg, tmp_path / "again", seed=0, progress=False)
-    for rel in ("assignments.parquet", "tokens/meta.json", "tokenizer.json"):
-        assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
-    for f in (out / "tokens" / "train").glob("*.bin"):
-        assert f.read_bytes() == (tmp_path / "again" / "tokens" / "train" / f.name).read_bytes()
+    again = tmp_path / "again"
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert any(f.suffix == ".bin" for f in files) and any(f.parts[0] == "assignments" for f in files)
+    for f in files:
+        assert (out / f).read_bytes() == (again / f).read_bytes(), f
 
 
 @pytest.mark.slow
@@ -117,7 +123,7 @@ def test_label_plus_cluster_splits_each_label(demo_corpus, tmp_path, small_cfg, 
     assert set(routing["models"]) == {"python_code", "docstrings"}  # no unlabelled model
     for slug in routing["labels"].values():
         assert ClusterModel.load(tmp_path / "out" / "clusters" / "by_label" / slug).n_domains == 2
-    a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
+    a = pq.read_table(tmp_path / "out" / "assignments").to_pydict()
     assert all(d.startswith(lab + "_") for d, lab in zip(a["domain"], a["label"]))
     # new documents are placed by their label's own model, exactly as the stage placed them
     assigner = DomainAssigner(tmp_path / "out")
@@ -150,7 +156,7 @@ def test_label_plus_cluster_clusters_only_unlabelled_sources(demo_corpus, tmp_pa
     assert ClusterModel.load(tmp_path / "out" / "clusters").domain_names == clustered or set(
         clustered
     ) <= set(ClusterModel.load(tmp_path / "out" / "clusters").domain_names)
-    a = pq.read_table(tmp_path / "out" / "assignments.parquet").to_pydict()
+    a = pq.read_table(tmp_path / "out" / "assignments").to_pydict()
     truth = dict(zip(*pq.read_table(unlabelled, columns=["id", "source"]).to_pydict().values()))
     for i, d, lab in zip(a["id"], a["domain"], a["label"]):
         if d in clustered:
@@ -187,17 +193,14 @@ def test_fewer_docs_than_clusters_is_a_clear_error(tmp_path, small_cfg):
         run_domains(cfg, tmp_path / "out", progress=False)
 
 
-def test_an_assign_fn_that_loses_rows_is_caught(demo_subset, tmp_path, small_cfg):
-    def lossy_assign(model_dir, in_files, out_dir):
-        outs = assign_parquet(model_dir, in_files, out_dir)
-        t = pq.read_table(outs[0])
-        pq.write_table(t.slice(0, t.num_rows - 3), outs[0])
-        return outs
+def test_an_executor_that_loses_units_is_caught(demo_subset, tmp_path, small_cfg):
+    def lossy_executor(fn, units, *, what=""):
+        return run_in_process(fn, units[:-1], what=what)
 
     cfg = small_cfg(
         sources=[SourceConfig(path=str(demo_subset), id_column="id")],
         mode="cluster",
         cluster=_cluster_cfg(3, n_fine=8),
     )
-    with pytest.raises(MoemixError, match=r"cluster assignment returned \d+ rows for \d+ documents"):
-        run_domains(cfg, tmp_path / "out", assign_fn=lossy_assign, progress=False)
+    with pytest.raises(MoemixError, match=r"domains \(read\): 0 of 1 work units came back"):
+        run_domains(cfg, tmp_path / "out", executor=lossy_executor, progress=False)

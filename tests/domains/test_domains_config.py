@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from moemix._io import to_jsonable
+from moemix.configtools import from_dict
+from moemix.domains.config import DomainsConfig
 from moemix.errors import MoemixError
-from moemix.pipeline.configtools import from_dict
-from moemix.pipeline.domains import DomainsConfig
 
 YAML = """
 sources:

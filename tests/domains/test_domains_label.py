@@ -8,10 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
+from moemix.domains.config import DomainsConfig
+from moemix.domains.ingest import SourceConfig
+from moemix.domains.routing import DomainAssigner, slugify
+from moemix.domains.stage import run_domains
 from moemix.errors import MoemixError
-from moemix.pipeline.domains import DomainAssigner, DomainsConfig, run_domains, slugify
-from moemix.pipeline.ingest import SourceConfig
-from moemix.training.shards import DomainTokens
+from moemix.token_shards import DomainTokens
 
 
 def _texts(out, split, domain):
@@ -31,7 +33,7 @@ def label_run(demo_subset, tmp_path_factory, small_cfg):
             SourceConfig(path=str(demo_subset), label_column="source", id_column="id"),
             SourceConfig(path=str(tmp / "dups.parquet"), label_column="source", id_column="id"),
         ],
-        text_shard_rows=40,  # force several parts per domain
+        partitions=3,  # several parts per domain
     )
     out = tmp / "run"
     res = run_domains(cfg, out, seed=0, progress=False)
@@ -76,7 +78,7 @@ def test_label_mode_end_to_end(label_run):
 @pytest.mark.slow
 def test_assignments_cover_every_kept_doc(label_run):
     cfg, out, res, table = label_run
-    a = pq.read_table(out / "assignments.parquet").to_pydict()
+    a = pq.read_table(out / "assignments").to_pydict()
     stats = json.loads(res.stats_path.read_text())
     assert len(a["id"]) == stats["docs_kept"] == len(set(a["id"]))
     truth = dict(zip(table.column("id").to_pylist(), table.column("source").to_pylist()))

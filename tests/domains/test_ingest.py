@@ -12,9 +12,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from moemix.errors import MoemixError
-from moemix.pipeline.ingest import (
-    HashSet,
+from moemix.domains.ingest import (
     IngestStats,
     SourceConfig,
     content_hashes,
@@ -22,6 +20,7 @@ from moemix.pipeline.ingest import (
     is_valid,
     source_name,
 )
+from moemix.errors import MoemixError
 
 TEXTS = [f"document number {i} about {'cats' if i % 2 else 'dogs'} and other things" for i in range(50)]
 
@@ -89,18 +88,29 @@ def test_glob_and_folder_sources_are_sorted(tmp_path):
     assert [d.text for d in docs2] == [d.text for d in docs]
 
 
-def test_exact_duplicates_are_removed_and_counted(tmp_path):
+def test_exact_duplicates_are_removed_and_counted(tmp_path, small_cfg):
+    from moemix.domains.stage import run_domains
+
     texts = TEXTS[:20] + [TEXTS[3], "  " + TEXTS[4] + "\n", TEXTS[5].replace(" ", "   ")] + TEXTS[:2]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[15:25]))
-    stats = IngestStats()
-    docs = collect(
-        [SourceConfig(path=str(tmp_path / "a.jsonl")), SourceConfig(path=str(tmp_path / "b.jsonl"))],
-        stats=stats,
+    cfg = small_cfg(
+        # one domain for both sources, so no small domain is dropped
+        sources=[SourceConfig(path=str(tmp_path / f"{n}.jsonl"), label="all") for n in ("a", "b")],
+        mode="label",
+        label_column=None,
+        min_docs_per_domain=2,
+        partitions=3,
     )
-    assert [d.text for d in docs] == TEXTS[:25]  # first occurrence wins, across sources too
-    assert stats.duplicates == 5 + 5
-    assert stats.per_source["a"]["duplicates"] == 5 and stats.per_source["b"]["duplicates"] == 5
+    out = tmp_path / "out"
+    run_domains(cfg, out, progress=False)
+    stats = json.loads((out / "stats.json").read_text())
+    kept = pq.read_table(out / "assignments").to_pydict()
+    # first occurrence in corpus order wins, across sources too: b keeps only TEXTS[20:25]
+    assert sorted(kept["id"]) == sorted([f"a:{i}" for i in range(20)] + [f"b:{i}" for i in range(5, 10)])
+    assert stats["duplicates_removed"] == 5 + 5
+    per = {s["name"]: s for s in stats["sources"]}
+    assert per["a"]["duplicates"] == 5 and per["b"]["duplicates"] == 5
 
 
 def test_split_is_a_function_of_content(tmp_path):
@@ -126,24 +136,6 @@ def test_sample_fraction_is_deterministic(tmp_path):
     a, b = collect([src]), collect([src])
     assert [d.id for d in a] == [d.id for d in b]
     assert 400 < len(a) < 600
-
-
-def test_hashset_matches_python_set_across_merges():
-    rng = np.random.default_rng(0)
-    keys = rng.integers(0, 5000, size=20000, dtype=np.uint64).tolist()
-    hs, ref = HashSet(buffer=300), set()
-    got = []
-    for i in range(0, len(keys), 128):
-        got += hs.add_batch(keys[i : i + 128])
-    want = []
-    for k in keys:
-        want.append(k not in ref)
-        ref.add(k)
-    assert got == want
-    assert len(hs) == len(ref)
-
-
-# ---------------------------------------------------------------------------- bad input
 
 
 def test_missing_file_names_the_path(tmp_path):

@@ -31,6 +31,8 @@ EXECUTION_ONLY = [
     ("pretrain.device_memory_gb", 80.0),
     ("pretrain.parallel.async_checkpoint", True),
     ("pretrain.train.num_threads", 3),
+    ("tracking.mlflow_uri", "file:/tmp/mlruns"),  # where a run is reported (tests/report/test_tracking.py)
+    ("tracking.mlflow_experiment", "other"),
 ]
 # settings that change what is computed: each must change its stage's key
 RESULT = [

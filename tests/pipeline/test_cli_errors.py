@@ -62,7 +62,7 @@ def test_console_script_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"moemix: error: {cfg}: unknown key 'nonsense_section' (allowed: domains, fit, pretrain, propose, "
-        "proxies, ray, seed)"
+        "proxies, ray, seed, tracking)"
     ]
 
 

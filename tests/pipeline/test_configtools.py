@@ -6,8 +6,8 @@ from typing import Literal
 import pytest
 
 from moemix._io import to_jsonable
+from moemix.configtools import from_dict
 from moemix.errors import MoemixError
-from moemix.pipeline.configtools import from_dict
 
 
 @dataclass

@@ -19,7 +19,7 @@ import yaml
 from moemix.mixing.schema import load_mixture
 from moemix.pipeline.config import load_config
 from moemix.pipeline.run_lock import LOCK_NAME
-from moemix.training.shards import DomainTokens
+from moemix.token_shards import DomainTokens
 
 
 def _write_config(tmp_path: Path, data: dict) -> Path:
@@ -32,8 +32,10 @@ def _snapshot(run_dir: Path) -> dict[str, int]:
     return {
         str(p.relative_to(run_dir)): p.stat().st_mtime_ns
         for p in run_dir.rglob("*")
-        # the resolved config and the run lock are rewritten by every run; they are not outputs
-        if p.is_file() and p.name not in ("config.resolved.yaml", LOCK_NAME) and "ray_train" not in p.parts
+        # the resolved config, the run lock and the run report are rewritten by every run; not outputs
+        if p.is_file()
+        and p.name not in ("config.resolved.yaml", LOCK_NAME, "report.html")
+        and "ray_train" not in p.parts
     }
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from moemix.cli import main
+from moemix.configtools import from_dict
 from moemix.pipeline.config import Config, load_config, preset_dict
-from moemix.pipeline.configtools import from_dict
 from moemix.pipeline.memory import check_pretrain_memory, pretrain_plan, proxy_plan
 from moemix.training.memory_plan import GIB
 

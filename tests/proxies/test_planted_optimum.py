@@ -19,9 +19,9 @@ from moemix.mixing.sampling import SamplerConfig, sample_mixtures
 from moemix.moe_model import MoEConfig
 from moemix.proxies.run import collect_runs, specs_for_mixtures
 from moemix.proxies.synthetic import write_markov_domains, write_target_set
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig
 from moemix.training.evaluate import TargetConfig
-from moemix.training.shards import DomainTokens
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pytest
 
 import moemix.proxies.run as run_mod
 from moemix.proxies.run import collect_runs, run_proxy, run_sequential, scale_agreement, specs_for_mixtures
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig
 from moemix.training.evaluate import TargetConfig
 from moemix.training.loop import train
-from moemix.training.shards import DomainTokens
 from stub_lm import StubConfig, StubLM
 
 

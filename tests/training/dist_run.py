@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 
 from moemix.moe_model import MoEConfig, MoETransformer
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig
 from moemix.training.loop import train
 from moemix.training.parallel import ParallelConfig
-from moemix.training.shards import DomainTokens
 
 
 def run(spec: dict, rank: int, world: int) -> dict:

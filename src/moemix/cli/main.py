@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "moemix.cli.commands.plan",
     "moemix.cli.commands.status",
     "moemix.cli.commands.jobs",
+    "moemix.cli.commands.report",
 )
 
 

@@ -17,13 +17,14 @@ import yaml
 
 from moemix._io import to_jsonable
 from moemix.config_fields import execution_only
+from moemix.configtools import from_dict
+from moemix.domains.config import DomainsConfig
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitConfig
 from moemix.mixing.propose import ProposeConfig
 from moemix.moe_model.config import MoEConfig
-from moemix.pipeline.configtools import from_dict
-from moemix.pipeline.domains import DomainsConfig
 from moemix.proxies.config import ProxiesConfig
+from moemix.report.tracking import TrackingConfig
 from moemix.training.config import TrainConfig
 from moemix.training.parallel import ParallelConfig
 
@@ -89,6 +90,8 @@ class Config:
     propose: ProposeConfig = field(default_factory=ProposeConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # MLflow tracking (moemix.report.tracking): how a run is watched, in no cache key
+    tracking: TrackingConfig = execution_only(default_factory=TrackingConfig)
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:

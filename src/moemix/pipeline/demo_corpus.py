@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moemix._io import stable_hash, write_json_atomic
+from moemix.domains.ingest import unique_name
 from moemix.errors import MoemixError
-from moemix.pipeline.ingest import unique_name
 
 BUILDER_VERSION = 5  # 5: moemix's own README/licence left out
 MIN_TOTAL_BYTES = 20_000_000
@@ -66,7 +66,7 @@ class DemoCorpus:
         self, name: str = "demo"
     ):  # -> SourceConfig (import kept local: ingest imports heavy deps)
         """A label-mode source over every domain file: label column ``source``, ids from ``id``."""
-        from moemix.pipeline.ingest import SourceConfig
+        from moemix.domains.ingest import SourceConfig
 
         return SourceConfig(
             path=str(self.root / "*.parquet"), label_column="source", id_column="id", name=name

@@ -153,13 +153,19 @@ def _detail(name: str, path: Path, run_dir: Path, manifest: dict[str, Any] | Non
     return {}
 
 
-def run_status(run_dir: str | Path) -> RunStatus:
-    """The state of every stage of ``run_dir``; a one-line MoemixError when it is not a run dir."""
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path; a one-line MoemixError when it is not a run dir (reads no config: cheap)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MoemixError(f"{run_dir}: no such run directory")
     if not any((run_dir / s).is_dir() for s in STAGES) and not (run_dir / "config.resolved.yaml").exists():
         raise MoemixError(f"{run_dir}: not a moemix run directory (no stage directories in it)")
+    return run_dir
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    """The state of every stage of ``run_dir``; a one-line MoemixError when it is not a run dir."""
+    run_dir = check_run_dir(run_dir)
     stages = []
     for name in STAGES:
         dirs = _stage_dirs(run_dir, name)

@@ -29,7 +29,7 @@ from moemix.mixing.schema import PretrainCheck
 from moemix.mixing.transfer import transfer_summary
 from moemix.pipeline.config import Config
 from moemix.pipeline.stage_dir import Stage, stage_for
-from moemix.training.shards import DomainTokens
+from moemix.token_shards import DomainTokens
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # raise a stage's number when a code change alters what that stage writes, and only that stage (and
 # the ones downstream, through their inputs) re-runs. The fit and propose stages keep theirs next to
 # their code (FIT_FORMAT, PROPOSE_FORMAT).
-DOMAINS_FORMAT = 1
+DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
 SWARM_FORMAT = 1
 PRETRAIN_FORMAT = 1
 
@@ -86,9 +86,11 @@ def source_stats(cfg: Config) -> list[dict[str, Any]]:
 
 
 def domains_stage(
-    cfg: Config, run_dir: Path, assign_fn: Callable | None = None, progress: bool = True
+    cfg: Config, run_dir: Path, executor: Callable | None = None, progress: bool = True
 ) -> DomainsOutput:
-    from moemix.pipeline.domains import run_domains
+    """The domains stage, cached. ``executor`` runs its work units (default: in this process;
+    ``moemix.ray_jobs.data.ray_data_executor`` on Ray). A killed attempt resumes unit by unit."""
+    from moemix.domains.stage import run_domains
 
     stage = stage_for(
         run_dir,
@@ -99,8 +101,16 @@ def domains_stage(
     if not stage.is_complete():
         log.info("domains: building %s", stage.path)
         started = time.time()
-        stage.start(fresh=True)
-        res = run_domains(cfg.domains, stage.path, seed=cfg.seed, assign_fn=assign_fn, progress=progress)
+        stage.start()
+        sources = None
+        if not cfg.domains.sources:
+            from moemix.pipeline.demo_corpus import build_demo_corpus
+
+            cache = cfg.domains.demo_cache_dir
+            sources = [build_demo_corpus(Path(cache) if cache else None, progress=progress).source_config()]
+        res = run_domains(
+            cfg.domains, stage.path, seed=cfg.seed, executor=executor, progress=progress, sources=sources
+        )
         stage.complete({"domains": list(res.domains), "train_tokens": _train_tokens(stage.path)}, started)
     else:
         log.info("domains: cached at %s", stage.path)

@@ -29,11 +29,12 @@ import pandas as pd
 from moemix._io import atomic_path, stable_hash, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.mixing.transfer import has_large_runs, scale_agreement
+from moemix.token_shards import DomainTokens
 from moemix.training.config import TrainConfig, outcome_config
 from moemix.training.evaluate import EvalResult, TargetConfig, evaluate
 from moemix.training.loop import train
-from moemix.training.shards import DomainTokens
 from moemix.training.stream import normalize_mixture
+from moemix.training.tensorboard import ScalarWriter
 
 log = logging.getLogger(__name__)
 
@@ -317,11 +318,31 @@ def _maybe_crash(spec: ProxySpec) -> None:
         os._exit(17)  # simulate a dying worker (OOM kill, node loss)
 
 
+def _scalars(spec: ProxySpec) -> ScalarWriter:
+    """TensorBoard event files next to the proxy's result.json (``tensorboard --logdir
+    RUN_DIR/proxies/runs``). An attempt trains from scratch, so an earlier attempt's file is removed
+    first: its steps would show twice."""
+    for stale in spec.run_dir.glob("events.out.tfevents.*"):
+        stale.unlink()
+    return ScalarWriter(spec.run_dir)
+
+
+def _eval_scalars(ev: EvalResult) -> dict[str, float]:
+    return {"eval/target": ev.target, **{f"eval/loss/{d}": v for d, v in ev.loss.items()}}
+
+
 def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
     t0 = time.perf_counter()
     _maybe_crash(spec)
     if attempt < spec.inject_errors:
         raise RuntimeError(f"injected transient failure (attempt {attempt + 1})")
+    with _scalars(spec) as scalars:
+        return _train_and_evaluate_logged(spec, attempt, t0, scalars)
+
+
+def _train_and_evaluate_logged(
+    spec: ProxySpec, attempt: int, t0: float, scalars: ScalarWriter
+) -> ProxyResult:
     data = DomainTokens(spec.tokens_dir)
     train_cfg = spec.train
     curve: list[dict[str, Any]] = []
@@ -354,10 +375,15 @@ def _train_and_evaluate(spec: ProxySpec, attempt: int) -> ProxyResult:
                     "target": ev.target,
                 }
             )
+            scalars.add(step[0], _eval_scalars(ev))
             return {}
 
-    tr = train(spec.model, train_cfg, data, spec.mixture, eval_fn=eval_fn)
+    def on_log(rec: dict[str, Any]) -> None:
+        scalars.add(int(rec["step"]), {f"train/{k}": v for k, v in rec.items() if k != "step"})
+
+    tr = train(spec.model, train_cfg, data, spec.mixture, eval_fn=eval_fn, on_log=on_log)
     ev = evaluate_all(tr.model)
+    scalars.add(tr.steps, _eval_scalars(ev))
     if spec.curve_points > 1:
         curve.append({"step": tr.steps, "tokens": tr.tokens, "loss": ev.loss, "target": ev.target})
     return ProxyResult(

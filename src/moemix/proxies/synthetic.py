@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moemix.training.shards import SPLITS, TokenShardWriter, TokensMeta, write_meta
+from moemix.token_shards import SPLITS, TokenShardWriter, TokensMeta, write_meta
 
 BYTES_PER_TOKEN = 3  # pretend every token spells three UTF-8 bytes, so bpb is well defined
 

@@ -7,6 +7,7 @@ all cached finishes in seconds and trains nothing.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from moemix.pipeline.stages import (
     propose_stage,
     proxies_stage,
     publish_mixture,
+    source_stats,
 )
 from moemix.ray_jobs.ray_init import init_ray
 
@@ -78,11 +80,41 @@ def run_pipeline(
     last = STAGES.index(until)
     if last == STAGES.index("pretrain"):
         check_pretrain_memory(cfg)  # before anything is written or launched: one line, not a late OOM
+    if cfg.tracking.mlflow_uri:
+        from moemix.report.tracking import require_mlflow
+
+        require_mlflow()  # one line now, not a warning after the training
     # absolute: Ray workers (Ray Train's above all) do not share the driver's working directory
     run_dir = Path(run_dir).resolve()
     # a second run on this directory stops here with one line; a killed run's lock is simply taken over
     with RunLock(run_dir):
-        return _run_stages(cfg, run_dir, last, progress, None if mixture is None else Path(mixture))
+        res = _run_stages(cfg, run_dir, last, progress, None if mixture is None else Path(mixture))
+        _report(cfg, res, given_mixture=mixture is not None)
+        return res
+
+
+def _report(cfg: Config, res: PipelineResult, given_mixture: bool) -> None:
+    """RUN_DIR/report.html of the stages this run just went through (not for a pretraining of a given
+    mixture: that is not the run dir's proposal), and the run in MLflow when ``tracking.mlflow_uri`` is
+    set. Either failing is a warning, not a failed run: the results are already on disk, and
+    ``moemix report`` or the next re-run retries."""
+    outputs = {"domains": res.domains, "proxies": res.proxies, "fit": res.fit, "propose": res.propose}
+    outputs["pretrain"] = res.pretrain
+    stages = {name: out.stage.path for name, out in outputs.items() if out is not None}
+    if not given_mixture:
+        from moemix.report import write_report
+
+        try:
+            log.info("report written to %s", write_report(res.run_dir, stages))
+        except Exception as e:  # any failure: see the docstring
+            log.warning("report.html not written: %s: %s", type(e).__name__, e)
+    if cfg.tracking.mlflow_uri:
+        from moemix.report.tracking import log_to_mlflow
+
+        try:
+            log_to_mlflow(cfg.tracking, res.run_dir, stages)
+        except Exception as e:  # a tracking server down must not fail a finished run
+            log.warning("mlflow: run not logged to %s: %s: %s", cfg.tracking.mlflow_uri, type(e).__name__, e)
 
 
 def _run_stages(
@@ -92,7 +124,7 @@ def _run_stages(
     res = PipelineResult(run_dir=run_dir)
     lazy = _LazyRay(cfg)
     try:
-        res.domains = domains_stage(cfg, run_dir, assign_fn=_assign_fn(cfg, lazy), progress=progress)
+        res.domains = domains_stage(cfg, run_dir, executor=_domains_executor(cfg, lazy), progress=progress)
         if mixture is not None:
             source = given_mixture(mixture, res.domains)  # one line if it does not fit the domains
             res.pretrain = pretrain_stage(cfg, run_dir, res.domains, source, _pretrain_runner(cfg, lazy))
@@ -146,17 +178,28 @@ def _pretrain_runner(cfg: Config, lazy: _LazyRay):
     return run
 
 
-def _assign_fn(cfg: Config, lazy: _LazyRay):
-    if cfg.domains.mode == "label":
-        return None
+AUTO_RAY_DOMAINS_BYTES = 256 << 20
 
-    def assign(model_dir, in_files, out_dir):
-        from moemix.ray_jobs.data import assign_parquet_ray
+
+def _domains_executor(cfg: Config, lazy: _LazyRay):
+    """The domains stage's executor: Ray Data workers, or None (this process) for small local inputs,
+    where starting actors would cost more than the work."""
+    d = cfg.domains
+    if d.executor == "local":
+        return None
+    if d.executor == "auto":
+        on_cluster = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        n_bytes = sum(f[1] for s in source_stats(cfg) for f in s.get("files", []))
+        if not on_cluster and n_bytes < AUTO_RAY_DOMAINS_BYTES:
+            return None
+
+    def run(fn, units, *, what=""):
+        from moemix.ray_jobs.data import ray_data_executor
 
         lazy.ensure()
-        return assign_parquet_ray(model_dir, in_files, out_dir)
+        return ray_data_executor(d.num_workers, d.cpus_per_worker, d.gpus_per_worker)(fn, units, what=what)
 
-    return assign
+    return run
 
 
 def _log_comparison(pre: PretrainOutput) -> None:

@@ -27,6 +27,7 @@ from ray.train.torch import TorchTrainer
 from moemix._io import atomic_path, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.pipeline.config import PretrainConfig
+from moemix.ray_jobs.resources import require_resources
 from moemix.training.evaluate import TargetConfig
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     from moemix.proxies.run import model_config_for_data
+    from moemix.token_shards import DomainTokens
     from moemix.training.checkpoint import latest_checkpoint
     from moemix.training.evaluate import evaluate
+    from moemix.training.expert_load import expert_load_by_domain
     from moemix.training.loop import train
-    from moemix.training.shards import DomainTokens
     from moemix.training.tensorboard import ScalarWriter
 
     ctx = ray.train.get_context()
@@ -114,6 +116,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
         eval_tokens=train_cfg.eval_tokens,
         batch_size=train_cfg.eval_batch_size,
     )
+    # where each domain's validation tokens are routed, for the run report (moemix.report)
+    load = expert_load_by_domain(
+        model,
+        data,
+        seq_len=train_cfg.seq_len,
+        eval_tokens=train_cfg.eval_tokens,
+        batch_size=train_cfg.eval_batch_size,
+    )
     with atomic_path(out_dir / "model.safetensors") as tmp:
         # tied embeddings share storage; safetensors wants distinct tensors
         save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
@@ -135,6 +145,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             "world_size": world,
             "checkpoint": str(out_dir / "model.safetensors"),
             "model_config": asdict(model_cfg),
+            "expert_load": load,
         },
     )
 
@@ -158,6 +169,13 @@ def pretrain_mixtures(
             resources = {"CPU": pcfg.cpus_per_worker}
             if pcfg.use_gpu:
                 resources["GPU"] = 1
+            # Ray Train starts its workers together: the cluster must hold all of them at once
+            require_resources(
+                f"pretrain ({pcfg.num_workers} workers)",
+                pcfg.num_workers * pcfg.cpus_per_worker,
+                pcfg.num_workers if pcfg.use_gpu else 0,
+                "lower pretrain.num_workers or pretrain.cpus_per_worker, or use a bigger cluster",
+            )
             trainer = TorchTrainer(
                 _worker_loop,
                 train_loop_config={

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 
 from moemix.proxies.run import ProxyResult, ProxySpec, is_complete, load_result, record_failure, run_proxy
+from moemix.ray_jobs.resources import require_resources
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ def run_swarm(
             results[spec.run_id] = load_result(spec)
         else:
             todo.append(spec)
+    if todo:
+        require_resources(
+            "proxies",
+            num_cpus_per_proxy,
+            num_gpus_per_proxy,
+            "lower proxies.num_cpus_per_proxy / num_gpus_per_proxy, or use a bigger cluster",
+        )
     threads = max(1, int(num_cpus_per_proxy))
     task = _remote_proxy.options(
         num_cpus=num_cpus_per_proxy,

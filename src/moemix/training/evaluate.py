@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from moemix.errors import MoemixError
-from moemix.training.shards import DomainTokens
+from moemix.token_shards import DomainTokens
 from moemix.training.stream import eval_batches
 
 LN2 = math.log(2.0)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from moemix._io import stable_hash, to_jsonable
 from moemix.errors import MoemixError
+from moemix.token_shards import DomainTokens
 from moemix.training.checkpoint import (
     Checkpointer,
     full_model_state,
@@ -52,7 +53,6 @@ from moemix.training.parallel import (
     parallelize,
     sharded_expert_params,
 )
-from moemix.training.shards import DomainTokens
 from moemix.training.stream import Batch, MixtureStream
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from moemix.errors import MoemixError
-from moemix.training.shards import DomainTokens
+from moemix.token_shards import DomainTokens, ShardedTokens
 
 # Above this many chunks a full permutation costs too much memory per epoch; an affine
 # permutation i -> (a*i + b) mod n (a coprime to n) still spreads neighbouring draws apart.
@@ -107,9 +107,10 @@ class SeatAllocator:
 class _DomainCursor:
     """Walks one domain's chunks epoch after epoch in a seeded shuffled order."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, name: str):
+    def __init__(self, tokens: np.ndarray | ShardedTokens, seq_len: int, seed: int, name: str):
         # plain ndarray view of the memmap: slicing a np.memmap subclass costs ~10 us per slice
-        self.tokens = np.asarray(tokens)
+        # (a domain in several parts stays a ShardedTokens view: np.asarray would read it all into RAM)
+        self.tokens = tokens if isinstance(tokens, ShardedTokens) else np.asarray(tokens)
         self.seq_len = seq_len
         self.n_chunks = max(0, (len(tokens) - 1) // seq_len)
         self.slack = (len(tokens) - 1) - self.n_chunks * seq_len if self.n_chunks else 0

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_model_dir(domains_dir: Path) -> Path:
     """Accept the stage directory, its ``clusters/`` folder, or any folder holding a saved model."""
-    from moemix.pipeline.cluster import MODEL_FILE
+    from moemix.domains.cluster import MODEL_FILE
 
     for cand in (domains_dir / "clusters", domains_dir):
         if (cand / MODEL_FILE).exists():
@@ -84,7 +84,8 @@ def assign_files(
     from tqdm.auto import tqdm
 
     from moemix._io import atomic_path
-    from moemix.pipeline.cluster import ClusterModel, add_domain_column, output_names
+    from moemix.domains.assign import add_domain_column, assign_batches, output_names
+    from moemix.domains.cluster import ClusterModel
 
     if batch_size < 1:
         raise MoemixError(f"assign: --batch-size must be >= 1, got {batch_size}")
@@ -101,9 +102,9 @@ def assign_files(
             with atomic_path(out_path) as tmp:
                 writer = None
                 try:
-                    for batch in _batches(f, batch_size, text_column):
-                        texts = batch.column(text_column).to_pylist()
-                        ids = model.assign([t if isinstance(t, str) else "" for t in texts]).astype(np.int32)
+                    for batch, ids in assign_batches(
+                        model, _batches(f, batch_size, text_column), text_column
+                    ):
                         table = add_domain_column(pa.Table.from_batches([batch]), ids)
                         if "domain" in table.schema.names:
                             table = table.drop_columns(["domain"])

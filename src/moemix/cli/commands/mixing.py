@@ -132,8 +132,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_propose_config(obj: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
     """Split a constraints mapping into a ProposeConfig and the context keys (tokens, prior)."""
+    from moemix.configtools import from_dict
     from moemix.mixing.propose import ProposeConfig
-    from moemix.pipeline.configtools import from_dict
 
     ctx_keys = ("domain_tokens", "target_tokens", "prior")
     ctx = {k: obj[k] for k in ctx_keys if k in obj}

@@ -37,8 +37,8 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_plan_config(config: str | None, overrides: dict[str, Any]) -> Any:
+    from moemix.configtools import from_dict
     from moemix.pipeline.config import PRESETS, Config, load_config, preset_dict
-    from moemix.pipeline.configtools import from_dict
 
     if config in PRESETS and not Path(config).exists():
         return from_dict(Config, _merged(preset_dict(config), overrides), where=f"preset {config}")

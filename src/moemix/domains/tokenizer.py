@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moemix._io import atomic_path
 from moemix.errors import MoemixError
@@ -40,6 +41,12 @@ class TokenizerConfig:
 _MASK64 = (1 << 64) - 1
 
 
+def mix64(key: int, seed: int) -> int:
+    """A 64-bit key remixed under ``seed``: hash orders drawn under different seeds are independent."""
+    salt = (seed * 0x9E3779B97F4A7C15 + 1) & _MASK64
+    return ((key ^ salt) * 0xBF58476D1CE4E5B9) & _MASK64
+
+
 class BottomKSample:
     """Uniform sample of texts: keep the docs with the smallest hashes of a per-document key, up to a
     byte budget (``budget_bytes``) or a number of docs (``max_docs``).
@@ -60,25 +67,42 @@ class BottomKSample:
         self.budget = budget_bytes
         self.max_docs = max_docs
         self.max_chars = max_chars
-        self.salt = None if seed is None else (seed * 0x9E3779B97F4A7C15 + 1) & _MASK64
-        self._heap: list[tuple[int, str]] = []  # (-key, text): a max-heap on key
+        self.seed = seed
+        # (-key, size, item): a max-heap on key; item is the text, or a handle to it (see offer_entry)
+        self._heap: list[tuple[int, int, Any]] = []
         self._bytes = 0
 
     def offer(self, key: int, text: str) -> None:
-        if self.salt is not None:
-            key = ((key ^ self.salt) * 0xBF58476D1CE4E5B9) & _MASK64
+        text = text[: self.max_chars]
+        self.offer_entry(key if self.seed is None else mix64(key, self.seed), len(text), text)
+
+    def offer_row(self, key: int, text: str | int, row: int) -> None:
+        """Offer a document by reference, its row in a file: the sample then holds keys and sizes only
+        (``moemix.domains.dedup.spill_rows`` reads the chosen texts back), so a worker streaming a
+        partition never keeps texts alive among the ones it frees (which fragments the heap)."""
+        key = key if self.seed is None else mix64(key, self.seed)
+        length = text if isinstance(text, int) else len(text)  # the text, or its length
+        self.offer_entry(key, min(length, self.max_chars), row)
+
+    def merge(self, other: BottomKSample) -> None:
+        """Offer another sample's entries (same budgets and seed), smallest key first: merging the
+        per-partition samples of a corpus in partition order gives one sample, whatever the workers."""
+        for key, size, item in other.entries():
+            self.offer_entry(key, size, item)
+
+    def offer_entry(self, key: int, size: int, item: Any) -> None:
+        """Offer an already remixed key with the size of its text and any item standing for it: the
+        stage's driver selects by (key, size) alone and fetches only the chosen texts afterwards."""
         if self._full() and key >= -self._heap[0][0]:
             return
-        text = text[: self.max_chars]
         if self.max_docs is not None and len(self._heap) >= self.max_docs:
-            _, dropped = heapq.heapreplace(self._heap, (-key, text))
-            self._bytes += len(text) - len(dropped)
+            dropped = heapq.heapreplace(self._heap, (-key, size, item))
+            self._bytes += size - dropped[1]
         else:
-            heapq.heappush(self._heap, (-key, text))
-            self._bytes += len(text)
+            heapq.heappush(self._heap, (-key, size, item))
+            self._bytes += size
         while self.budget is not None and self._bytes > self.budget and len(self._heap) > 1:
-            _, dropped = heapq.heappop(self._heap)
-            self._bytes -= len(dropped)
+            self._bytes -= heapq.heappop(self._heap)[1]
 
     def _full(self) -> bool:
         if not self._heap:
@@ -86,8 +110,12 @@ class BottomKSample:
         over_budget = self.budget is not None and self._bytes >= self.budget
         return over_budget or (self.max_docs is not None and len(self._heap) >= self.max_docs)
 
+    def entries(self) -> list[tuple[int, int, Any]]:
+        """(key, size, item), smallest key first."""
+        return [(-k, size, item) for k, size, item in sorted(self._heap, reverse=True)]
+
     def texts(self) -> list[str]:
-        return [t for _, t in sorted(self._heap, key=lambda kv: -kv[0])]
+        return [item for _, _, item in self.entries()]
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -138,5 +166,7 @@ def save_tokenizer(tok, path: str | os.PathLike[str]) -> None:
 
 
 def encode_batch(tok, texts: list[str]) -> list[list[int]]:
-    """Token ids per text (multi-threaded in the Rust library; no special tokens added)."""
-    return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    """Token ids per text (multi-threaded in the Rust library; no special tokens added). The fast
+    variant skips character offsets: the same ids, less memory per batch."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from moemix._io import atomic_path, write_json_atomic
+from moemix._io import write_json_atomic
+from moemix.domains.embed import EmbedConfig, Embedder, normalize_rows, save_npy
 from moemix.errors import MoemixError
-from moemix.pipeline.embed import EmbedConfig, Embedder, normalize_rows, save_npy
 
 MODEL_FILE = "cluster_model.json"  # written last: its presence marks a complete saved model
 CENTROIDS_FILE = "fine_centroids.npy"
@@ -144,7 +144,7 @@ class ClusterModel:
 
     @classmethod
     def load(cls, dir: Path) -> ClusterModel:
-        from moemix.pipeline.configtools import from_dict
+        from moemix.configtools import from_dict
 
         dir = Path(dir)
         path = dir / MODEL_FILE
@@ -243,7 +243,12 @@ def _kmeans(emb: np.ndarray, cfg: ClusterConfig, seed: int) -> np.ndarray:
         from sklearn.cluster import KMeans
 
         km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed, algorithm="lloyd")
-    km.fit(emb)
+    from threadpoolctl import threadpool_limits
+
+    # one thread: OpenMP's reduction order otherwise moves the centroids' last bits from run to run,
+    # and a near-tie can then send a document to another domain
+    with threadpool_limits(limits=1):
+        km.fit(emb)
     return km.cluster_centers_
 
 
@@ -383,75 +388,3 @@ def _examples(
         if len(out) >= n:
             break
     return out
-
-
-# ------------------------------------------------------------------------------------ parquet streaming
-def output_names(in_files: list[Path], suffix: str = ".parquet") -> list[str]:
-    """Output file names, one per input, in input order; an index prefix disambiguates repeated names."""
-    stems = [Path(f).stem for f in in_files]
-    dup = len(set(stems)) < len(stems)
-    return [f"{i:05d}-{s}{suffix}" if dup else f"{s}{suffix}" for i, s in enumerate(stems)]
-
-
-def assign_parquet(
-    model_dir: Path,
-    in_files: list[Path],
-    out_dir: Path,
-    batch_size: int = 1024,
-    *,
-    text_column: str = "text",
-    progress: bool = False,
-    model: ClusterModel | None = None,
-) -> list[Path]:
-    """Stream each parquet file in batches, append an int32 ``domain_id`` column, write atomically.
-
-    Memory is bounded by ``batch_size`` (plus one parquet row group), not by the corpus size.
-    Returns the written paths in input order.
-    """
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
-    model = model or ClusterModel.load(Path(model_dir))
-    in_files = [Path(f) for f in in_files]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in in_files)
-    written = []
-    with tqdm(total=total, desc="assign", unit="doc", disable=not progress) as bar:
-        for f, name in zip(in_files, output_names(in_files)):
-            pf = pq.ParquetFile(f)
-            if text_column not in pf.schema_arrow.names:
-                raise MoemixError(
-                    f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})"
-                )
-            out_schema = domain_schema(pf.schema_arrow)
-            out_path = out_dir / name
-            with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
-                for batch in pf.iter_batches(batch_size=batch_size):
-                    texts = batch.column(text_column).to_pylist()
-                    ids = model.assign([t or "" for t in texts]).astype(np.int32)
-                    writer.write_batch(add_domain_column(batch, ids))
-                    bar.update(batch.num_rows)
-            written.append(out_path)
-    return written
-
-
-def domain_schema(schema):
-    import pyarrow as pa
-
-    if "domain_id" in schema.names:
-        schema = schema.remove(schema.get_field_index("domain_id"))
-    return schema.append(pa.field("domain_id", pa.int32()))
-
-
-def add_domain_column(batch, ids: np.ndarray):
-    """``batch`` (RecordBatch/Table) with ``domain_id`` replaced or appended."""
-    import pyarrow as pa
-
-    if "domain_id" in batch.schema.names:
-        batch = batch.drop_columns(["domain_id"])
-    arrays = [*batch.columns, pa.array(ids, type=pa.int32())]
-    names = [*batch.schema.names, "domain_id"]
-    if isinstance(batch, pa.RecordBatch):
-        return pa.RecordBatch.from_arrays(arrays, names=names)
-    return pa.Table.from_arrays(arrays, names=names)

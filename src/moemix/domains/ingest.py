@@ -1,14 +1,15 @@
-"""Streaming ingest: read sources, normalize records, drop bad and duplicate documents, split.
+"""Streaming ingest: resolve sources into read units, read records, normalize them, hash them.
 
 Nothing here holds a corpus in memory: local files are read batch by batch with pyarrow
 (parquet, arrow, csv) or line by line (jsonl[.gz|.zst], text); hub datasets are opened with
-``datasets.load_dataset(..., streaming=True)``. What does grow with the corpus is the exact
-duplicate filter: 8 bytes per unique document in a sorted numpy array (plus a bounded
-Python set of recent hashes), i.e. ~0.8 GB for 100M documents.
+``datasets.load_dataset(..., streaming=True)``. A read unit is one file of one source (or one hub
+dataset): the unit of parallel reading in the domains stage, and the first half of every document's
+position (``unit << 36 | row``), which fixes "first occurrence" for deduplication however many
+workers read.
 
 Train/validation membership is a pure function of a document's normalized content (a second
 64-bit hash, below ``valid_fraction``), so it is stable across runs, sources and seeds, and
-because duplicates are removed first the two splits never share a text.
+because duplicates are removed before anything is written the two splits never share a text.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 
 from moemix.errors import MoemixError
@@ -91,6 +91,19 @@ class IngestStats:
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
+    def merge(self, other: IngestStats) -> None:
+        """Add another worker's counts (the stage aggregates per-unit stats; nothing is gathered)."""
+        self.docs_read += other.docs_read
+        self.docs_kept += other.docs_kept
+        self.duplicates += other.duplicates
+        self.sampled_out += other.sampled_out
+        for k, v in other.skipped.items():
+            self.skip(k, v)
+        for name, counts in other.per_source.items():
+            mine = self.per_source.setdefault(name, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+
 
 # --------------------------------------------------------------------------- hashing / split
 
@@ -113,54 +126,6 @@ def is_valid(split_key: int, valid_fraction: float) -> bool:
 def sample_keep(split_key: int, fraction: float) -> bool:
     # a different slice of the key than the split, so sampling doesn't bias the split
     return ((split_key >> 24) % 1_000_000) < int(round(fraction * 1_000_000))
-
-
-class HashSet:
-    """Bounded-overhead set of uint64 hashes: a sorted numpy array plus a small recent set.
-
-    8 bytes per member once merged (0.8 GB for 100M documents) plus at most ``buffer`` recent
-    Python ints (~20 MB). Merging is O(n) (searchsorted + insert), done every ``buffer``
-    insertions, so n documents cost O(n^2 / buffer) element copies in total: a few minutes of
-    memcpy at 100M documents, negligible below ~10M.
-    """
-
-    def __init__(self, buffer: int = 1 << 18):
-        self._sorted = np.zeros(0, dtype=np.uint64)
-        self._recent: set[int] = set()
-        self._buffer = buffer
-
-    def __len__(self) -> int:
-        return int(self._sorted.size) + len(self._recent)
-
-    def add_batch(self, keys: list[int]) -> list[bool]:
-        """Insert keys in order; return for each whether it was new (first occurrence wins)."""
-        arr = np.fromiter(keys, dtype=np.uint64, count=len(keys))
-        if self._sorted.size:
-            pos = np.searchsorted(self._sorted, arr)
-            pos = np.minimum(pos, self._sorted.size - 1)
-            old = self._sorted[pos] == arr
-        else:
-            old = np.zeros(len(keys), dtype=bool)
-        out = []
-        for k, o in zip(keys, old.tolist()):
-            if o or k in self._recent:
-                out.append(False)
-            else:
-                self._recent.add(k)
-                out.append(True)
-        if len(self._recent) >= self._buffer:
-            self._merge()
-        return out
-
-    def _merge(self) -> None:
-        new = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-        new.sort()
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
-        self._recent.clear()
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._sorted.nbytes) + 80 * len(self._recent)
 
 
 # --------------------------------------------------------------------------- source resolution
@@ -297,7 +262,7 @@ def _read_parquet(
         raise MoemixError(f"cannot read parquet file {path}: {e}") from None
     needed = _columns_needed(src, label_column)
     _check_columns(pf.schema_arrow.names, needed, str(path), src, label_column)
-    for batch in pf.iter_batches(batch_size=batch_size, columns=needed):
+    for batch in pf.iter_batches(batch_size=batch_size, columns=needed, use_threads=False):
         yield _rows_from_table(batch, src, label_column)
 
 
@@ -489,54 +454,63 @@ def _read_hub(src: SourceConfig, label_column: str | None, batch_size: int) -> I
         yield rows
 
 
-def read_rows(
-    src: SourceConfig, label_column: str | None, batch_size: int, stats: IngestStats
-) -> Iterator[tuple[str, list[Row]]]:
-    """Yield (file description, raw rows) batches of one source."""
-    if src.hub:
-        for rows in _read_hub(src, label_column, batch_size):
-            yield f"hub:{src.hub}", rows
-        return
-    for path in resolve_files(src):
-        fmt = src.format if src.format != "auto" else detect_format(path)
-        if fmt == "parquet":
-            it = _read_parquet(path, src, label_column, batch_size)
-        elif fmt == "arrow":
-            it = _read_arrow(path, src, label_column, batch_size)
-        elif fmt == "csv":
-            it = _read_csv(path, src, label_column, batch_size)
-        elif fmt == "jsonl":
-            it = _read_jsonl(path, src, label_column, batch_size, stats)
-        elif fmt == "text":
-            if label_column:
-                raise MoemixError(
-                    f"{path}: text files have no columns, so label column {label_column!r} can't exist"
-                )
-            it = _read_text(path, src, batch_size, stats)
-        else:  # pragma: no cover - Literal guards this
-            raise MoemixError(f"{path}: unknown format {fmt!r}")
-        try:
-            for rows in it:
-                yield str(path), rows
-        except MoemixError:
-            raise
-        except (OSError, EOFError, pa.ArrowException) as e:  # truncated gzip, corrupt parquet, ...
-            raise MoemixError(
-                f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from None
+# --------------------------------------------------------------------------- read units
 
 
-# --------------------------------------------------------------------------- the stream
+@dataclass(frozen=True)
+class ReadUnit:
+    """One file of one source (or a source's hub dataset): what one worker reads in one go."""
+
+    index: int  # in corpus order: sources in config order, each source's files sorted
+    source_index: int
+    name: str  # the source's unique name
+    file: str | None  # None: the source's hub dataset
+    file_index: int = 0
+    n_files: int = 1
+
+    def position(self, row: int) -> int:
+        """A document's corpus position: deterministic, and ordered as a one-process read would be."""
+        return (self.index << POS_ROW_BITS) | row
+
+
+POS_ROW_BITS = 36  # 68 billion rows per file
+
+
+def plan_read_units(sources: list[SourceConfig]) -> list[ReadUnit]:
+    """Every source's read units in corpus order; a missing path or an unreachable hub fails here."""
+    units: list[ReadUnit] = []
+    names: set[str] = set()
+    for si, src in enumerate(sources):
+        src.validate()
+        name = unique_name(source_name(src), names)  # two sources called 'train' must stay distinguishable
+        names.add(name)
+        if src.hub:
+            if not hub_reachable():
+                raise MoemixError(f"cannot reach the Hugging Face hub for dataset {src.hub}: offline?")
+            units.append(ReadUnit(len(units), si, name, None))
+            continue
+        files = resolve_files(src)
+        for fi, f in enumerate(files):
+            units.append(ReadUnit(len(units), si, name, str(f), fi, len(files)))
+    return units
+
+
+def input_bytes(units: list[ReadUnit]) -> int:
+    """On-disk size of the units' files (hub datasets count as nothing: their size is unknown offline)."""
+    return sum(os.path.getsize(u.file) for u in units if u.file is not None)
 
 
 @dataclass
-class IngestedDoc:
+class Doc:
+    """A normalized document before deduplication."""
+
+    pos: int
     id: str
     source: str
     label: str | None
     text: str
-    split: str  # "train" | "valid"
-    split_key: int  # 64-bit content hash, reused for deterministic sampling downstream
+    dedup_key: int  # 64-bit content hash: equal for exact duplicates
+    split_key: int  # an independent 64-bit content hash: the split and every hash-ordered sample
 
 
 def _as_str(value: object) -> str:
@@ -570,79 +544,142 @@ def _as_text(value: object, stats: IngestStats) -> str | None:
     return value
 
 
+def _read_unit_rows(
+    src: SourceConfig, unit: ReadUnit, label_column: str | None, batch_size: int, stats: IngestStats
+) -> Iterator[list[Row]]:
+    if unit.file is None:
+        yield from _read_hub(src, label_column, batch_size)
+        return
+    path = Path(unit.file)
+    fmt = src.format if src.format != "auto" else detect_format(path)
+    if fmt == "parquet":
+        it = _read_parquet(path, src, label_column, batch_size)
+    elif fmt == "arrow":
+        it = _read_arrow(path, src, label_column, batch_size)
+    elif fmt == "csv":
+        it = _read_csv(path, src, label_column, batch_size)
+    elif fmt == "jsonl":
+        it = _read_jsonl(path, src, label_column, batch_size, stats)
+    elif fmt == "text":
+        if label_column:
+            raise MoemixError(
+                f"{path}: text files have no columns, so label column {label_column!r} can't exist"
+            )
+        it = _read_text(path, src, batch_size, stats)
+    else:  # pragma: no cover - Literal guards this
+        raise MoemixError(f"{path}: unknown format {fmt!r}")
+    try:
+        yield from it
+    except MoemixError:
+        raise
+    except (OSError, EOFError, pa.ArrowException) as e:  # truncated gzip, corrupt parquet, ...
+        raise MoemixError(
+            f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+
+
+def effective_label_column(src: SourceConfig, default: str | None) -> str | None:
+    return src.label_column or (None if src.label is not None else default)
+
+
+def read_unit_docs(
+    src: SourceConfig,
+    unit: ReadUnit,
+    label_column: str | None,
+    batch_size: int,
+    stats: IngestStats,
+) -> Iterator[list[Doc]]:
+    """Normalized, hashed documents of one read unit, in batches (not yet deduplicated).
+
+    ``label_column`` is the default for sources that set neither ``label_column`` nor ``label``;
+    documents of a source with neither have label None. ``stats`` counts reads and skips."""
+    col = effective_label_column(src, label_column)
+    per = stats.per_source.setdefault(unit.name, {"read": 0, "kept": 0, "duplicates": 0, "skipped": 0})
+    row_no = 0
+    skips_at_start = sum(stats.skipped.values())
+    id_prefix = unit.name if unit.n_files == 1 else f"{unit.name}/{unit.file_index}"
+    for rows in _read_unit_rows(src, unit, col, batch_size, stats):
+        out = []
+        for text_v, id_v, label_v in rows:
+            row = row_no
+            row_no += 1
+            text = _as_text(text_v, stats)
+            if text is None:
+                continue
+            if col:
+                if label_v is None or (isinstance(label_v, str) and not label_v.strip()):
+                    stats.skip("missing_label")
+                    continue
+                label = _as_str(label_v)
+            else:
+                label = src.label  # None: an unlabelled source (label mode uses its name)
+            h_dedup, h_split = content_hashes(text)
+            if src.sample_fraction < 1.0 and not sample_keep(h_split, src.sample_fraction):
+                stats.sampled_out += 1
+                per["sampled_out"] = per.get("sampled_out", 0) + 1
+                continue
+            doc_id = _as_str(id_v) if id_v is not None else f"{id_prefix}:{row}"
+            out.append(Doc(unit.position(row), doc_id, unit.name, label, text, h_dedup, h_split))
+        stats.docs_read += len(rows)
+        per["read"] += len(rows)
+        per["normalized"] = per.get("normalized", 0) + len(out)
+        if out:
+            yield out
+    per["skipped"] = per.get("skipped", 0) + sum(stats.skipped.values()) - skips_at_start
+
+
+def check_sources(sources: list[SourceConfig], units: list[ReadUnit], stats: IngestStats) -> None:
+    """One line for a source that had no rows at all, or no row with usable text."""
+    for si, src in enumerate(sources):
+        names = {u.name for u in units if u.source_index == si}
+        per = [stats.per_source.get(n, {}) for n in names] or [{}]
+        read = sum(p.get("read", 0) for p in per)
+        skipped = sum(p.get("skipped", 0) for p in per)
+        usable = sum(p.get("normalized", 0) + p.get("sampled_out", 0) for p in per)
+        if read == 0 and skipped == 0:
+            raise MoemixError(f"source {src.display()} is empty (no rows)")
+        if usable == 0:
+            raise MoemixError(
+                f"source {src.display()}: none of its rows has usable text "
+                f"(column {src.text_column!r}; skipped: {_fmt_skips(stats)})"
+            )
+
+
 def ingest(
     sources: list[SourceConfig],
     valid_fraction: float,
     label_column: str | None = None,
     batch_size: int = 1024,
     stats: IngestStats | None = None,
-    dedup: HashSet | None = None,
 ) -> Iterator[list[IngestedDoc]]:
-    """Stream deduplicated, split-assigned documents from every source, in batches.
-
-    ``label_column`` is the default for sources that set neither ``label_column`` nor ``label``;
-    documents of a source with neither have label None.
-    """
+    """Read every source in corpus order, in one process: normalized, split-assigned documents, not
+    deduplicated (the domains stage deduplicates by hash partition, ``moemix.domains.dedup``)."""
     stats = stats if stats is not None else IngestStats()
-    seen = dedup if dedup is not None else HashSet()
-    names: set[str] = set()
-    for src in sources:
-        src.validate()
-        name = unique_name(source_name(src), names)  # two sources called 'train' must stay distinguishable
-        names.add(name)
-        col = src.label_column or (None if src.label is not None else label_column)
-        per = stats.per_source.setdefault(name, {"read": 0, "kept": 0, "duplicates": 0, "skipped": 0})
-        row_no = 0
-        any_rows = False
-        skips_at_start = sum(stats.skipped.values())
-        for _where, rows in read_rows(src, col, batch_size, stats):
-            any_rows = any_rows or bool(rows)
-            texts, keys, ids, labels = [], [], [], []
-            for text_v, id_v, label_v in rows:
-                row = row_no
-                row_no += 1
-                text = _as_text(text_v, stats)
-                if text is None:
-                    continue
-                if col:
-                    if label_v is None or (isinstance(label_v, str) and not label_v.strip()):
-                        stats.skip("missing_label")
-                        continue
-                    label = _as_str(label_v)
-                else:
-                    label = src.label  # None: an unlabelled source (label mode uses its name)
-                h_dedup, h_split = content_hashes(text)
-                if src.sample_fraction < 1.0 and not sample_keep(h_split, src.sample_fraction):
-                    stats.sampled_out += 1
-                    continue
-                texts.append(text)
-                keys.append((h_dedup, h_split))
-                ids.append(_as_str(id_v) if id_v is not None else f"{name}:{row}")
-                labels.append(label)
-            stats.docs_read += len(rows)
-            per["read"] += len(rows)
-            per["skipped"] = sum(stats.skipped.values()) - skips_at_start
-            fresh = seen.add_batch([k[0] for k in keys]) if keys else []
-            out = []
-            for text, (_, hs), doc_id, label, new in zip(texts, keys, ids, labels, fresh):
-                if not new:
-                    stats.duplicates += 1
-                    per["duplicates"] += 1
-                    continue
-                split = "valid" if is_valid(hs, valid_fraction) else "train"
-                out.append(IngestedDoc(doc_id, name, label, text, split, hs))
-            stats.docs_kept += len(out)
-            per["kept"] += len(out)
-            if out:
-                yield out
-        per["skipped"] = sum(stats.skipped.values()) - skips_at_start
-        if not any_rows and sum(stats.skipped.values()) == skips_at_start:
-            raise MoemixError(f"source {src.display()} is empty (no rows)")
-        if per["kept"] == 0 and per["duplicates"] == 0 and stats.sampled_out == 0:
-            raise MoemixError(
-                f"source {src.display()}: none of its rows has usable text "
-                f"(column {src.text_column!r}; skipped: {_fmt_skips(stats)})"
-            )
+    units = plan_read_units(sources)
+    for unit in units:
+        src = sources[unit.source_index]
+        for docs in read_unit_docs(src, unit, label_column, batch_size, stats):
+            yield [
+                IngestedDoc(
+                    d.id, d.source, d.label, d.text, split_of(d.split_key, valid_fraction), d.split_key
+                )
+                for d in docs
+            ]
+    check_sources(sources, units, stats)
+
+
+@dataclass
+class IngestedDoc:
+    id: str
+    source: str
+    label: str | None
+    text: str
+    split: str  # "train" | "valid"
+    split_key: int  # 64-bit content hash, reused for deterministic sampling downstream
+
+
+def split_of(split_key: int, valid_fraction: float) -> str:
+    return "valid" if is_valid(split_key, valid_fraction) else "train"
 
 
 def _fmt_skips(stats: IngestStats) -> str:
