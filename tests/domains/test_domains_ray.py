@@ -176,6 +176,19 @@ def test_bad_inputs_give_one_line_on_the_ray_path(ray_session, case, match, smal
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_many_units_share_blocks_and_come_back_in_unit_order(ray_session, workers):
+    """More units than blocks (read units are files: thousands on a real corpus): several ride in one
+    Ray Data block, and every summary still comes back at its unit's place."""
+    from moemix.ray_jobs.data import BLOCKS_PER_WORKER, ray_data_executor
+
+    units = list(range(3 * BLOCKS_PER_WORKER * workers + 1))
+    peaks: list = []
+    out = ray_data_executor(num_workers=workers, worker_peaks=peaks)(hex, units, what="read")
+    assert out == [hex(u) for u in units]
+    assert len(peaks) == len(units)
+
+
 SLOW_WRITES = """
 import json, sys, time
 from pathlib import Path

@@ -47,6 +47,11 @@ class UnitWorker:
         )
 
 
+# blocks of units per worker: enough that a worker which drew the small units takes more, few enough
+# that the per-block cost stays a small share of the step
+BLOCKS_PER_WORKER = 4
+
+
 def pool_size(n_units: int, num_workers: int | None, cpus: float, gpus: float, what: str) -> int:
     """How many actors: what was asked for, capped by the units and by what the cluster has. A cluster
     that cannot run even one is refused at once, in one line, rather than waited on forever."""
@@ -84,8 +89,13 @@ def ray_data_executor(
         old_progress = ctx.enable_progress_bars
         ctx.enable_progress_bars = False
         try:
-            items = [{"i": i, "unit": cloudpickle.dumps((fn, u))} for i, u in enumerate(units)]
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            # Ray Data pays its scheduling cost per block (~50 ms on a busy driver, serial on the
+            # driver), so thousands of small read units go in a few blocks per worker. Units arrive
+            # biggest first; dealing them round-robin into the blocks keeps the blocks' work even.
+            n_blocks = min(len(units), size * BLOCKS_PER_WORKER)
+            order = [i for b in range(n_blocks) for i in range(b, len(units), n_blocks)]
+            items = [{"i": i, "unit": cloudpickle.dumps((fn, units[i]))} for i in order]
+            ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
                 UnitWorker,
                 fn_constructor_kwargs={"threads": max(1, int(cpus_per_worker))},
                 # a fixed pool, one unit per actor at a time: every worker starts at once, and a unit
