@@ -241,3 +241,31 @@ def test_a_larger_proxy_that_learns_faster_calibrates_the_model_size_extrapolati
     assert pred.effective_scale() == pytest.approx(2.0 * 9.0**gamma)
     test = np.random.default_rng(3).dirichlet(np.ones(D), size=50)
     np.testing.assert_allclose(pred.predict(test), pred.at_scale(pred.effective_scale()).predict(test))
+
+
+def test_a_loss_predicted_past_the_proxies_is_compared_with_predictions_not_proxy_losses(tmp_path):
+    """Predicted for a run 4x longer than a proxy, every loss is below every proxy's measured one by
+    construction: "an extrapolation" must then mean beyond the mixtures the swarm trained, so a
+    proposal that is one of them (the guard's uniform baseline) carries no such note."""
+    from moemix.mixing.propose import ProposeConfig, proposal_to_doc, propose
+
+    runs, curves = _starving_runs()
+    target = ",".join(f"loss/{d}:0.25" for d in DOMAINS)
+    params = {"bootstrap": 0, "target_scale": 4.0}
+    res = fit_runs(
+        runs,
+        target,
+        [f"w/{d}" for d in DOMAINS],
+        FitConfig(predictor="scaling_law", plots=False, predictor_params=params),
+        tmp_path,
+        curves=curves,
+    )
+    seen = res.predictor.predict(np.asarray(res.observed_weights)).min()
+    # a guard that never ships a step: the proposal is a baseline the swarm trained
+    held = propose(res, None, ProposeConfig(n_samples=500, min_gain_sigmas=1e6))
+    assert held.predicted_loss < res.best_observed and held.predicted_loss >= seen - 1e-9
+    assert not any("extrapolation" in n for n in proposal_to_doc(held, res).notes or [])
+    free = propose(res, None, ProposeConfig(n_samples=500, min_gain_sigmas=None))
+    notes = [n for n in proposal_to_doc(free, res).notes or [] if "extrapolation" in n]
+    assert (free.predicted_loss < seen - 1e-9) == bool(notes), notes
+    assert all("every mixture the proxies trained" in n for n in notes), notes

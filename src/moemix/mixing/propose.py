@@ -552,6 +552,22 @@ def propose_next_batch(
     return out / out.sum(axis=1, keepdims=True)
 
 
+def _best_seen(fit: FitResult) -> tuple[float, str] | None:
+    """The best loss the proxies support, at the scale the fit predicts for. A predictor of final proxy
+    losses is compared with the best proxy measured; one that predicts past the proxies (more tokens, a
+    larger model) with its own prediction for the best mixture they trained, since at that scale every
+    prediction sits below every proxy's measured loss and only a mixture beyond the swarm's is news."""
+    scale = getattr(fit.predictor, "effective_scale", None)
+    if callable(scale) and float(scale()) != 1.0:
+        if fit.observed_weights is None:
+            return None
+        seen = float(np.min(fit.predictor.predict(np.asarray(fit.observed_weights, dtype=np.float64))))
+        return seen, "the prediction for every mixture the proxies trained"
+    if fit.best_observed is None:
+        return None
+    return float(fit.best_observed), "the best observed proxy"
+
+
 def proposal_to_doc(
     proposal: Proposal,
     fit: FitResult,
@@ -576,10 +592,11 @@ def proposal_to_doc(
         notes.append(
             "cv_spearman is the out-of-fold score the auto ensemble was selected on (mildly optimistic)"
         )
-    if fit.best_observed is not None and proposal.predicted_loss < fit.best_observed:
+    best_seen = _best_seen(fit)
+    if best_seen is not None and proposal.predicted_loss < best_seen[0] - 1e-9:
         notes.append(
-            f"predicted loss {proposal.predicted_loss:.4f} is below the best observed proxy "
-            f"({fit.best_observed:.4f}): an extrapolation, treat it as optimistic"
+            f"predicted loss {proposal.predicted_loss:.4f} is below {best_seen[1]} "
+            f"({best_seen[0]:.4f}): an extrapolation, treat it as optimistic"
         )
     caps = proposal.constraints.get("trust_region_max_weight") or {}
     at_edge = [
