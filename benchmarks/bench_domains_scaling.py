@@ -135,6 +135,7 @@ print(json.dumps({
     "worker_peak_rss_mb_by_step": {w: max(p for s, p in peaks if s == w) / 1024 for w in steps},
     "step_seconds": steps,
     "driver_seconds": dt - sum(steps.values()),
+    "driver_cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
 }))
 """
 

@@ -1,24 +1,20 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with CUDA torch and Triton but no network, Ray or LightGBM:
-#   bash scripts/gpu_check.sh OUT_DIR
-# 1. tests/kernels/test_cuda.py (compiled Triton and grouped_mm against the CPU oracle), with pytest if the
-#    machine has it, else a note; 2. benchmarks/bench_gpu_training.py: expert-kernel times (Triton vs grouped
-#    vs reference) and bf16 training tokens/s + MFU of a reduced-depth cluster-preset model. Under 8 minutes
-#    on one H100/H200; every figure lands in OUT_DIR.
-set -uo pipefail
-OUT="${1:?usage: gpu_check.sh OUT_DIR}"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-python3}"
-mkdir -p "$OUT"
-cd "$ROOT"
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
-  | tee "$OUT/device.txt"
-if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" tests/kernels/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt"
-  echo "test_cuda exit: ${PIPESTATUS[0]}" | tee -a "$OUT/test_cuda.txt"
-else
-  echo "pytest not installed here: tests/kernels/test_cuda.py not run" | tee "$OUT/test_cuda.txt"
+# The checks that need a CUDA GPU, as one command for a borrowed machine (no Ray, no network there):
+#   PYTHONPATH=src bash scripts/gpu_check.sh OUT_DIR [SCALE_UP_BUDGET_S]
+# 1. the compiled Triton and grouped kernels against the CPU oracle (tests/kernels/test_cuda.py);
+# 2. single-GPU bf16 training throughput and MFU (benchmarks/bench_gpu_training.py);
+# 3. the larger-scale mixture check (benchmarks/scale_up_check.py), when bench_out/gpu/plan.json exists.
+# Every part has its own time limit and writes its log under OUT_DIR, so one failure keeps the rest.
+set -u -o pipefail
+out=${1:?usage: gpu_check.sh OUT_DIR [SCALE_UP_BUDGET_S]}
+budget=${2:-280}
+mkdir -p "$out"
+export PYTHONPATH=${PYTHONPATH:-src} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$out/gpu.txt" 2>&1
+timeout 170 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | tail -5
+timeout 110 python3 benchmarks/bench_gpu_training.py "$out" --steps 30 2>&1 | tee "$out/gpu_training.log" | tail -8
+if [ -f bench_out/gpu/plan.json ]; then
+  timeout $((budget + 40)) python3 benchmarks/scale_up_check.py train bench_out/gpu/plan.json \
+    --results "$out/scale_up.json" --budget-s "$budget" 2>&1 | tee "$out/scale_up.log" | tail -30
 fi
-timeout 300 "$PY" benchmarks/bench_gpu_training.py "$OUT" 2>&1 | tee "$OUT/bench_gpu_training.txt"
-echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_gpu_training.txt"

@@ -8,10 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
+from moemix.domains import stage
 from moemix.domains.config import DomainsConfig
 from moemix.domains.ingest import SourceConfig
 from moemix.domains.routing import DomainAssigner, slugify
 from moemix.domains.stage import run_domains
+from moemix.domains.units import run_in_process
 from moemix.errors import MoemixError
 from moemix.token_shards import DomainTokens
 
@@ -214,3 +216,31 @@ def test_given_tokenizer_is_used(label_run, tmp_path):
     cfg.tokenizer.path = str(tmp_path / "missing.json")
     with pytest.raises(MoemixError, match="missing.json"):
         run_domains(cfg, tmp_path / "out3", progress=False)
+
+
+@pytest.mark.slow
+def test_label_mode_routes_in_the_dedup_step_and_writes_what_separate_steps_write(
+    label_run, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    cfg = replace(label_run[0], max_docs_per_domain=30)  # the route step's tallies decide the caps
+    steps: list[str] = []
+
+    def recording(fn, units, *, what):
+        steps.append(what)
+        return run_in_process(fn, units, what=what)
+
+    run_domains(cfg, tmp_path / "fused", seed=0, executor=recording, progress=False)
+    assert steps == ["read", "dedup+route", "write"]
+    steps.clear()
+    monkeypatch.setattr(stage, "routes_with_dedup", lambda cfg: False)
+    run_domains(cfg, tmp_path / "apart", seed=0, executor=recording, progress=False)
+    assert steps == ["read", "dedup", "route", "write"]
+
+    def tree(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    fused, apart = tree(tmp_path / "fused"), tree(tmp_path / "apart")
+    assert json.loads(fused["stats.json"])["skipped"]["over_max_docs_per_domain"] > 0
+    assert fused == apart

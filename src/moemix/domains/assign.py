@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moemix._io import atomic_path
+from moemix._io import atomic_path, streaming_parquet
 from moemix.domains.cluster import ClusterModel
 from moemix.domains.dedup import SampleKeys, dedup_file, near_duplicates_of, spill_rows
 from moemix.domains.partition import route_key
@@ -100,7 +100,7 @@ def assign_parquet(
     written = []
     with tqdm(total=total, desc="assign", unit="doc", disable=not progress) as bar:
         for f, name in zip(in_files, output_names(in_files)):
-            pf = pq.ParquetFile(f)
+            pf = streaming_parquet(f)
             if text_column not in pf.schema_arrow.names:
                 raise MoemixError(
                     f"{f}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)})"
@@ -194,7 +194,7 @@ def route_partition(task: RouteTask) -> RouteSummary:
     out = AtomicParquetWriter(route_file(task.work, task.partition), ROUTE_SCHEMA)
     try:
         pf_path = dedup_file(task.work, task.partition)
-        pf = pq.ParquetFile(pf_path)
+        pf = streaming_parquet(pf_path)
         first_row = 0  # of the current batch in the dedup file
         # the text is read only where a cluster model needs it; sampling goes by the stored lengths
         columns = ["pos", "source", "label", "split_key", "split", "chars"] + (

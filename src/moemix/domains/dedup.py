@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from moemix._io import streaming_parquet
 from moemix.domains.config import NearDedupConfig
 from moemix.domains.ingest import is_valid
 from moemix.domains.near_dedup import band_keys, lsh_params, signatures
@@ -198,7 +199,7 @@ def dedup_partition(task: DedupTask) -> DedupSummary:
     offset = 0
     try:
         for f in files:
-            for b in pq.ParquetFile(f).iter_batches(batch_size=task.batch_size, use_threads=False):
+            for b in streaming_parquet(f).iter_batches(batch_size=task.batch_size, use_threads=False):
                 n = b.num_rows
                 mask = keep[offset : offset + n]
                 offset += n

@@ -29,6 +29,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from moemix._io import streaming_parquet
 from moemix.errors import MoemixError
 
 Format = Literal["auto", "parquet", "jsonl", "text", "arrow", "csv"]
@@ -254,10 +255,9 @@ def _rows_from_table(
 def _read_parquet(
     path: Path, src: SourceConfig, label_column: str | None, batch_size: int
 ) -> Iterator[list[Row]]:
-    import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = streaming_parquet(path)
     except Exception as e:
         raise MoemixError(f"cannot read parquet file {path}: {e}") from None
     needed = _columns_needed(src, label_column)

@@ -49,15 +49,16 @@ import shutil
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from moemix._io import stable_hash, to_jsonable, write_json_atomic
-from moemix.domains.assign import DESCRIBE_SAMPLE, DomainTally, RouteTask, route_partition
+from moemix.domains.assign import DESCRIBE_SAMPLE, DomainTally, RouteSummary, RouteTask, route_partition
 from moemix.domains.cluster import MODEL_FILE, ClusterModel, fit_cluster_model
 from moemix.domains.config import DomainsConfig, DomainsResult
 from moemix.domains.dedup import (
     CollideTask,
+    DedupSummary,
     DedupTask,
     SampleSpec,
     collide_band_partition,
@@ -172,25 +173,53 @@ def run_domains(
         cluster_unlabelled=cfg.mode == "label+cluster",
         ignore_labels=cfg.mode == "cluster",
     )
-    dedups = _run(
-        run,
-        dedup_partition,
-        [
-            DedupTask(
+    dedup_tasks = [
+        DedupTask(
+            p,
+            str(work),
+            tuple(u.index for u, s in zip(units, parts) if s.rows[p]),
+            cfg.valid_fraction,
+            cfg.batch_size,
+            spec,
+            cfg.near_dedup,
+            partitions,
+        )
+        for p in range(partitions)
+    ]
+    dedup_cost = [sum(x.rows[p] for x in parts) for p in range(partitions)]
+
+    def route_tasks(
+        direct: dict[str, str], models: dict[str, tuple[str, tuple[str, ...]]]
+    ) -> list[RouteTask]:
+        return [
+            RouteTask(
                 p,
                 str(work),
-                tuple(u.index for u, s in zip(units, parts) if s.rows[p]),
-                cfg.valid_fraction,
-                cfg.batch_size,
-                spec,
-                cfg.near_dedup,
                 partitions,
+                cfg.batch_size,
+                route,
+                direct,
+                models,
+                spec.group_of_label,
+                spec.ignore_labels,
+                cfg.near_dedup.enabled,
+                cfg.max_docs_per_domain,
             )
             for p in range(partitions)
-        ],
-        "dedup",
-        [sum(x.rows[p] for x in parts) for p in range(partitions)],
-    )
+        ]
+
+    routes: list | None = None
+    if routes_with_dedup(cfg):
+        pairs = _run(
+            run,
+            dedup_then_route,
+            [DedupRouteTask(d, r) for d, r in zip(dedup_tasks, route_tasks(dict(slugs.map), {}))],
+            "dedup+route",
+            dedup_cost,
+        )
+        dedups, routes = [d for d, _ in pairs], [r for _, r in pairs]
+    else:
+        dedups = _run(run, dedup_partition, dedup_tasks, "dedup", dedup_cost)
     rows = [d.rows for d in dedups]
     group_docs: Counter = Counter()
     duplicates: Counter = Counter()
@@ -224,28 +253,14 @@ def run_domains(
     direct = {
         key: slug for key, slug in slugs.map.items() if not (hybrid_split and key in spec.group_of_label)
     }
-    routes = _run(
-        run,
-        route_partition,
-        [
-            RouteTask(
-                p,
-                str(work),
-                partitions,
-                cfg.batch_size,
-                route,
-                direct,
-                {g: (str(out_dir / m["dir"]), tuple(m["names"])) for g, m in models.items()},
-                spec.group_of_label,
-                spec.ignore_labels,
-                cfg.near_dedup.enabled,
-                cfg.max_docs_per_domain,
-            )
-            for p in range(partitions)
-        ],
-        "route",
-        rows,
-    )
+    if routes is None:
+        routes = _run(
+            run,
+            route_partition,
+            route_tasks(direct, {g: (str(out_dir / m["dir"]), tuple(m["names"])) for g, m in models.items()}),
+            "route",
+            rows,
+        )
     tallies: dict[str, DomainTally] = {}
     near: Counter = Counter()
     for r in routes:
@@ -368,6 +383,25 @@ def run_domains(
     return DomainsResult(
         out_dir=out_dir, domains=settled.domains, tokens=meta.tokens, stats_path=out_dir / "stats.json"
     )
+
+
+def routes_with_dedup(cfg: DomainsConfig) -> bool:
+    """Label mode without near-duplicate removal: every document's domain is its label's, known since
+    the read step, so each partition is routed right after its dedup by the same worker. That saves a
+    step (on Ray, an actor pool's start-up: ~2 s of a 60 s stage on 2 workers) and changes no output."""
+    return cfg.mode == "label" and not cfg.near_dedup.enabled
+
+
+@dataclass(frozen=True)
+class DedupRouteTask:
+    dedup: DedupTask
+    route: RouteTask
+
+
+def dedup_then_route(task: DedupRouteTask) -> tuple[DedupSummary, RouteSummary]:
+    """Steps 2 and 3 of one partition in one unit (label mode; see ``run_domains``). Each step keeps its
+    own done marker, so a unit killed between them resumes at the route."""
+    return dedup_partition(task.dedup), route_partition(task.route)
 
 
 class _StepTimer:

@@ -1,6 +1,13 @@
-"""The domains stage's executor on Ray Data: its work units (read units, hash partitions) run on a
-pool of actors, each with its CPU share (and GPUs for the route step, where a sentence-transformers
+"""The domains stage's executor on Ray Data: its work units (read units, hash partitions) run as Ray
+Data tasks, at most one per worker's CPU share (and GPUs for the route step, where a sentence-transformers
 embedder runs), each reading and writing its own files.
+
+Tasks, not an actor pool per step: Ray keeps the worker processes between steps, so a step costs
+~0.2 s of scheduling instead of ~1.9 s of starting and stopping a pool (measured with no-op units on
+2 CPUs), and the models and tokenizer a worker loaded stay cached for its next unit. A reused process
+carries its memory from step to step; with Arrow on the system allocator and Parquet read without
+pre-buffering (``moemix._io.streaming_parquet``) that carry-over stays flat as the corpus grows
+(docs/benchmarks/domains.md).
 
 Only summaries travel: a unit's inputs and outputs are files under the stage directory (shared storage
 on a cluster), so the driver never streams documents, and Ray Data's backpressure only ever holds a few
@@ -28,24 +35,27 @@ from moemix.ray_jobs.resources import require_resources
 log = logging.getLogger(__name__)
 
 
-class UnitWorker:
-    """A Ray Data actor: runs one pickled ``(fn, unit)`` per row, returns the pickled summary."""
+def run_units(batch: pa.Table, threads: int) -> pa.Table:
+    """A Ray Data task: runs each pickled ``(fn, unit)`` row, returns the pickled summaries."""
+    limit_threads(threads)  # idempotent; before the tokenizer's or BLAS's thread pools first start
+    out = [cloudpickle.dumps(call_unit(*cloudpickle.loads(b))) for b in batch.column("unit").to_pylist()]
+    # this worker's peak RSS so far (KiB on Linux): what a benchmark checks stays flat
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return pa.table(
+        {
+            "i": batch.column("i"),
+            "result": pa.array(out, pa.binary()),
+            "peak_rss_kib": pa.array([peak] * len(out), pa.int64()),
+        }
+    )
 
-    def __init__(self, threads: int) -> None:
-        limit_threads(threads)  # before the tokenizer's or BLAS's thread pools first start
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = [cloudpickle.dumps(call_unit(*cloudpickle.loads(b))) for b in batch.column("unit").to_pylist()]
-        # this worker's peak RSS so far (KiB on Linux): what a benchmark checks stays flat
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return pa.table(
-            {
-                "i": batch.column("i"),
-                "result": pa.array(out, pa.binary()),
-                "peak_rss_kib": pa.array([peak] * len(out), pa.int64()),
-            }
-        )
-
+# The env of the domains stage's worker processes (a task's runtime env gives it processes of its own,
+# started with it). Arrow's C++ reads this variable at its first allocation: the Parquet reader's
+# buffers come from Arrow's C++ default pool, which ``pa.set_memory_pool`` (in ``limit_threads``) does
+# not change. Under mimalloc that pool kept a 1 GiB arena whose resident part grew with the rows
+# streamed (one partition's dedup read: 192 MB peak at 10x the corpus vs 152 MB; system: 132 vs 122 MB).
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 # blocks of units per worker: enough that a worker which drew the small units takes more, few enough
 # that the per-block cost stays a small share of the step
@@ -96,15 +106,14 @@ def ray_data_executor(
             order = [i for b in range(n_blocks) for i in range(b, len(units), n_blocks)]
             items = [{"i": i, "unit": cloudpickle.dumps((fn, units[i]))} for i in order]
             ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
-                UnitWorker,
-                fn_constructor_kwargs={"threads": max(1, int(cpus_per_worker))},
-                # a fixed pool, one unit per actor at a time: every worker starts at once, and a unit
-                # goes to whichever worker frees up first (units are queued biggest first)
-                compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
+                run_units,
+                fn_kwargs={"threads": max(1, int(cpus_per_worker))},
+                concurrency=size,
                 batch_size=1,
                 batch_format="pyarrow",
                 num_cpus=cpus_per_worker,
                 num_gpus=gpus,
+                runtime_env={"env_vars": WORKER_ENV},
             )
             rows = ds.take_all()
         finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moemix._io import streaming_parquet
 from moemix.errors import MoemixError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -130,7 +131,6 @@ def assign_files(
 def _batches(path: Path, batch_size: int, text_column: str) -> Iterator:
     """Record batches of a parquet or JSON-lines file, checked for the text column."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if path.suffix in JSONL_SUFFIXES:
         rows: list[dict] = []
@@ -152,7 +152,7 @@ def _batches(path: Path, batch_size: int, text_column: str) -> Iterator:
             yield pa.RecordBatch.from_pylist(rows)
         return
     try:
-        pf = pq.ParquetFile(path)
+        pf = streaming_parquet(path)
     except Exception as e:  # pyarrow raises several types for non-parquet input
         raise MoemixError(f"{path}: not a parquet or .jsonl file ({type(e).__name__})") from None
     if text_column not in pf.schema_arrow.names:
