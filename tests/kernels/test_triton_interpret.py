@@ -40,9 +40,12 @@ def test_triton_not_imported_in_this_process_and_auto(monkeypatch):
     import moemix.kernels.api as api
 
     monkeypatch.setattr(api, "triton_available", lambda: True)
-    assert api.resolve_impl("auto", "cuda") == "grouped"  # not yet verified on a GPU: grouped_mm
-    monkeypatch.setattr(api, "TRITON_VERIFIED_ON_GPU", True)
+    assert api.resolve_impl("auto", "cuda") == "grouped"  # verified on a GPU, but grouped_mm is faster
+    monkeypatch.setattr(api, "TRITON_FASTER_ON_GPU", True)
     assert api.resolve_impl("auto", "cuda") == "triton"
+    monkeypatch.setattr(api, "TRITON_VERIFIED_ON_GPU", False)
+    assert api.resolve_impl("auto", "cuda") == "grouped"  # never picked unless verified
+    monkeypatch.setattr(api, "TRITON_VERIFIED_ON_GPU", True)
     monkeypatch.setattr(api, "triton_available", lambda: False)
     assert api.resolve_impl("auto", "cuda") == "grouped"
     assert resolve_impl("auto", "cpu") == "grouped"

@@ -190,13 +190,13 @@ def test_sharded_gradient_accumulation_holds_unsharded_grads():
 
 
 def test_gpu_plan_uses_bf16_fsdp_and_the_kernel_auto_picks():
-    from moemix.kernels.api import TRITON_VERIFIED_ON_GPU
+    from moemix.kernels.api import auto_gpu_impl
 
     model_cfg = demo_model(n_kv_heads=2)
     bf16 = TrainConfig(batch_size=BATCH, seq_len=SEQ, precision="bf16")
     gpu = plan_memory(model_cfg, bf16, ParallelConfig(), 2, True)
     cpu = plan_memory(model_cfg, bf16, ParallelConfig(), 2, False)
-    auto = "triton" if TRITON_VERIFIED_ON_GPU else "grouped"
+    auto = auto_gpu_impl()
     assert (gpu.compute_dtype, gpu.gathered_dtype, gpu.experts_kernel, gpu.attention) == (
         "bf16",
         "bf16",

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from moemix.errors import MoemixError
-from moemix.kernels.api import TRITON_VERIFIED_ON_GPU
+from moemix.kernels.api import auto_gpu_impl
 from moemix.moe_model.config import MoEConfig
 from moemix.training.config import TrainConfig
 from moemix.training.parallel import ParallelConfig
@@ -180,9 +180,9 @@ def _attention_path(cfg: MoEConfig, comp: int, use_gpu: bool) -> str:
 
 
 def _experts_kernel(cfg: MoEConfig, use_gpu: bool) -> str:
-    """What ``moemix.kernels.resolve_impl`` picks on the training device (Triton on CUDA once verified)."""
+    """What ``moemix.kernels.resolve_impl`` picks on the training device."""
     if cfg.kernel_impl == "auto":
-        return "triton" if use_gpu and TRITON_VERIFIED_ON_GPU else "grouped"
+        return auto_gpu_impl() if use_gpu else "grouped"
     # the reference loop saves about what the grouped kernel does (its gathers, gate/up, activation)
     return "triton" if cfg.kernel_impl == "triton" else "grouped"
 
