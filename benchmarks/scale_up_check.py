@@ -7,7 +7,8 @@ tokens with the same uniform, natural and random baselines, then scores every ta
 runs: does the shipped mixture still rank first, and was withholding the optimum still right?
 
     # here: gather the corpora's tokens and mixtures into one folder that travels to the GPU machine
-    python benchmarks/scale_up_check.py prepare bench_out/quality-prose bench_out/quality-code --out bench_out/gpu
+    python benchmarks/scale_up_check.py prepare bench_out/quality-prose bench_out/quality-code \
+        --out bench_out/gpu
     # there (torch only; the plan's runs in its order, stopping when --budget-s is spent)
     PYTHONPATH=src python3 benchmarks/scale_up_check.py train bench_out/gpu/plan.json --results R.json
     # anywhere: the table per corpus and target
@@ -32,9 +33,7 @@ from pathlib import Path
 import numpy as np
 
 # ~21M parameters (6.3M active) at the pretrain preset's vocabulary: 13x the pretrain model's 1.6M
-SCALE_MODEL = dict(
-    d_model=256, n_layers=6, n_heads=8, n_experts=8, top_k=2, d_expert=512, max_seq_len=256
-)
+SCALE_MODEL = dict(d_model=256, n_layers=6, n_heads=8, n_experts=8, top_k=2, d_expert=512, max_seq_len=256)
 # 6.1M tokens: 10x the pretrain preset's 614k; the schedule's shape is the preset's (25% warmup)
 SCALE_TRAIN = dict(
     steps=750,
@@ -68,7 +67,10 @@ def prepare(quality_dirs: list[Path], out: Path) -> None:
     corpora = {}
     for qd in quality_dirs:
         name = qd.name.removeprefix("quality-")
-        docs = {p.stem.removeprefix("mixture-"): json.loads(p.read_text()) for p in sorted(qd.glob("mixture-*.json"))}
+        docs = {
+            p.stem.removeprefix("mixture-"): json.loads(p.read_text())
+            for p in sorted(qd.glob("mixture-*.json"))
+        }
         if not docs:
             sys.exit(f"{qd}: no mixture-*.json (run bench_mixture_quality.py with --out {qd} first)")
         fps = {d["domains_fingerprint"] for d in docs.values()}
@@ -213,7 +215,9 @@ def report(plan_path: Path, results_path: Path) -> None:
             for kind in ("chosen", "withheld"):
                 mine = {n.split("@")[1]: v for n, v in relevant.items() if n.startswith(f"{kind}/")}
                 paired = [
-                    relevant[f"uniform@{s}"] - v for s, v in sorted(mine.items()) if f"uniform@{s}" in relevant
+                    relevant[f"uniform@{s}"] - v
+                    for s, v in sorted(mine.items())
+                    if f"uniform@{s}" in relevant
                 ]
                 if paired:
                     print(
