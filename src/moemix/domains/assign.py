@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moemix._io import atomic_path, streaming_parquet
+from moemix._io import atomic_path
 from moemix.domains.cluster import ClusterModel
 from moemix.domains.dedup import SampleKeys, dedup_file, near_duplicates_of, spill_rows
 from moemix.domains.partition import route_key
 from moemix.domains.tokenizer import BottomKSample, mix64
-from moemix.domains.units import AtomicParquetWriter, load_done, save_done
+from moemix.domains.units import AtomicParquetWriter, load_done, save_done, streaming_parquet
 from moemix.errors import MoemixError
 
 DESCRIBE_SAMPLE = {"max_chars": 2000, "max_docs": 200}  # <= 400 KB of text a domain

@@ -22,13 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from moemix._io import streaming_parquet
 from moemix.domains.config import NearDedupConfig
 from moemix.domains.ingest import is_valid
 from moemix.domains.near_dedup import band_keys, lsh_params, signatures
 from moemix.domains.partition import partition_file
 from moemix.domains.tokenizer import BottomKSample
-from moemix.domains.units import AtomicParquetWriter, load_done, save_done
+from moemix.domains.units import AtomicParquetWriter, load_done, save_done, streaming_parquet
 
 DEDUP_SCHEMA = pa.schema(
     [

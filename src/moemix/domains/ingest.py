@@ -29,7 +29,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from moemix._io import streaming_parquet
+from moemix.domains.units import streaming_parquet
 from moemix.errors import MoemixError
 
 Format = Literal["auto", "parquet", "jsonl", "text", "arrow", "csv"]

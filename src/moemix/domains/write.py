@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moemix._io import streaming_parquet
 from moemix.domains.assign import CAP_SEED, route_file
 from moemix.domains.dedup import dedup_file
 from moemix.domains.tokenizer import encode_batch, load_tokenizer, mix64
-from moemix.domains.units import AtomicParquetWriter, load_done, save_done
+from moemix.domains.units import AtomicParquetWriter, load_done, save_done, streaming_parquet
 from moemix.token_shards import TokenShardWriter
 
 TEXT_SCHEMA = pa.schema(

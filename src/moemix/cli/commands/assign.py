@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from moemix._io import streaming_parquet
 from moemix.errors import MoemixError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -131,6 +130,8 @@ def assign_files(
 def _batches(path: Path, batch_size: int, text_column: str) -> Iterator:
     """Record batches of a parquet or JSON-lines file, checked for the text column."""
     import pyarrow as pa
+
+    from moemix.domains.units import streaming_parquet
 
     if path.suffix in JSONL_SUFFIXES:
         rows: list[dict] = []
