@@ -21,11 +21,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moemix._io import atomic_path
-from moemix.domains.cluster import ClusterModel
+from moemix.domains.cluster import MODEL_FILE, ClusterModel
 from moemix.domains.dedup import SampleKeys, dedup_file, near_duplicates_of, spill_rows
 from moemix.domains.partition import route_key
 from moemix.domains.tokenizer import BottomKSample, mix64
-from moemix.domains.units import AtomicParquetWriter, load_done, save_done, streaming_parquet
+from moemix.domains.units import (
+    AtomicParquetWriter,
+    file_version,
+    load_done,
+    save_done,
+    streaming_parquet,
+)
 from moemix.errors import MoemixError
 
 DESCRIBE_SAMPLE = {"max_chars": 2000, "max_docs": 200}  # <= 400 KB of text a domain
@@ -45,9 +51,17 @@ def assign_batches(
         yield batch, assign_texts(model, batch.column(text_column).to_pylist())
 
 
-@lru_cache(maxsize=16)
 def load_model(model_dir: str) -> ClusterModel:
-    """Each worker process loads a model once, however many partitions it routes."""
+    """Each worker process loads a model once, however many partitions it routes (and again when the
+    model is saved anew at the same place: its ``cluster_model.json`` is written last)."""
+    marker = Path(model_dir) / MODEL_FILE
+    if not marker.exists():
+        return ClusterModel.load(Path(model_dir))  # its one-line error names the missing file
+    return _load_model(model_dir, file_version(marker))
+
+
+@lru_cache(maxsize=16)
+def _load_model(model_dir: str, version: tuple[int, int]) -> ClusterModel:
     return ClusterModel.load(Path(model_dir))
 
 

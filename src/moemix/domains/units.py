@@ -137,3 +137,11 @@ def streaming_parquet(path: str | os.PathLike[str]) -> Any:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path, pre_buffer=False)
+
+
+def file_version(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(mtime in ns, size) of a file: the key under which a per-process cache may keep what it loaded.
+    Ray reuses worker processes across steps and stages, so a cache keyed by path alone would hand a
+    later run the tokenizer or cluster model an earlier run wrote at the same path."""
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size

@@ -14,7 +14,13 @@ import pyarrow as pa
 from moemix.domains.assign import CAP_SEED, route_file
 from moemix.domains.dedup import dedup_file
 from moemix.domains.tokenizer import encode_batch, load_tokenizer, mix64
-from moemix.domains.units import AtomicParquetWriter, load_done, save_done, streaming_parquet
+from moemix.domains.units import (
+    AtomicParquetWriter,
+    file_version,
+    load_done,
+    save_done,
+    streaming_parquet,
+)
 from moemix.token_shards import TokenShardWriter
 
 TEXT_SCHEMA = pa.schema(
@@ -62,8 +68,13 @@ class WriteSummary:
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def _load_tokenizer(path: str, version: tuple[int, int]):
     return load_tokenizer(path)
+
+
+def _tokenizer(path: str):
+    """The tokenizer at ``path``, loaded once per process and version of the file."""
+    return _load_tokenizer(path, file_version(path))
 
 
 def part_name(part: int) -> str:
