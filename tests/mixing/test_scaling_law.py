@@ -243,6 +243,49 @@ def test_a_larger_proxy_that_learns_faster_calibrates_the_model_size_extrapolati
     np.testing.assert_allclose(pred.predict(test), pred.at_scale(pred.effective_scale()).predict(test))
 
 
+def test_per_domain_size_speeds_follow_each_domains_own_gain_from_model_size(tmp_path):
+    # the larger proxy learns domain 0 like 3x the tokens and the others like the base proxy: the pooled
+    # speed splits the difference and mispredicts every domain at the target size; the per-domain
+    # speeds find both
+    W = _swarm(20, seed=4)
+    base = _curves(W, E4, B4, A4, T4)
+    layout = _lucky_curves(W[:6], 0.0, E4, B4, A4, T4)
+    speed = np.array([3.0, 1.0, 1.0, 1.0])
+    faster = np.concatenate(
+        [
+            [
+                np.diag(_law(np.repeat(w[None, :], D, 0), f * speed, E4, B4, A4, T4)) + 0.3 * (1 - f)
+                for f in FRACS
+            ]
+            for w in W[:6]
+        ]
+    )
+    large = CurvePoints(layout.W, layout.scale, faster, layout.groups)
+    preds = {}
+    for per_domain in (False, True):
+        pred = ScalingLawPredictor(
+            target_scale=2.0, target_params=9.0, bootstrap=2, size_per_domain=per_domain
+        ).fit_curves(base, list(range(D)), [1 / D] * D, DOMAINS)
+        pred.calibrate_size(large, params_ratio=3.0)
+        preds[per_domain] = pred
+    assert preds[False].component_size_exponents is None
+    exps = np.array(preds[True].component_size_exponents)
+    assert exps[0] == pytest.approx(1.0, abs=0.1)  # 3x the parameters learns like 3x the tokens
+    assert np.abs(exps[1:]).max() < 0.1
+    # predictions at 9x the parameters: domain 0 like 18x the tokens, the others like 2x
+    test = np.random.default_rng(3).dirichlet(np.ones(D), size=50)
+    s_k = 2.0 * 9.0 ** np.array([1.0, 0.0, 0.0, 0.0])
+    truth = np.mean([_law(test, np.full(len(test), s_k[k]), E4, B4, A4, T4)[:, k] for k in range(D)], axis=0)
+    err = {k: float(np.abs(p.predict(test) - truth).max()) for k, p in preds.items()}
+    assert err[True] < 0.05 < 0.15 < err[False], err  # measured 0.021 vs 0.207
+    members = preds[True].predict_members(test)
+    assert members.shape == (2, 50) and np.abs(members.mean(axis=0) - truth).max() < 0.05
+    # the state round-trips
+    path = tmp_path / "pred"
+    save_predictor(preds[True], path)
+    np.testing.assert_allclose(load_predictor(path).predict(test), preds[True].predict(test))
+
+
 def test_a_loss_predicted_past_the_proxies_is_compared_with_predictions_not_proxy_losses(tmp_path):
     """Predicted for a run 4x longer than a proxy, every loss is below every proxy's measured one by
     construction: "an extrapolation" must then mean beyond the mixtures the swarm trained, so a

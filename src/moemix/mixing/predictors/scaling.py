@@ -245,6 +245,7 @@ class ScalingLawPredictor(Predictor):
             **params,
         )
         self.size_exponent: float | None = None
+        self.component_size_exponents: list[float] | None = None
         self.components: list[dict[str, Any]] = []
         # the same laws refitted on runs resampled with replacement (whole mixtures, seeds together):
         # how much a prediction, or a predicted difference, depends on which noisy runs the swarm drew
@@ -340,14 +341,31 @@ class ScalingLawPredictor(Predictor):
         curves of the same mixtures trained by a proxy ``params_ratio`` times larger (the scale check),
         and read it as ``params_ratio ** size_exponent``. Predictions then run at ``target_scale ×
         target_params ** size_exponent`` (Data Mixing Laws nest model size on top of the mixing law; a
-        speed factor is that nesting with one parameter, all that a few large runs can pin down)."""
+        speed factor is that nesting with one parameter, all that a few large runs can pin down).
+
+        With ``size_per_domain`` every component also gets its own multiplier, fitted on its own column
+        of the larger proxy's curves: a larger model gains more on some domains than on others (per-domain
+        scaling laws have different exponents in model size), which moves the mixture optimum with
+        scale, and a single pooled speed cannot."""
         if params_ratio <= 1.0 or len(large.W) == 0:
             raise MoemixError(
                 f"scaling_law: the scale check's model must be larger (params ratio {params_ratio:.3g})"
             )
-        pooled = CurvePoints(large.W, large.scale, large.losses, np.zeros(len(large.W), dtype=np.int64))
+        zeros = np.zeros(len(large.W), dtype=np.int64)
+        pooled = CurvePoints(large.W, large.scale, large.losses, zeros)
         speed = float(_run_speeds(self.components, pooled, span=3.0, n_grid=241, center=False)[0])
         self.size_exponent = float(np.log(speed) / np.log(params_ratio))
+        self.component_size_exponents = None
+        if self.params.get("size_per_domain"):
+            exps = []
+            for k, comp in enumerate(self.components):
+                col = CurvePoints(large.W, large.scale, large.losses[:, [k]], zeros)
+                if not np.isfinite(col.losses).any():  # no larger-proxy losses for it: the pooled speed
+                    exps.append(self.size_exponent)
+                    continue
+                own = float(_run_speeds([comp], col, span=3.0, n_grid=241, center=False)[0])
+                exps.append(float(np.log(own) / np.log(params_ratio)))
+            self.component_size_exponents = exps
         return self.size_exponent
 
     def effective_scale(self) -> float:
@@ -358,11 +376,20 @@ class ScalingLawPredictor(Predictor):
             scale *= float(ratio) ** self.size_exponent
         return scale
 
+    def component_scales(self) -> np.ndarray:
+        """[C] the training progress each component is predicted at: ``effective_scale()`` for all, unless
+        the size calibration fitted one speed per component."""
+        ratio = self.params.get("target_params")
+        if self.component_size_exponents is None or not ratio:
+            return np.full(len(self.components), self.effective_scale())
+        exps = np.asarray(self.component_size_exponents, dtype=np.float64)
+        return float(self.params["target_scale"]) * float(ratio) ** exps
+
     def component_losses(self, X: np.ndarray, scale: float | None = None) -> np.ndarray:
         """[n, C] predicted end-of-run loss of every component at ``scale`` (default: effective_scale())."""
         X = self._check_X(X)
-        s = np.full(len(X), self.effective_scale() if scale is None else float(scale))
-        return np.stack([_law(c, X, s) for c in self.components], axis=1)
+        scales = self.component_scales() if scale is None else np.full(len(self.components), float(scale))
+        return np.stack([_law(c, X, np.full(len(X), sc)) for c, sc in zip(self.components, scales)], axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.component_losses(X) @ np.asarray(self.coefs)
@@ -372,9 +399,11 @@ class ScalingLawPredictor(Predictor):
         if not self.members:
             return None
         X = self._check_X(X)
-        s = np.full(len(X), self.effective_scale())
+        scales = [np.full(len(X), sc) for sc in self.component_scales()]
         coefs = np.asarray(self.coefs)
-        return np.stack([np.stack([_law(c, X, s) for c in m], axis=1) @ coefs for m in self.members])
+        return np.stack(
+            [np.stack([_law(c, X, s) for c, s in zip(m, scales)], axis=1) @ coefs for m in self.members]
+        )
 
     def predict_with_std(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         members = self.predict_members(X)
@@ -395,6 +424,7 @@ class ScalingLawPredictor(Predictor):
             "coefs": self.coefs,
             "run_speed_spread": self.run_speed_spread,
             "size_exponent": self.size_exponent,
+            "component_size_exponents": self.component_size_exponents,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -403,6 +433,7 @@ class ScalingLawPredictor(Predictor):
         self.names, self.coefs = list(state["names"]), [float(c) for c in state["coefs"]]
         self.run_speed_spread = state.get("run_speed_spread")
         self.size_exponent = state.get("size_exponent")
+        self.component_size_exponents = state.get("component_size_exponents")
 
     def explain(self, domains: list[str]) -> dict[str, Any]:
         out = {}
@@ -419,6 +450,11 @@ class ScalingLawPredictor(Predictor):
             "target_scale": self.params["target_scale"],
             "effective_scale": self.effective_scale(),
             "size_exponent": self.size_exponent,
+            "component_size_exponents": (
+                None
+                if self.component_size_exponents is None
+                else dict(zip(self.names, self.component_size_exponents))
+            ),
             "coefs": dict(zip(self.names, self.coefs)),
             "run_speed_log_std": self.run_speed_spread,
             "bootstrap_members": len(self.members),
