@@ -312,3 +312,11 @@ def test_a_loss_predicted_past_the_proxies_is_compared_with_predictions_not_prox
     notes = [n for n in proposal_to_doc(free, res).notes or [] if "extrapolation" in n]
     assert (free.predicted_loss < seen - 1e-9) == bool(notes), notes
     assert all("every mixture the proxies trained" in n for n in notes), notes
+
+
+def test_a_misspelt_predictor_param_is_rejected_at_config_time_naming_the_key():
+    from moemix.errors import MoemixError
+
+    FitConfig(predictor="scaling_law", predictor_params={"size_per_domain": True}).validate()
+    with pytest.raises(MoemixError, match="unknown key 'size_per_domian' for predictor 'scaling_law'"):
+        FitConfig(predictor="scaling_law", predictor_params={"size_per_domian": True}).validate()

@@ -31,7 +31,7 @@ from moemix.mixing.predictors import (
     save_predictor,
 )
 from moemix.mixing.predictors.auto import AutoPredictor, WeightedSumPredictor
-from moemix.mixing.predictors.base import one_blas_thread
+from moemix.mixing.predictors.base import check_params, one_blas_thread
 from moemix.mixing.predictors.scaling import CurvePoints
 from moemix.mixing.runs import DEFAULT_WEIGHTS_PREFIX, PreparedRuns, TargetSpec, parse_target, prepare_runs
 
@@ -62,6 +62,7 @@ class FitConfig:
             raise ValueError("target_mode must be 'combined' or 'separate'")
         if not 0 <= self.weight_sum_tol < 0.5:
             raise ValueError("weight_sum_tol must be in [0, 0.5)")
+        check_params(self.predictor, self.predictor_params)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -159,7 +160,24 @@ def predictor_class(name: str) -> type[Predictor]:
     return reg[name]
 
 
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Reject a key the predictor does not take, in one line naming it. A predictor whose constructor
+    names every parameter is checked here, so a misspelt key fails at config time instead of fitting
+    silently with the default; those taking ``**params`` pass them on to a library, which checks them."""
+    signature = inspect.signature(predictor_class(name).__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    known = [k for k in signature.parameters if k != "self"]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise MoemixError(
+            f"fit.predictor_params: unknown key {unknown[0]!r} for predictor {name!r}"
+            f" (known: {', '.join(known)})"
+        )
+
+
 def make_predictor(name: str, **params: Any) -> Predictor:
+    check_params(name, params)
     return predictor_class(name)(**params)
 
 

@@ -231,10 +231,12 @@ class ScalingLawPredictor(Predictor):
         seed: int = 0,
         bootstrap: int = 16,
         target_params: float | None = None,
-        **params: Any,
+        run_effect_rounds: int = 2,
+        size_per_domain: bool = False,
     ) -> None:
         # target_params: active parameters of the model predicted for, relative to the proxies' (used
-        # once calibrate_size has measured how much faster a larger proxy learns)
+        # once calibrate_size has measured how much faster a larger proxy learns); size_per_domain: fit
+        # that speed per component instead of pooled (calibrate_size)
         super().__init__(
             target_scale=target_scale,
             n_restarts=n_restarts,
@@ -242,7 +244,8 @@ class ScalingLawPredictor(Predictor):
             seed=seed,
             bootstrap=bootstrap,
             target_params=target_params,
-            **params,
+            run_effect_rounds=run_effect_rounds,
+            size_per_domain=size_per_domain,
         )
         self.size_exponent: float | None = None
         self.component_size_exponents: list[float] | None = None
