@@ -157,3 +157,69 @@ def test_tight_bootstrap_members_do_not_override_a_large_out_of_fold_error(fitte
     agreeing = dataclasses.replace(_with_noise(fitted, 2 * gain), predictor=Agreeing(fitted.predictor))
     p = propose(agreeing, None, CFG)
     assert p.decision.action == "baseline" and p.decision.noise == pytest.approx(2 * gain)
+
+
+class _OneDomainLaw:
+    """Loss depends on the first domain's weight only: linear (falls all the way to the simplex edge) or
+    a bowl with its minimum at ``bottom``."""
+
+    label = name = "one-domain"
+    smooth = True
+
+    def __init__(self, bottom: float | None = None):
+        self.bottom = bottom
+
+    def predict(self, W):
+        w0 = np.atleast_2d(W)[:, 0]
+        return 3.0 - w0 if self.bottom is None else 3.0 + (w0 - self.bottom) ** 2
+
+    def predict_with_std(self, W):
+        return self.predict(W), None
+
+
+def _held_back(fitted, law, noise_of_gain: float):
+    """A fit whose runs never gave the first domain more than 0.4, so the trust region (0.1 above) stops
+    the search at 0.5; the noise is the predicted gain over natural divided by ``noise_of_gain``."""
+    W = np.random.default_rng(0).dirichlet(np.ones(len(PRIOR)), size=40)
+    W[:, 0] = 0.4 * W[:, 0] / W[:, 0].max()
+    W[:, 1:] *= ((1 - W[:, 0]) / W[:, 1:].sum(axis=1))[:, None]
+    fit = dataclasses.replace(
+        fitted, predictor=law, observed_weights=W.tolist(), observed_max_weight=W.max(axis=0).tolist()
+    )
+    cfg = dataclasses.replace(CFG, max_weight_above_observed=0.1, min_gain_sigmas=None)
+    gain = float(law.predict(PRIOR[None, :])[0] - propose(fit, None, cfg).predicted_loss)
+    assert gain > 0  # natural (0.4 on the first domain) is the better baseline
+    return _with_noise(fit, gain / noise_of_gain), dataclasses.replace(cfg, min_gain_sigmas=1.0)
+
+
+def test_an_optimum_the_trust_region_held_back_is_shrunk_before_it_is_clipped(fitted):
+    """8/9 of the gain is signal (noise gain/3; James-Stein alone would keep 0.89 of the step) and the
+    loss keeps falling past the trust region until the ray meets the simplex edge: the shrunk optimum on
+    the ray still lies beyond the clipped one, so the whole step ships."""
+    fit, cfg = _held_back(fitted, _OneDomainLaw(), 3.0)
+    p = propose(fit, None, cfg)
+    assert p.decision.signal_share == pytest.approx(8 / 9, abs=0.01)
+    assert p.decision.ray_optimum >= 1.0 / p.decision.signal_share - 1e-9  # searched up to 1/signal share
+    assert p.decision.action == "optimum" and p.decision.shrink == 1.0
+    unguarded = propose(fit, None, dataclasses.replace(cfg, min_gain_sigmas=None))
+    np.testing.assert_allclose(p.weights, unguarded.weights, atol=1e-9)
+    assert p.weights[0] == pytest.approx(0.5, abs=1e-6)  # clipped to the trust region all the same
+
+
+def test_an_interior_optimum_keeps_the_james_stein_share_of_the_step(fitted):
+    """The same fit, but the loss is least at 0.45 on the first domain, inside the trust region: the ray
+    finds nothing better beyond the optimum and half the step ships."""
+    fit, cfg = _held_back(fitted, _OneDomainLaw(bottom=0.45), np.sqrt(2))
+    p = propose(fit, None, cfg)
+    assert p.decision.ray_optimum == pytest.approx(1.0, abs=0.02)
+    assert p.decision.action == "shrunk" and p.decision.shrink == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_held_back_optimum_with_a_gain_of_one_noise_unit_still_stays_near_the_baseline(fitted):
+    """No cliff: a falling loss beyond the trust region does not turn a gain of just over 1 sigma into the
+    whole step."""
+    fit, cfg = _held_back(fitted, _OneDomainLaw(), 1.01)
+    p = propose(fit, None, cfg)
+    assert p.decision.signal_share < 0.03
+    assert p.decision.action == "shrunk" and p.decision.shrink < 0.2
+    assert p.weights[0] < 0.42

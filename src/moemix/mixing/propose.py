@@ -13,7 +13,8 @@ Methods:
 
 All methods share the objective ``pred + uncertainty_weight·std + kl_weight·KL(w‖prior) +
 uncertainty_kl·noise·KL(w‖better baseline)`` and the bounds; ``_do_no_harm`` then shrinks the optimum
-toward the better baseline unless its predicted gain clears the bootstrap standard error of that gain.
+toward the better baseline by the share of its predicted gain that clears the noise (the out-of-fold
+error, the seed spread, the bootstrap standard error of that gain), James-Stein style.
 Baselines are the predictions at the uniform and natural (prior) mixtures.
 """
 
@@ -40,8 +41,8 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 5  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
-# 5: the decision records the withheld optimum
+PROPOSE_FORMAT = 6  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+# 5: the decision records the withheld optimum; 6: the shrink applies to the optimum on the ray, then clips
 
 
 @dataclass
@@ -69,10 +70,12 @@ class ProposeConfig:
     # weight of KL(w || the better of uniform and natural), in units of the fit's noise (out-of-fold
     # RMSE, seed spread): a noisier predictor is held closer to the mixture do-no-harm falls back to
     uncertainty_kl: float = 1.0
-    # do no harm: the step from the better of uniform and natural to the optimum is shrunk by the
-    # positive-part James-Stein factor max(0, 1 - (k * noise / gain)^2), k this value: the baseline when
-    # the predicted gain is within k noise units, nearly the optimum when it is many; null = always ship
-    # the optimum
+    # do no harm: the optimum is moved toward the better of uniform and natural by the positive-part
+    # James-Stein factor max(0, 1 - (k * noise / gain)^2), k this value: the baseline when the predicted
+    # gain is within k noise units, nearly the optimum when it is many; null = always ship the optimum.
+    # The factor applies to where the objective is least on the ray from the baseline through the
+    # optimum (beyond it when the trust region held the search back), and the result is clipped to the
+    # optimum
     min_gain_sigmas: float | None = 1.0
     rounds: int = 4
     seed: int = 0
@@ -343,10 +346,39 @@ def fit_noise(fit: FitResult) -> float | None:
 
 # a shrink factor this close to 1 ships the optimum itself (the rest is below any measurable difference)
 SHIP_WHOLE_STEP = 0.99
+# points on the ray beyond the optimum at which do-no-harm looks for where the objective is least
+RAY_POINTS = 33
+
+
+def _ray_optimum(
+    obj: _Objective, base: np.ndarray, w: np.ndarray, user_lo: np.ndarray, user_hi: np.ndarray, t_cap: float
+) -> float:
+    """Where the proposer's objective is least on the ray from ``base`` through ``w``, at or beyond ``w``,
+    in units of the step (1 = ``w``), searched up to ``t_cap`` or the user's own bounds. Beyond 1 only
+    where the trust region (or the support floor, or top-k averaging) stopped the search short of the
+    objective's optimum: the predicted loss still falls past ``w``."""
+    d = w - base
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = np.where(d > 1e-12, (user_hi - base) / d, np.inf)
+        down = np.where(d < -1e-12, (user_lo - base) / d, np.inf)
+    t_max = float(min(up.min(), down.min(), t_cap))
+    if not np.isfinite(t_max) or t_max <= 1.0 + 1e-9:
+        return 1.0
+    t = np.linspace(1.0, t_max, RAY_POINTS)
+    vals = obj(base + t[:, None] * d)
+    vals = np.where(np.isfinite(vals), vals, np.inf)
+    return float(t[int(np.argmin(vals))])
 
 
 def _do_no_harm(
-    fit: FitResult, cfg: ProposeConfig, w: np.ndarray, baselines: dict[str, np.ndarray], noise: float | None
+    fit: FitResult,
+    cfg: ProposeConfig,
+    w: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    noise: float | None,
+    obj: _Objective,
+    user_lo: np.ndarray,
+    user_hi: np.ndarray,
 ) -> tuple[np.ndarray, Decision]:
     """Shrink ``w`` toward the better baseline when its predicted gain is within the noise."""
     names = list(baselines)
@@ -371,21 +403,30 @@ def _do_no_harm(
     if cfg.min_gain_sigmas is None or noise is None or cfg.min_gain_sigmas == 0:
         return w, Decision("optimum", name, gain, noise, 1.0, None, **withheld)
     need = cfg.min_gain_sigmas * noise
-    # positive-part James-Stein: the predicted gain is an estimate with this standard error, and the step
-    # toward the optimum is kept in the share its signal exceeds that noise (a cliff at k sigma would ship
-    # the whole step on a gain of just over 1 sigma, which is wrong one time in six)
+    # positive-part James-Stein: the predicted gain is an estimate with this standard error, and the
+    # estimated optimum is moved toward the baseline in the share its signal exceeds that noise (a cliff
+    # at k sigma would ship the whole step on a gain of just over 1 sigma, which is wrong one time in six)
     lam = max(0.0, 1.0 - (need / gain) ** 2) if gain > 0 else 0.0
-    if lam >= SHIP_WHOLE_STEP:
+    # shrink the estimate, then constrain it: the optimum being shrunk is where the objective is least
+    # on the ray through ``w``, which lies beyond ``w`` when the trust region cut the search short; the
+    # shrunk point is then clipped back to ``w``. An interior optimum keeps lam of the step (James-Stein
+    # as is); one the trust region held back keeps more. Shrinking the clipped optimum instead cost the
+    # subset targets 0.04-0.07 nats against the whole step at every scale measured.
+    ray = _ray_optimum(obj, base, w, user_lo, user_hi, t_cap=1.0 / lam) if lam > 0 else 1.0
+    keep = min(1.0, lam * ray)
+    guard = {**withheld, "signal_share": float(lam), "ray_optimum": float(ray)}
+    beyond = f"; the predicted loss falls until {ray:.2f} x the step" if ray > 1.0 + 1e-9 else ""
+    if keep >= SHIP_WHOLE_STEP:
         return w, Decision(
             "optimum",
             name,
             gain,
             noise,
             1.0,
-            f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}",
-            **withheld,
+            f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}{beyond}",
+            **guard,
         )
-    if lam == 0.0:
+    if keep == 0.0:
         why = (
             f"no predicted gain over {name} ({gain:.4f})"
             if gain <= 0
@@ -399,18 +440,18 @@ def _do_no_harm(
             noise,
             0.0,
             f"{why}; the proxies give no evidence to move away from it",
-            **withheld,
+            **guard,
         )
-    shrunk = base + lam * (w - base)
+    shrunk = base + keep * (w - base)
     return shrunk, Decision(
         "shrunk",
         name,
         gain,
         noise,
-        float(lam),
-        f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}: "
-        f"kept {lam:.2f} of the step from {name} to the optimum",
-        **withheld,
+        float(keep),
+        f"predicted gain {gain:.4f} over {name} is {gain / noise:.1f} x its noise {noise:.4f}{beyond}: "
+        f"kept {keep:.2f} of the step from {name} to the optimum",
+        **guard,
     )
 
 
@@ -468,7 +509,7 @@ def propose(
         w = _constrained(obj, p, cfg, lo, hi, rng, smooth)
     w = np.clip(w, 0.0, None)
     w = w / w.sum()
-    w, decision = _do_no_harm(fit, cfg, w, feasible, noise)
+    w, decision = _do_no_harm(fit, cfg, w, feasible, noise, obj, user_lo, user_hi)
     mean, std = fit.predictor.predict_with_std(w[None, :])
     base = fit.predictor.predict(np.vstack([uniform, p]))
     constraints: dict[str, Any] = {
