@@ -223,3 +223,20 @@ def test_a_held_back_optimum_with_a_gain_of_one_noise_unit_still_stays_near_the_
     assert p.decision.signal_share < 0.03
     assert p.decision.action == "shrunk" and p.decision.shrink < 0.2
     assert p.weights[0] < 0.42
+
+
+def test_the_noise_scaled_kl_pull_and_the_james_stein_shrink_do_not_compound(fitted):
+    """The KL pull toward the better baseline (weight = the noise) already holds the proposal short of the
+    predictor's optimum; James-Stein then shrinks the predictor's optimum, not the held-back proposal,
+    and the nearer of the two to the baseline ships."""
+    law = _OneDomainLaw(bottom=0.8)
+    fit = dataclasses.replace(fitted, predictor=law)
+    free = dataclasses.replace(CFG, uncertainty_kl=1.0, min_gain_sigmas=None)
+    gain = float(law.predict(PRIOR[None, :])[0] - propose(_with_noise(fit, 0.02), None, free).predicted_loss)
+    fit = _with_noise(fit, gain / 3.0)  # 8/9 of the gain is signal
+    pulled = propose(fit, None, free)
+    p = propose(fit, None, dataclasses.replace(free, min_gain_sigmas=1.0))
+    assert pulled.weights[0] < 0.78  # the KL pull held it back from the predictor's optimum (0.8)
+    assert p.decision.ray_optimum > 1.05
+    assert p.decision.shrink == pytest.approx(min(1.0, p.decision.signal_share * p.decision.ray_optimum))
+    assert p.decision.shrink > p.decision.signal_share + 0.03

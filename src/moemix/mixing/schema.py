@@ -71,7 +71,7 @@ class Decision:
     optimum: dict[str, float] | None = None
     optimum_predicted_loss: float | None = None
     # the James-Stein factor (the share of the predicted gain that clears the noise) and where the
-    # objective is least on the ray from the baseline through the optimum, in steps (1 = the optimum)
+    # predicted loss is least on the ray from the baseline through the optimum, in steps (1 = the optimum)
     signal_share: float | None = None
     ray_optimum: float | None = None
 
