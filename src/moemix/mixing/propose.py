@@ -41,8 +41,8 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 6  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
-# 5: the decision records the withheld optimum; 6: the shrink applies to the optimum on the ray, then clips
+PROPOSE_FORMAT = 7  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+# 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray
 
 
 @dataclass
