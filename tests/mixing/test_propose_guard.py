@@ -240,3 +240,44 @@ def test_the_noise_scaled_kl_pull_and_the_james_stein_shrink_do_not_compound(fit
     assert p.decision.ray_optimum > 1.05
     assert p.decision.shrink == pytest.approx(min(1.0, p.decision.signal_share * p.decision.ray_optimum))
     assert p.decision.shrink > p.decision.signal_share + 0.03
+
+
+class _NaturalSlightlyBetter:
+    """Natural predicted 0.0065 below uniform (loss falls along natural's tilt away from uniform)."""
+
+    label = name = "tilted"
+    smooth = True
+
+    def predict(self, W):
+        return 3.0 - 0.1 * np.atleast_2d(W) @ (PRIOR - 1 / len(PRIOR))
+
+    def predict_with_std(self, W):
+        return self.predict(W), None
+
+
+def _on_domain_losses(fitted, coefs, noise: float):
+    from moemix.mixing.runs import TargetSpec
+
+    cols = [c.replace("w/", "loss/") for c in fitted.weight_cols]
+    target = TargetSpec([c for c, k in zip(cols, coefs) if k], [k for k in coefs if k])
+    return _with_noise(dataclasses.replace(fitted, predictor=_NaturalSlightlyBetter(), target=target), noise)
+
+
+def test_baselines_within_the_noise_fall_back_to_the_one_nearer_the_targets_weighting(fitted):
+    """The mean of all domains weighs them equally: when the fit cannot tell uniform from natural, the
+    guard falls back to (and the KL pull anchors on) uniform, not to a coin toss won by 0.0065."""
+    cfg = dataclasses.replace(CFG, uncertainty_kl=1.0)
+    fit = _on_domain_losses(fitted, [1] * len(PRIOR), noise=0.05)
+    assert fit.target_weights() == pytest.approx(np.full(len(PRIOR), 1 / len(PRIOR)))
+    p = propose(fit, None, cfg)
+    assert p.decision.baseline == "uniform" and p.constraints["uncertainty_kl"]["anchor"] == "uniform"
+    assert "within the noise of each other" in p.decision.reason
+    # a subset target on the domain natural gives most: natural is the nearer one
+    web = propose(_on_domain_losses(fitted, [1, 0, 0, 0, 0], noise=0.05), None, cfg)
+    assert web.decision.baseline == "natural"
+
+
+def test_baselines_the_fit_tells_apart_fall_back_to_the_better_predicted(fitted):
+    p = propose(_on_domain_losses(fitted, [1] * len(PRIOR), noise=0.001), None, CFG)
+    assert p.decision.baseline == "natural"
+    assert "within the noise of each other" not in (p.decision.reason or "")

@@ -100,6 +100,17 @@ class FitResult:
     def n_failed(self) -> int:
         return int(self.skipped.get("failed", 0))
 
+    def target_weights(self) -> np.ndarray | None:
+        """How much the target weighs each domain (its coefficients on ``loss/<domain>`` columns, summing
+        to 1), or None when it is not a weighted sum of domain losses (an external evaluation)."""
+        w = np.zeros(len(self.domains))
+        for col, coef in zip(self.target.columns, self.target.coefs):
+            wcol = "w/" + col[len("loss/") :] if col.startswith("loss/") else None
+            if wcol not in self.weight_cols or coef < 0:
+                return None
+            w[self.weight_cols.index(wcol)] += coef
+        return w / w.sum() if w.sum() > 0 else None
+
     def prior_array(self) -> np.ndarray:
         """Natural prior stored at fit time (given, else training-mixture mean), else uniform."""
         if self.prior is not None:

@@ -41,8 +41,9 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 7  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
-# 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray
+PROPOSE_FORMAT = 8  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+# 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray;
+# 8: baselines within the noise of each other: the one nearer the target's weighting
 
 
 @dataclass
@@ -370,30 +371,59 @@ def _ray_optimum(
     return float(t[int(np.argmin(vals))])
 
 
+def _fallback_baseline(
+    fit: FitResult, cfg: ProposeConfig, baselines: dict[str, np.ndarray], noise: float | None
+) -> tuple[str, str | None]:
+    """The baseline do-no-harm falls back to (and the KL pull anchors on), and why when it is not simply
+    the one predicted better: when the fit cannot tell the baselines apart (their predicted target
+    losses within ``min_gain_sigmas`` x the noise), the one nearer the target's own weighting of the
+    domains (largest ``sum target_i log baseline_i``): uniform for the mean of all domains, natural when
+    it gives the target's domains more. Picking by a difference inside the noise is a coin toss, and on
+    the lopsided corpus it shipped natural for the mean of all domains, 0.035 nats worse than uniform."""
+    names = list(baselines)
+    pred = fit.predictor.predict(np.vstack(list(baselines.values())))
+    better = names[int(np.argmin(pred))]
+    target = fit.target_weights()
+    if target is None or noise is None or cfg.min_gain_sigmas is None or len(names) < 2:
+        return better, None
+    apart = float(np.max(pred) - np.min(pred))
+    if apart > cfg.min_gain_sigmas * noise:
+        return better, None
+    with np.errstate(divide="ignore"):
+        fit_to_target = [float(np.sum(target * np.log(np.maximum(baselines[n], 1e-300)))) for n in names]
+    nearest = names[int(np.argmax(fit_to_target))]
+    if nearest == better:
+        return better, None
+    return nearest, (
+        f"uniform and natural are predicted within the noise of each other ({apart:.4f} <= "
+        f"{cfg.min_gain_sigmas:g} x {noise:.4f}): {nearest}, the nearer to the target's weighting of "
+        "the domains"
+    )
+
+
 def _do_no_harm(
     fit: FitResult,
     cfg: ProposeConfig,
     w: np.ndarray,
-    baselines: dict[str, np.ndarray],
+    name: str,
+    base: np.ndarray,
     noise: float | None,
     user_lo: np.ndarray,
     user_hi: np.ndarray,
 ) -> tuple[np.ndarray, Decision]:
-    """Shrink ``w`` toward the better baseline when its predicted gain is within the noise."""
-    names = list(baselines)
-    W = np.vstack([w, *baselines.values()])
-    pred = fit.predictor.predict(W)
-    best = int(np.argmin(pred[1:]))
-    name, base = names[best], baselines[names[best]]
-    gain = float(pred[1 + best] - pred[0])
-    members = fit.predictor.predict_members(W) if hasattr(fit.predictor, "predict_members") else None
+    """Shrink ``w`` toward the baseline ``base`` (named ``name``) when its predicted gain over it is
+    within the noise."""
+    pred = fit.predictor.predict(np.vstack([w, base]))
+    gain = float(pred[1] - pred[0])
+    has_members = hasattr(fit.predictor, "predict_members")
+    members = fit.predictor.predict_members(np.vstack([w, base])) if has_members else None
     if members is not None and len(members) >= 2:
         # the standard error of this very difference across refits on resampled runs measures how
         # well the data pin the fit down, not how wrong the model is; the out-of-fold error (``noise``
         # as passed, from fit_noise) measures the second. The gain must clear both: small gains that
         # cleared the bootstrap error alone did not hold at the pretraining scale (-0.056, +0.007,
         # -0.007 nats for predicted +0.011, +0.011, +0.028; docs/benchmarks/mixture_quality.md)
-        spread = float(np.std(members[:, 1 + best] - members[:, 0], ddof=1))
+        spread = float(np.std(members[:, 1] - members[:, 0], ddof=1))
         noise = spread if noise is None else max(noise, spread)
     withheld = {
         "optimum": {d: round(float(v), 6) for d, v in zip(fit.domains, w)},
@@ -494,9 +524,8 @@ def propose(
     feasible = {
         name: project_capped(b, user_lo, user_hi)[0] for name, b in (("uniform", uniform), ("natural", p))
     }
-    # the noisier the fit, the harder the pull toward the better baseline (the one do-no-harm falls back to)
-    pred_base = fit.predictor.predict(np.vstack(list(feasible.values())))
-    anchor_name = list(feasible)[int(np.argmin(pred_base))]
+    # the noisier the fit, the harder the pull toward the baseline do-no-harm falls back to
+    anchor_name, tie_note = _fallback_baseline(fit, cfg, feasible, noise)
     anchor_weight = cfg.uncertainty_kl * noise if noise is not None else 0.0
     rng = np.random.default_rng(cfg.seed)
     obj = _Objective(fit, p, cfg, anchor=feasible[anchor_name], anchor_weight=anchor_weight)
@@ -509,7 +538,9 @@ def propose(
         w = _constrained(obj, p, cfg, lo, hi, rng, smooth)
     w = np.clip(w, 0.0, None)
     w = w / w.sum()
-    w, decision = _do_no_harm(fit, cfg, w, feasible, noise, user_lo, user_hi)
+    w, decision = _do_no_harm(fit, cfg, w, anchor_name, feasible[anchor_name], noise, user_lo, user_hi)
+    if tie_note is not None:
+        decision.reason = f"{tie_note}; {decision.reason}" if decision.reason else tie_note
     mean, std = fit.predictor.predict_with_std(w[None, :])
     base = fit.predictor.predict(np.vstack([uniform, p]))
     constraints: dict[str, Any] = {
