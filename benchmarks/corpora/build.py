@@ -1,4 +1,5 @@
-"""Build two evaluation corpora of real text from Debian packages: ``prose`` and ``code``.
+"""Build evaluation corpora of real text from Debian packages: ``prose`` and ``code``, and ``extra``
+(sources that only join another corpus's: the APT package index of ``lopsided.yaml``).
 
 Each corpus has six or seven clearly different sources (domains), 25-40 MB of text in all, written as
 one JSONL file per source (``<source>.jsonl``, one ``{"id", "text", "source"}`` object a line)
@@ -18,12 +19,14 @@ packages ship (``bible``, ``Rscript``, ``groff``). Targets Debian 12 (bookworm) 
   bash benchmarks/corpora/install.sh [prose|code]       # apt-get the packages (root or sudo)
   python benchmarks/corpora/build.py prose --out bench_out/corpora/prose
   python benchmarks/corpora/build.py code --out bench_out/corpora/code
+  python benchmarks/corpora/build.py extra --out bench_out/corpora/extra
   python benchmarks/corpora/build.py code --list-packages
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import gzip
 import json
 import os
@@ -344,6 +347,23 @@ def fortunes(src: Source) -> Iterator[Doc]:
             yield os.path.basename(f), d
 
 
+def apt_index(src: Source) -> Iterator[Doc]:
+    """The APT package index (``Packages`` files under /var/lib/apt/lists, as the last ``apt-get update``
+    left them): one stanza per binary package, consecutive stanzas per document. Formulaic fields a
+    model learns fast next to checksums it cannot learn at all: the kind of low-yield text web crawls
+    are full of."""
+    lists = sorted(glob.glob("/var/lib/apt/lists/*_Packages*"))
+    if not lists:
+        raise SystemExit("apt_index: no Packages files under /var/lib/apt/lists; run 'apt-get update' first")
+    for f in lists:
+        # apt-helper decompresses whichever of lz4/gz/xz/zstd the lists were written in
+        raw = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", f], capture_output=True, check=True)
+        text = decode(raw.stdout)
+        if text is None:
+            continue
+        yield from ((os.path.basename(f), d) for d in chunk(text.strip("\n").split("\n\n")))
+
+
 # --------------------------------------------------------------------------- code sources
 
 
@@ -399,6 +419,8 @@ CORPORA: dict[str, tuple[Source, ...]] = {
             "fortunes", ("fortunes", "fortunes-min"), 8, fortunes, "fortune cookies: quotes, jokes, poems"
         ),
     ),
+    # sources that only sit next to another corpus's (benchmarks/corpora/lopsided.yaml)
+    "extra": (Source("apt_index", ("apt",), 8, apt_index, "APT package index (Packages stanzas)"),),
     "code": (
         Source(
             "go",
