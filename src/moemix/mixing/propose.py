@@ -12,9 +12,11 @@ Methods:
   of *real* proxy runs for the swarm's iterative mode.
 
 All methods share the objective ``pred + uncertainty_weight·std + kl_weight·KL(w‖prior) +
-uncertainty_kl·noise·KL(w‖better baseline)`` and the bounds; ``_do_no_harm`` then shrinks the optimum
-toward the better baseline by the share of its predicted gain that clears the noise (the out-of-fold
-error, the seed spread, the bootstrap standard error of that gain), James-Stein style.
+uncertainty_kl·noise·KL(w‖fallback baseline)`` and the bounds; ``_do_no_harm`` then shrinks the optimum
+toward the fallback baseline by the share of its predicted gain that clears the noise (the out-of-fold
+error, the seed spread, the bootstrap standard error of that gain), James-Stein style. The fallback
+baseline is the better-predicted of uniform and natural, or, when the fit cannot tell them apart, the one
+nearer the target's weighting of the domains.
 Baselines are the predictions at the uniform and natural (prior) mixtures.
 """
 
@@ -68,10 +70,10 @@ class ProposeConfig:
     # the lower side of the trust region: no domain goes below the weight that fewer than this many
     # fitted runs went below (what happens there was never measured); 0 = no lower bound
     min_support_runs: int = 3
-    # weight of KL(w || the better of uniform and natural), in units of the fit's noise (out-of-fold
-    # RMSE, seed spread): a noisier predictor is held closer to the mixture do-no-harm falls back to
+    # weight of KL(w || the fallback baseline), in units of the fit's noise (out-of-fold RMSE, seed
+    # spread): a noisier predictor is held closer to the mixture do-no-harm falls back to
     uncertainty_kl: float = 1.0
-    # do no harm: the optimum is moved toward the better of uniform and natural by the positive-part
+    # do no harm: the optimum is moved toward the fallback baseline by the positive-part
     # James-Stein factor max(0, 1 - (k * noise / gain)^2), k this value: the baseline when the predicted
     # gain is within k noise units, nearly the optimum when it is many; null = always ship the optimum.
     # The factor applies to the predictor's own optimum on the ray from the baseline through the

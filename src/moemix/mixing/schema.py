@@ -58,7 +58,7 @@ class ScaleTransfer:
 
 @dataclass
 class Decision:
-    """What the do-no-harm guard did: ship the optimum, shrink it toward the better baseline, or ship
+    """What the do-no-harm guard did: ship the optimum, shrink it toward the fallback baseline, or ship
     the baseline (``shrink`` = the share of the step from the baseline to the optimum that was kept)."""
 
     action: str = "optimum"  # optimum | shrunk | baseline
