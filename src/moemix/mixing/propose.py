@@ -22,6 +22,7 @@ Baselines are the predictions at the uniform and natural (prior) mixtures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -354,7 +355,12 @@ RAY_POINTS = 33
 
 
 def _ray_optimum(
-    predict: Any, base: np.ndarray, w: np.ndarray, user_lo: np.ndarray, user_hi: np.ndarray, t_cap: float
+    predict: Callable[[np.ndarray], np.ndarray],
+    base: np.ndarray,
+    w: np.ndarray,
+    user_lo: np.ndarray,
+    user_hi: np.ndarray,
+    t_cap: float,
 ) -> float:
     """Where the predicted loss is least on the ray from ``base`` through ``w``, at or beyond ``w``, in
     units of the step (1 = ``w``), searched up to ``t_cap`` or the user's own bounds. Beyond 1 where the
@@ -386,13 +392,12 @@ def _fallback_baseline(
     pred = fit.predictor.predict(np.vstack(list(baselines.values())))
     better = names[int(np.argmin(pred))]
     target = fit.target_weights()
-    if target is None or noise is None or cfg.min_gain_sigmas is None or len(names) < 2:
+    if target is None or noise is None or cfg.min_gain_sigmas is None:
         return better, None
     apart = float(np.max(pred) - np.min(pred))
     if apart > cfg.min_gain_sigmas * noise:
         return better, None
-    with np.errstate(divide="ignore"):
-        fit_to_target = [float(np.sum(target * np.log(np.maximum(baselines[n], 1e-300)))) for n in names]
+    fit_to_target = [float(np.sum(target * np.log(np.maximum(baselines[n], 1e-300)))) for n in names]
     nearest = names[int(np.argmax(fit_to_target))]
     if nearest == better:
         return better, None
@@ -415,10 +420,10 @@ def _do_no_harm(
 ) -> tuple[np.ndarray, Decision]:
     """Shrink ``w`` toward the baseline ``base`` (named ``name``) when its predicted gain over it is
     within the noise."""
-    pred = fit.predictor.predict(np.vstack([w, base]))
+    W = np.vstack([w, base])
+    pred = fit.predictor.predict(W)
     gain = float(pred[1] - pred[0])
-    has_members = hasattr(fit.predictor, "predict_members")
-    members = fit.predictor.predict_members(np.vstack([w, base])) if has_members else None
+    members = fit.predictor.predict_members(W) if hasattr(fit.predictor, "predict_members") else None
     if members is not None and len(members) >= 2:
         # the standard error of this very difference across refits on resampled runs measures how
         # well the data pin the fit down, not how wrong the model is; the out-of-fold error (``noise``
