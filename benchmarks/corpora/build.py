@@ -1,5 +1,6 @@
 """Build evaluation corpora of real text from Debian packages: ``prose`` and ``code``, and ``extra``
-(sources that only join another corpus's: the APT package index of ``lopsided.yaml``).
+(sources that only join another corpus's: the APT package index of ``lopsided.yaml``, dpkg's
+MD5 manifests of ``checksums.yaml``).
 
 Each corpus has six or seven clearly different sources (domains), 25-40 MB of text in all, written as
 one JSONL file per source (``<source>.jsonl``, one ``{"id", "text", "source"}`` object a line)
@@ -364,6 +365,23 @@ def apt_index(src: Source) -> Iterator[Doc]:
         yield from ((os.path.basename(f), d) for d in chunk(text.strip("\n").split("\n\n")))
 
 
+def checksums(src: Source) -> Iterator[Doc]:
+    """dpkg's per-package file manifests (``/var/lib/dpkg/info/*.md5sums``): an MD5 digest and a path a
+    line. The paths are learnable; the digests are uniformly random hex, so about 40% of the text stays at
+    its entropy however much of it a model sees: the unlearnable kind of text (hashes, keys, encoded
+    blobs) real crawls carry, and the case where a domain's own loss stops paying for its tokens."""
+    files = sorted(glob.glob("/var/lib/dpkg/info/*.md5sums"))
+    if not files:
+        raise SystemExit("checksums: no /var/lib/dpkg/info/*.md5sums files (not a dpkg system?)")
+    spread_files = spread([(f, os.path.getsize(f)) for f in files], FILE_BUDGET * src.cap)
+    for f in spread_files:
+        text = read_text(f)
+        if text is None:
+            continue
+        lines = text.strip("\n").split("\n")
+        yield from ((os.path.basename(f), d) for d in head(chunk(lines, sep="\n"), int(FILE_SHARE * src.cap)))
+
+
 # --------------------------------------------------------------------------- code sources
 
 
@@ -420,7 +438,10 @@ CORPORA: dict[str, tuple[Source, ...]] = {
         ),
     ),
     # sources that only sit next to another corpus's (benchmarks/corpora/lopsided.yaml)
-    "extra": (Source("apt_index", ("apt",), 8, apt_index, "APT package index (Packages stanzas)"),),
+    "extra": (
+        Source("apt_index", ("apt",), 8, apt_index, "APT package index (Packages stanzas)"),
+        Source("checksums", ("dpkg",), 6, checksums, "dpkg file manifests (MD5 digest + path lines)"),
+    ),
     "code": (
         Source(
             "go",
