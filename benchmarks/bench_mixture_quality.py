@@ -124,6 +124,25 @@ def mixture_info(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pretraining (cached, in-process)
+def baseline_runs(
+    domains: list[str], train_tokens: dict[str, int], seed0: int, uniform_seeds: int, n_random: int
+) -> dict[str, tuple[dict[str, float], int]]:
+    """The baselines every target is scored against, name -> (mixture, seed): uniform under
+    ``uniform_seeds`` seeds (``uniform@seed<s>``), natural (each domain's share of train tokens) and
+    ``n_random`` Dirichlet(1) mixtures drawn with ``default_rng(1000 + i)`` (``random_<i>``), at ``seed0``.
+    Other scripts build them here too, so their runs share this benchmark's cache."""
+    natural = np.array([train_tokens[d] for d in domains], dtype=np.float64)
+    runs = {
+        f"uniform@seed{seed0 + s}": ({d: 1.0 / len(domains) for d in domains}, seed0 + s)
+        for s in range(max(1, uniform_seeds))
+    }
+    runs["natural"] = (dict(zip(domains, (natural / natural.sum()).tolist())), seed0)
+    for i in range(n_random):
+        w = np.random.default_rng(RANDOM_SEED_BASE + i).dirichlet(np.ones(len(domains)))
+        runs[f"random_{i}"] = (dict(zip(domains, w.tolist())), seed0)
+    return runs
+
+
 def run_key(mixture: dict[str, float], model_cfg: Any, train_cfg: Any, tokens_fp: str) -> str:
     total = sum(mixture.values())
     tc = outcome_config(train_cfg)  # without the fields that do not change what is learned
@@ -337,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     domains, train_tokens = list(dom_out["domains"]), dom_out["train_tokens"]
 
     seed0, tcfg = pretrain.train.seed, pretrain.train
-    natural = np.array([train_tokens[d] for d in domains], dtype=np.float64)
     chosen = {
         spec: [
             f"chosen/{spec}" + (f"@seed{seed0 + s}" if s else "") for s in range(max(1, args.chosen_seeds))
@@ -356,13 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             withheld[spec] = [n.replace("chosen/", "withheld/", 1) for n in chosen[spec]]
             for s, name in enumerate(withheld[spec]):
                 runs[name] = (dict(dec.optimum), seed0 + s)
-    uniform = [f"uniform@seed{seed0 + s}" for s in range(max(1, args.uniform_seeds))]
-    for s, name in enumerate(uniform):
-        runs[name] = ({d: 1.0 / len(domains) for d in domains}, seed0 + s)
-    runs["natural"] = (dict(zip(domains, (natural / natural.sum()).tolist())), seed0)
-    for i in range(args.random):
-        w = np.random.default_rng(RANDOM_SEED_BASE + i).dirichlet(np.ones(len(domains)))
-        runs[f"random_{i}"] = (dict(zip(domains, w.tolist())), seed0)
+    base_runs = baseline_runs(domains, train_tokens, seed0, args.uniform_seeds, args.random)
+    runs.update(base_runs)
+    uniform = [n for n in base_runs if n.startswith("uniform@")]
     print(
         f"\npretrain model {pretrain.model}\n{tcfg.num_steps} steps x {tcfg.tokens_per_step} tokens = "
         f"{tcfg.planned_tokens:,} tokens per run"
