@@ -61,6 +61,11 @@ def test_cli_errors_are_moemix_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("kl_weigth: 1\n")
     with pytest.raises(MoemixError, match="unknown key 'kl_weigth'"):
         _run("propose", tmp_path / "f", "--constraints", tmp_path / "bad.yaml", "--out", tmp_path / "m.json")
+    (tmp_path / "cap.yaml").write_text(
+        "max_epochs: 2\ndomain_tokens: {web: 9, code: 9, math: 9, books: 9, wiki: 9}\n"
+    )
+    with pytest.raises(MoemixError, match="cap.yaml: max_epochs: needs target_tokens"):
+        _run("propose", tmp_path / "f", "--constraints", tmp_path / "cap.yaml", "--out", tmp_path / "m.json")
     pd.DataFrame({"w/web": [1.0]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(MoemixError, match="'w/code'"):
         _run("predict", tmp_path / "f", tmp_path / "m.csv", "--out", tmp_path / "p.csv")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from moemix.cli import main
@@ -86,3 +88,29 @@ def test_bad_corpus_is_one_line_and_keeps_previous_outputs(tmp_path, capsys, con
     assert len(err) == 1 and err[0].startswith("moemix: error: "), err
     assert needle in err[0] and str(data) in err[0], err[0]
     assert (run_dir / "mixture.json").read_text() == '{"previous": true}'
+
+
+def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tmp_path, capsys):
+    """At most propose.max_epochs passes over the corpus fit the budget: one line after the domains
+    stage, not a failed propose stage after every proxy has trained."""
+    rng = np.random.default_rng(0)
+    vocab = ["".join(rng.choice(list("abcdefghij"), 5)) for _ in range(500)]
+    data = tmp_path / "corpus.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(vocab, 60)), "id": str(i), "src": "ab"[i % 2]}) + "\n"
+            for i in range(200)
+        )
+    )
+    cfg = tmp_path / "c.yaml"
+    # a swarm small enough that, were the check gone, the run would reach propose in seconds
+    cfg.write_text(
+        f"domains:\n  sources:\n    - {{path: {data}, text_column: text, id_column: id, label_column: src}}\n"
+        "proxies:\n  sampler: {n_mixtures: 3}\n  train: {steps: 2, batch_size: 2, seq_len: 16}\n"
+    )
+    run_dir = tmp_path / "run"
+    code, err = _run(capsys, ["run", str(cfg), "--out", str(run_dir), "--quiet"])
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("moemix: error: propose.max_epochs: "), err
+    assert "raise propose.max_epochs" in err[0]
+    assert not (run_dir / "proxies").exists()

@@ -23,7 +23,7 @@ Baselines are the predictions at the uniform and natural (prior) mixtures.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -63,7 +63,13 @@ class ProposeConfig:
     uncertainty_weight: float = 0.0
     min_weight: dict[str, float] = field(default_factory=dict)
     max_weight: dict[str, float] = field(default_factory=dict)
-    max_epochs: float | None = None
+    # no domain more than this many passes over its training tokens at the budget the mixture is for
+    # (``target_tokens``, the pretraining run's); applied when that budget and the domains' token counts
+    # are known. No proxy trained on more repetition than the sampler's cap (4 epochs by default), so
+    # the fit cannot know what more does, and past ~4 epochs repeated tokens are worth much less than new
+    # ones (Muennighoff et al., 2023): without the cap a small domain the proxies liked could be repeated
+    # dozens of times at a cluster's budget. null = no cap
+    max_epochs: float | None = 4.0
     # trust region: no domain may get more than (largest weight any fitted run gave it) + this margin.
     # Predictors fitted on a few dozen noisy proxies extrapolate badly; the demo's unguarded proposal put
     # 0.89 on a domain no run had given over 0.32, and lost to uniform in pretraining. null = no limit.
@@ -313,6 +319,16 @@ def _constrained(obj: _Objective, prior, cfg, lo, hi, rng, smooth: bool) -> np.n
     return best
 
 
+def _epoch_caps(
+    cfg: ProposeConfig, domain_tokens: np.ndarray | None, target_tokens: int | None
+) -> np.ndarray | None:
+    """Each domain's largest weight under ``max_epochs`` at the budget (None when not applied)."""
+    if cfg.max_epochs is None or domain_tokens is None or target_tokens is None:
+        return None
+    tok = np.asarray(domain_tokens, dtype=np.float64)
+    return np.minimum(1.0, cfg.max_epochs * tok / float(target_tokens))
+
+
 def _trust_region(fit: FitResult, cfg: ProposeConfig, lo: np.ndarray) -> np.ndarray | None:
     """Per-domain upper bounds that keep the proposal near the mixtures the predictor was fitted on."""
     if cfg.max_weight_above_observed is None or fit.observed_max_weight is None:
@@ -508,7 +524,10 @@ def propose(
         raise MoemixError(f"prior: has {p.size} weights, the fit has {len(domains)} domains")
     if domain_tokens is None and fit.domain_tokens is not None:
         domain_tokens = np.asarray(fit.domain_tokens, dtype=np.float64)
+    if domain_tokens is None or target_tokens is None:
+        cfg = replace(cfg, max_epochs=None)  # no budget to cap repetition at
     lo, hi = bounds_for(domains, cfg, domain_tokens, target_tokens)
+    epoch_hi = _epoch_caps(cfg, domain_tokens, target_tokens)
     user_lo, user_hi = lo.copy(), hi.copy()  # the user's own constraints, before the trust region
     trust_hi = _trust_region(fit, cfg, lo)
     if trust_hi is not None:
@@ -562,6 +581,8 @@ def propose(
         "min_gain_sigmas": cfg.min_gain_sigmas,
         "uncertainty_kl": {"anchor": anchor_name, "weight": anchor_weight},
     }
+    if epoch_hi is not None:
+        constraints["epoch_cap_max_weight"] = dict(zip(domains, (round(float(v), 6) for v in epoch_hi)))
     if trust_hi is not None:
         constraints["trust_region_max_weight"] = dict(zip(domains, (round(float(v), 6) for v in trust_hi)))
     if floor is not None:
@@ -600,6 +621,8 @@ def propose_next_batch(
     optimism there spent whole rounds on corner mixtures in our synthetic tests.
     """
     cfg = cfg or ProposeConfig(n_samples=20_000)
+    if domain_tokens is None or tokens_per_run is None:
+        cfg = replace(cfg, max_epochs=None)  # no budget to cap repetition at
     domains = fit.domains
     p = normalize_prior(fit.prior_array() if prior is None else prior, "prior")
     lo, hi = bounds_for(domains, cfg, domain_tokens, tokens_per_run)
@@ -688,6 +711,19 @@ def proposal_to_doc(
             "held at the edge of the region the proxies explored (max_weight_above_observed): "
             + ", ".join(at_edge)
             + "; more proxy runs there would tell whether to go further"
+        )
+    epoch_caps = proposal.constraints.get("epoch_cap_max_weight") or {}
+    at_cap = [
+        f"{n} {w:.3g}"
+        for n, w in zip(proposal.domains, proposal.weights)
+        if n in epoch_caps and epoch_caps[n] < 1.0 and w >= epoch_caps[n] - 1e-4
+    ]
+    if at_cap:
+        notes.append(
+            f"held at max_epochs {proposal.constraints['max_epochs']:g} passes over its tokens at the "
+            f"{proposal.constraints['target_tokens']:,}-token budget: "
+            + ", ".join(at_cap)
+            + "; no proxy saw more repetition, more of these domains' text would let them have more"
         )
     dec = proposal.decision
     if dec is not None and dec.action != "optimum":

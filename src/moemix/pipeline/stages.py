@@ -123,6 +123,22 @@ def _train_tokens(stage_path: Path) -> dict[str, int]:
     return {d: data.n_tokens("train", d) for d in data.domains}
 
 
+def check_repetition_budget(cfg: Config, domains: DomainsOutput) -> None:
+    """Before the swarm: one line when the corpus is too small for the pretraining budget under
+    ``propose.max_epochs``, which the propose stage would only find after every proxy had trained."""
+    cap = cfg.propose.max_epochs
+    if cap is None or not cfg.pretrain.enabled:
+        return
+    budget = cfg.pretrain.train.tokens_per_run()
+    have = float(domains.token_counts().sum())
+    if cap * have < budget:
+        raise MoemixError(
+            f"propose.max_epochs: the pretraining budget of {budget:,} tokens (pretrain.train) would "
+            f"repeat the corpus's {int(have):,} training tokens {budget / have:.3g} times, more than "
+            f"max_epochs {cap:g}; raise propose.max_epochs (null: no cap) or lower the budget"
+        )
+
+
 # ---------------------------------------------------------------- proxies
 @dataclass(frozen=True)
 class ProxiesOutput:

@@ -25,6 +25,7 @@ from moemix.pipeline.stages import (
     ProposeOutput,
     ProxiesOutput,
     annotate_mixture,
+    check_repetition_budget,
     domains_stage,
     fit_stage,
     given_mixture,
@@ -132,6 +133,8 @@ def _run_stages(
             return res
         if last < 1:
             return res
+        if last >= STAGES.index("propose"):
+            check_repetition_budget(cfg, res.domains)
 
         def swarm_runner(specs):
             from moemix.ray_jobs.swarm import run_swarm

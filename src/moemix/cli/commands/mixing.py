@@ -160,6 +160,9 @@ def cmd_propose(args: argparse.Namespace) -> int:
         else None
     )
     target_tokens = ctx.get("target_tokens")
+    if raw.get("max_epochs") is not None and target_tokens is None:
+        # the default cap applies only where the budget is known; one asked for must have one
+        raise MoemixError(f"{where}: max_epochs: needs target_tokens, the token budget it caps repetition at")
     if target_tokens is not None and (
         isinstance(target_tokens, bool) or not isinstance(target_tokens, (int, float))
     ):
