@@ -670,6 +670,16 @@ def _best_seen(fit: FitResult) -> tuple[float, str] | None:
     return float(fit.best_observed), "the best observed proxy"
 
 
+def _at_upper_bound(proposal: Proposal, key: str) -> list[str]:
+    """``"domain bound"`` for each domain the proposal holds at its upper bound ``constraints[key]``."""
+    caps = proposal.constraints.get(key) or {}
+    return [
+        f"{n} {caps[n]:.3g}"
+        for n, w in zip(proposal.domains, proposal.weights)
+        if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4
+    ]
+
+
 def proposal_to_doc(
     proposal: Proposal,
     fit: FitResult,
@@ -700,24 +710,14 @@ def proposal_to_doc(
             f"predicted loss {proposal.predicted_loss:.4f} is below {best_seen[1]} "
             f"({best_seen[0]:.4f}): an extrapolation, treat it as optimistic"
         )
-    caps = proposal.constraints.get("trust_region_max_weight") or {}
-    at_edge = [
-        f"{n} {caps[n]:.3g}"
-        for n, w in zip(proposal.domains, proposal.weights)
-        if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4
-    ]
+    at_edge = _at_upper_bound(proposal, "trust_region_max_weight")
     if at_edge:
         notes.append(
             "held at the edge of the region the proxies explored (max_weight_above_observed): "
             + ", ".join(at_edge)
             + "; more proxy runs there would tell whether to go further"
         )
-    epoch_caps = proposal.constraints.get("epoch_cap_max_weight") or {}
-    at_cap = [
-        f"{n} {w:.3g}"
-        for n, w in zip(proposal.domains, proposal.weights)
-        if n in epoch_caps and epoch_caps[n] < 1.0 and w >= epoch_caps[n] - 1e-4
-    ]
+    at_cap = _at_upper_bound(proposal, "epoch_cap_max_weight")
     if at_cap:
         notes.append(
             f"held at max_epochs {proposal.constraints['max_epochs']:g} passes over its tokens at the "
