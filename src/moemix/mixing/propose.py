@@ -51,7 +51,11 @@ PROPOSE_FORMAT = 8  # 3: James-Stein shrinkage in do-no-harm; 4: its noise inclu
 
 @dataclass
 class ProposeConfig:
-    method: Literal["simulate", "constrained", "search"] = "simulate"
+    # constrained: the fit's own optimum (SLSQP, or a local search for a non-smooth predictor, from the
+    # best of the samples), which the guards below then hold back by as much as the noise says.
+    # simulate (RegMix: the mean of the top_k samples) cannot reach a corner of the simplex, since every
+    # sample keeps some weight on every domain; search: CLIMB-style shrinking rounds of samples
+    method: Literal["simulate", "constrained", "search"] = "constrained"
     n_samples: int = 100_000
     top_k: int = 128
     # sampling distribution for simulate/search: Dirichlet around prior**temperature
