@@ -1,4 +1,4 @@
-"""The pipeline's proposer reaches the fit's own optimum. RegMix's `simulate` (the mean of the top-k of
+"""`constrained` reaches the fit's own optimum. RegMix's `simulate` (the mean of the top-k of
 many Dirichlet samples) cannot reach a corner of the simplex: the samples all keep some weight on every
 domain and their mean keeps more. For a target of a few domains that left 0.05 of the weight on the rest
 and 0.016-0.03 nats of the fit's own predicted loss unclaimed on the held-out corpora
@@ -30,9 +30,9 @@ def subset_fit(tmp_path_factory):
     return dataclasses.replace(fit, cv={**fit.cv, "rmse": 1e-4})  # a clear gain: the guard ships it
 
 
-def test_the_pipelines_proposer_reaches_the_fits_corner_optimum(subset_fit):
-    cfg = dataclasses.replace(load_config(None).propose, n_samples=4000)  # the demo preset's
-    chosen = propose(subset_fit, None, cfg)
+def test_constrained_reaches_the_fits_corner_optimum(subset_fit):
+    cfg = dataclasses.replace(load_config(None).propose, n_samples=4000)  # the demo preset's guards
+    chosen = propose(subset_fit, None, dataclasses.replace(cfg, method="constrained"))
     top_k_mean = propose(subset_fit, None, dataclasses.replace(cfg, method="simulate"))
     code = subset_fit.domains.index("code")
     cap = chosen.constraints["trust_region_max_weight"]["code"]

@@ -51,11 +51,12 @@ PROPOSE_FORMAT = 8  # 3: James-Stein shrinkage in do-no-harm; 4: its noise inclu
 
 @dataclass
 class ProposeConfig:
-    # constrained: the fit's own optimum (SLSQP, or a local search for a non-smooth predictor, from the
-    # best of the samples), which the guards below then hold back by as much as the noise says.
     # simulate (RegMix: the mean of the top_k samples) cannot reach a corner of the simplex, since every
-    # sample keeps some weight on every domain; search: CLIMB-style shrinking rounds of samples
-    method: Literal["simulate", "constrained", "search"] = "constrained"
+    # sample keeps some weight on every domain; constrained: the fit's own optimum (SLSQP, or a local
+    # search for a non-smooth predictor, from the best samples), 0.02-0.06 nats better on two of four
+    # two-domain targets, but on the demo's mean target it took a 1.2-sigma step that measured -0.003
+    # and a third pretraining run (docs/benchmarks/mixture_quality.md, session 15); search: CLIMB rounds
+    method: Literal["simulate", "constrained", "search"] = "simulate"
     n_samples: int = 100_000
     top_k: int = 128
     # sampling distribution for simulate/search: Dirichlet around prior**temperature

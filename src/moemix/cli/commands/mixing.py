@@ -253,7 +253,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         default=None,
         choices=["simulate", "constrained", "search"],
-        help="search method (default: the constraints' method, else constrained)",
+        help="search method (default: the constraints' method, else simulate)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the search (default: the constraints')")
     p.add_argument("--out", required=True, help="mixture.json path")
