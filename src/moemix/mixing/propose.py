@@ -44,19 +44,24 @@ from moemix.mixing.schema import (
 
 CHUNK = 8192
 # bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 8  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+PROPOSE_FORMAT = 9  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
 # 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray;
-# 8: baselines within the noise of each other: the one nearer the target's weighting
+# 8: baselines within the noise of each other: the one nearer the target's weighting; 9: method auto
+
+
+METHODS = ("auto", "simulate", "constrained", "search")
 
 
 @dataclass
 class ProposeConfig:
     # simulate (RegMix: the mean of the top_k samples) cannot reach a corner of the simplex, since every
     # sample keeps some weight on every domain; constrained: the fit's own optimum (SLSQP, or a local
-    # search for a non-smooth predictor, from the best samples), 0.02-0.06 nats better on two of four
-    # two-domain targets, but on the demo's mean target it took a 1.2-sigma step that measured -0.003
-    # and a third pretraining run (docs/benchmarks/mixture_quality.md, session 15); search: CLIMB rounds
-    method: Literal["simulate", "constrained", "search"] = "simulate"
+    # search for a non-smooth predictor, from the best samples); search: CLIMB rounds. auto picks by the
+    # target (``resolve_method``): simulate when the target weighs every domain, constrained when it
+    # leaves some out or is an external evaluation. On two-domain targets constrained measured 0.02-0.07
+    # nats better on two corpora of four and tied on two; on the demo's mean target it took a
+    # noise-level step that tied uniform (docs/benchmarks/mixture_quality.md, sessions 15-16)
+    method: Literal["auto", "simulate", "constrained", "search"] = "auto"
     n_samples: int = 100_000
     top_k: int = 128
     # sampling distribution for simulate/search: Dirichlet around prior**temperature
@@ -96,8 +101,8 @@ class ProposeConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.method not in ("simulate", "constrained", "search"):
-            raise ValueError(f"method must be simulate, constrained or search, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.n_samples < 1 or self.top_k < 1:
             raise ValueError("n_samples and top_k must be >= 1")
         if self.kl_weight < 0 or self.uncertainty_weight < 0:
@@ -127,9 +132,39 @@ class Proposal:
     constraints: dict[str, Any]
     n_evaluated: int = 0
     decision: Decision | None = None
+    # why ``method`` was chosen when the config asked for ``auto``
+    method_reason: str | None = None
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.domains, map(float, self.weights)))
+
+
+def resolve_method(method: str, fit: FitResult) -> tuple[str, str | None]:
+    """The search method ``auto`` stands for on this fit's target, and why (None when not ``auto``).
+
+    Where the target weighs every domain, starving any domain raises a term of the target itself, so
+    the optimum lies inside the simplex, where the top-k mean of ``simulate`` is the more robust to a
+    noisy fit. Where the target leaves domains out (or is an external evaluation), their best weight is
+    set by transfer alone and may be ~0: a face of the simplex, which that mean cannot reach.
+    """
+    if method != "auto":
+        return method, None
+    tw = fit.target_weights()
+    if tw is None:
+        return "constrained", (
+            "auto: the target is not a weighted sum of the domains' losses, so its optimum may lie on a "
+            "face of the simplex, which simulate's top-k mean cannot reach"
+        )
+    left_out = [d for d, t in zip(fit.domains, tw) if t <= 0]
+    if left_out:
+        return "constrained", (
+            f"auto: the target leaves out {len(left_out)} of {len(tw)} domains, whose best weight may be "
+            "~0, which simulate's top-k mean cannot reach"
+        )
+    return "simulate", (
+        "auto: the target weighs every domain, so its optimum is inside the simplex, where simulate's "
+        "top-k mean is the more robust to the fit's noise"
+    )
 
 
 def bounds_for(
@@ -561,9 +596,10 @@ def propose(
     rng = np.random.default_rng(cfg.seed)
     obj = _Objective(fit, p, cfg, anchor=feasible[anchor_name], anchor_weight=anchor_weight)
     smooth = bool(getattr(fit.predictor, "smooth", True))
-    if cfg.method == "simulate":
+    method, method_reason = resolve_method(cfg.method, fit)
+    if method == "simulate":
         w = _simulate(obj, p, cfg, lo, hi, rng)
-    elif cfg.method == "search":
+    elif method == "search":
         w = _search(obj, p, cfg, lo, hi, rng)
     else:
         w = _constrained(obj, p, cfg, lo, hi, rng, smooth)
@@ -598,10 +634,11 @@ def propose(
         predicted_loss=float(mean[0]),
         predicted_std=None if std is None else float(std[0]),
         baselines={"uniform": float(base[0]), "natural": float(base[1])},
-        method=cfg.method,
+        method=method,
         constraints=constraints,
         n_evaluated=obj.n_eval,
         decision=decision,
+        method_reason=method_reason,
     )
 
 
@@ -749,7 +786,9 @@ def proposal_to_doc(
         domains_fingerprint=domains_fingerprint,
         cv=cv,
         plots=plots or None,
-        proposer=ProposerInfo(name=proposal.method, constraints=proposal.constraints),
+        proposer=ProposerInfo(
+            name=proposal.method, constraints=proposal.constraints, why=proposal.method_reason
+        ),
         scale_transfer=None if st is None else ScaleTransfer(**st),
         notes=notes or None,
         decision=proposal.decision,

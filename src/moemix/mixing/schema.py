@@ -47,6 +47,8 @@ class Baselines:
 class ProposerInfo:
     name: str = "simulate"
     constraints: dict[str, Any] | None = None
+    # why this search method, when the config left the choice to ``auto``
+    why: str | None = None
 
 
 @dataclass
