@@ -12,7 +12,7 @@ import pytest
 from mixing_synth import PRIOR, runs_table, weight_cols
 
 from moemix.mixing.fit import FitConfig, fit_runs
-from moemix.mixing.propose import proposal_to_doc, propose
+from moemix.mixing.propose import proposal_to_doc, propose, resolve_method
 from moemix.mixing.schema import load_mixture, write_mixture
 from moemix.pipeline.config import load_config
 
@@ -67,3 +67,12 @@ def test_auto_keeps_the_top_k_mean_when_the_target_weighs_every_domain(tmp_path_
     assert auto.method == "simulate"
     assert auto.weights == pytest.approx(top_k_mean.weights)
     assert "weighs every domain" in auto.method_reason
+
+
+def test_auto_takes_the_fits_optimum_for_an_external_target(tmp_path_factory):
+    """A target that is not a sum of the domains' losses (a held-out evaluation set) says nothing of
+    where its optimum lies, so auto does not assume the interior."""
+    external_fit = _fit("target", tmp_path_factory)
+    assert external_fit.target_weights() is None
+    assert resolve_method("auto", external_fit)[0] == "constrained"
+    assert resolve_method("search", external_fit) == ("search", None)
