@@ -2,7 +2,8 @@
 many Dirichlet samples) cannot reach a corner of the simplex: the samples all keep some weight on every
 domain and their mean keeps more. For a target of a few domains that left 0.05 of the weight on the rest
 and 0.016-0.03 nats of the fit's own predicted loss unclaimed on the held-out corpora
-(docs/benchmarks/mixture_quality.md, session 15)."""
+(docs/benchmarks/mixture_quality.md, session 15). The default, ``auto``, takes it where the target leaves
+domains out and keeps the top-k mean where the target weighs every domain."""
 
 from __future__ import annotations
 
