@@ -141,6 +141,9 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert any(line.startswith("pretrain target loss: chosen ") and " vs uniform " in line for line in out), (
         out
     )
+    # the mean of all domains: auto keeps RegMix's top-k mean, and says why
+    why = "proposer: simulate (auto: the target weighs every domain"
+    assert any(line.startswith(why) for line in out), out
     assert (run_dir / "mixture.json").read_bytes() == mixture_bytes
     after = _snapshot(run_dir)
     changed = sorted(k for k in after if before.get(k) != after[k])
@@ -154,7 +157,9 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert again.proxies.stage.key == res.proxies.stage.key
     assert again.fit.stage.key != res.fit.stage.key
     assert sorted(k for k, v in _snapshot(run_dir).items() if "/runs/" in k and after.get(k) != v) == []
-    assert load_mixture(run_dir / "mixture.json").target.name == f"loss/{first}"
+    retargeted = load_mixture(run_dir / "mixture.json")
+    assert retargeted.target.name == f"loss/{first}"
+    assert retargeted.proposer.name == "constrained" and "leaves out" in retargeted.proposer.why
 
     # pretraining on a mixture from elsewhere: a hand-written mapping, validated against the domains
     hand = {d: (0.5 if d == first else 0.5 / (len(res.domains.domains) - 1)) for d in res.domains.domains}

@@ -99,6 +99,8 @@ def _print_summary(result: Any) -> None:
     doc = load_mixture(result.mixture_path)
     cv = "n/a" if doc.cv_spearman is None else f"{doc.cv_spearman:.3f}"
     print(f"predictor: {doc.predictor} (CV Spearman {cv})")
+    if doc.proposer is not None:
+        print(f"proposer: {doc.proposer.name}" + (f" ({doc.proposer.why})" if doc.proposer.why else ""))
     print(
         "mixture: "
         + ", ".join(f"{d.name} {d.weight:.3f}" for d in sorted(doc.domains, key=lambda d: -d.weight))
