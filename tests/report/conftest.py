@@ -99,6 +99,7 @@ def write_run_dir(
         "n_proxies": n_proxies,
         "created_at": "2026-01-01T00:00:00Z",
         "decision": {"action": "optimum", "reason": None},
+        "proposer": {"name": "constrained", "why": "auto: the target leaves out 1 of 3 domains"},
     }
     _write(run / "propose" / "ok" / "mixture.json", doc)
     _manifest(run, "propose", "ok", {"fit": "fk", "domains": "dk"}, {"mixture": "mixture.json"})

@@ -92,6 +92,7 @@ def test_page_draws_every_section_of_a_finished_run(synthetic_run):
     assert all(v["declared"] == v["marks"] for v in p.plots.values())
     # the table lists every proxy, the failed one with its error
     assert page.count("<code>p0") == 6 and 'title="RuntimeError: boom"' in page
+    assert "Proposer: <b>constrained</b> — auto: the target leaves out 1 of 3 domains" in page
 
 
 def test_partial_runs_say_what_is_missing_in_one_line_each(make_run_dir, tmp_path):

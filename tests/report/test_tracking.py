@@ -42,6 +42,7 @@ def test_a_run_its_mixture_and_its_pretraining_land_in_a_file_store(synthetic_ru
         "w/mail": 0.2,
     }
     assert p.params["decision"] == "optimum" and p.params["stage/propose"] == "ok"
+    assert p.params["proposer"] == "constrained"
     assert p.metrics["predicted_target_loss"] == pytest.approx(2.7)
     assert p.metrics["predicted/uniform"] == pytest.approx(2.8)
     assert {k: round(v, 6) for k, v in p.metrics.items() if k.startswith("pretrain/")} == {

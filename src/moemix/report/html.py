@@ -82,6 +82,10 @@ def _header(data: ReportData) -> str:
             f"{escape(str(doc.get('predictor')))}, CV Spearman {_f(doc.get('cv_spearman'), 3)}, "
             f"{doc.get('n_proxies', 0)} proxies.</p>"
         )
+        proposer = doc.get("proposer") or {}
+        if proposer.get("name"):
+            why = f" — {escape(proposer['why'])}" if proposer.get("why") else ""
+            out.append(f"<p>Proposer: <b>{escape(str(proposer['name']))}</b>{why}</p>")
         decision = doc.get("decision") or {}
         if decision:
             why = decision.get("reason") or "the fitted optimum"

@@ -77,6 +77,7 @@ def run_summary(data: ReportData) -> tuple[dict[str, str], dict[str, float]]:
     decision = doc.get("decision") or {}
     for key, value in (
         ("predictor", doc.get("predictor")),
+        ("proposer", (doc.get("proposer") or {}).get("name")),
         ("decision", decision.get("action")),
         ("decision_baseline", decision.get("baseline") if decision.get("action") != "optimum" else None),
         ("target", (doc.get("target") or {}).get("name")),
