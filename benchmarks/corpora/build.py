@@ -1,6 +1,6 @@
 """Build evaluation corpora of real text from Debian packages: ``prose`` and ``code``, and ``extra``
 (sources that only join another corpus's: the APT package index of ``lopsided.yaml``, dpkg's
-MD5 manifests of ``checksums.yaml``).
+MD5 manifests of ``checksums.yaml``), and ``languages`` (man pages in six more languages).
 
 Each corpus has six or seven clearly different sources (domains), 25-40 MB of text in all, written as
 one JSONL file per source (``<source>.jsonl``, one ``{"id", "text", "source"}`` object a line)
@@ -17,10 +17,11 @@ Nothing is random and every file list is sorted: the same installed packages giv
 output. Only the Python standard library is needed (any python3 >= 3.9), plus the programs the
 packages ship (``bible``, ``Rscript``, ``groff``). Targets Debian 12 (bookworm) package names.
 
-  bash benchmarks/corpora/install.sh [prose|code]       # apt-get the packages (root or sudo)
+  bash benchmarks/corpora/install.sh [prose|code|extra|languages]       # apt-get the packages (root or sudo)
   python benchmarks/corpora/build.py prose --out bench_out/corpora/prose
   python benchmarks/corpora/build.py code --out bench_out/corpora/code
   python benchmarks/corpora/build.py extra --out bench_out/corpora/extra
+  python benchmarks/corpora/build.py languages --out bench_out/corpora/languages
   python benchmarks/corpora/build.py code --list-packages
 """
 
@@ -313,7 +314,20 @@ def perl_pod(src: Source) -> Iterator[Doc]:
 
 def manpages(src: Source) -> Iterator[Doc]:
     """Linux man-pages (sections 1-8, mostly 2, 3 and 7), rendered to plain UTF-8 text with groff."""
-    files = package_files(src.packages, r"^/usr/share/man/man[1-9]/[^/]+\.gz$")
+    return rendered_manpages(src, r"^/usr/share/man/man[1-9]/[^/]+\.gz$")
+
+
+def translated_manpages(lang: str) -> Callable[[Source], Iterator[Doc]]:
+    """The manpages-l10n translations into ``lang`` (the same pages in another language)."""
+
+    def docs(src: Source) -> Iterator[Doc]:
+        return rendered_manpages(src, rf"^/usr/share/man/{lang}/man[1-9]/[^/]+\.gz$")
+
+    return docs
+
+
+def rendered_manpages(src: Source, include: str) -> Iterator[Doc]:
+    files = package_files(src.packages, include)
     files = spread([(f, text_size(f)) for f in files], FILE_BUDGET * src.cap)
     for f in files:
         roff = read_text(f)
@@ -436,6 +450,25 @@ CORPORA: dict[str, tuple[Source, ...]] = {
         Source(
             "fortunes", ("fortunes", "fortunes-min"), 8, fortunes, "fortune cookies: quotes, jokes, poems"
         ),
+    ),
+    # man pages in six more languages (benchmarks/corpora/languages.yaml adds prose's English ones)
+    "languages": tuple(
+        Source(
+            f"manpages_{lang}",
+            (f"manpages-{lang}",),
+            5,
+            translated_manpages(lang),
+            f"man pages translated into {name} (manpages-l10n), rendered by groff",
+            ("groff-base",),
+        )
+        for lang, name in [
+            ("de", "German"),
+            ("fr", "French"),
+            ("es", "Spanish"),
+            ("it", "Italian"),
+            ("pl", "Polish"),
+            ("ru", "Russian"),
+        ]
     ),
     # sources that only sit next to another corpus's (benchmarks/corpora/lopsided.yaml)
     "extra": (
