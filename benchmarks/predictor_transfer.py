@@ -53,10 +53,11 @@ def pipeline_fits(run_dir: Path, swarm: Path) -> list[Path]:
     """The pipeline's fit stages of this swarm (one per target), each a ``scaling_law`` fit."""
     fits = []
     for p in sorted((run_dir / "fit").iterdir()):
-        manifest = p / "manifest.json"
-        if not manifest.exists() or json.loads(manifest.read_text())["inputs"]["proxies"] != swarm.name:
+        path = p / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() else None
+        if manifest is None or manifest["inputs"]["proxies"] != swarm.name:
             continue
-        if json.loads(manifest.read_text())["outputs"]["predictor"] != "scaling_law":
+        if manifest["outputs"]["predictor"] != "scaling_law":
             raise SystemExit(f"{p}: the pipeline's fit is not scaling_law, which this script scores it as")
         fits.append(p)
     return fits

@@ -26,17 +26,9 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mixture_quality import parse_target, pretrain_all  # noqa: E402
+from bench_mixture_quality import parse_target, pretrain_all, target_loss  # noqa: E402
 from moemix.configtools import from_dict  # noqa: E402
 from moemix.pipeline.config import PretrainConfig  # noqa: E402
-
-
-def target_loss(losses: dict[str, float], target: dict[str, float] | None) -> float:
-    """The target as the pipeline scores it: a weighted mean of domain losses (all domains for mean)."""
-    if target is None:
-        return statistics.fmean(losses.values())
-    total = sum(target.values())
-    return sum(w * losses[d] for d, w in target.items()) / total
 
 
 def load_variant(quality_dir: Path, arg: str, spec: str) -> tuple[str, dict[str, float]]:
