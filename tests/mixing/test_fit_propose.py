@@ -204,6 +204,9 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
             observed[2] + 0.1, abs=1e-6
         )
     doc = proposal_to_doc(held, res)
-    assert any("edge of the region the proxies explored" in n and "math" in n for n in doc.notes)
+    assert any(
+        "edge of the region the proxies explored" in n and "math" in n and "proxies.rounds" in n
+        for n in doc.notes
+    )
     with pytest.raises(MoemixError, match="max_weight_above_observed must be >= 0"):
         propose(res, None, ProposeConfig(max_weight_above_observed=-0.1))
