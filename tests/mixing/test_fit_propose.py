@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from mixing_synth import DOMAINS, PRIOR, runs_table, true_loss, weight_cols
 from moemix.errors import MoemixError
 from moemix.mixing.fit import FitConfig, fit_runs, load_fit
 from moemix.mixing.propose import ProposeConfig, proposal_to_doc, propose, propose_next_batch
-from moemix.mixing.schema import load_mixture, write_mixture
+from moemix.mixing.schema import Decision, load_mixture, write_mixture
 
 FAST = {"predictor_params": {"features": "sqrt"}}
 
@@ -208,5 +209,13 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
         "edge of the region the proxies explored" in n and "math" in n and "proxies.rounds" in n
         for n in doc.notes
     )
+    # the guard kept most of the step: the shipped weight sits just inside the edge its optimum was held at
+    uni = np.full(len(held.domains), 1.0 / len(held.domains))
+    inside = held.weights - 0.1 * (held.weights - uni)
+    assert inside[2] < held.constraints["trust_region_max_weight"]["math"] - 1e-4
+    for action, noted in (("shrunk", True), ("baseline", False)):
+        dec = Decision(action, "uniform", 0.5, 0.1, 0.9, None, optimum=held.as_dict())
+        doc = proposal_to_doc(replace(held, weights=inside, decision=dec), res)
+        assert any("edge of the region the proxies explored" in n for n in doc.notes) == noted, action
     with pytest.raises(MoemixError, match="max_weight_above_observed must be >= 0"):
         propose(res, None, ProposeConfig(max_weight_above_observed=-0.1))

@@ -713,12 +713,18 @@ def _best_seen(fit: FitResult) -> tuple[float, str] | None:
 
 
 def _at_upper_bound(proposal: Proposal, key: str) -> list[str]:
-    """``"domain bound"`` for each domain the proposal holds at its upper bound ``constraints[key]``."""
+    """``"domain bound"`` for each domain the search held at its upper bound ``constraints[key]``.
+
+    The search's own optimum counts too when the guard shipped a share of the step to it: kept 0.99 of
+    the way, the shipped weight sits just inside a bound that still decided where the step went.
+    """
     caps = proposal.constraints.get(key) or {}
+    dec = proposal.decision
+    optimum = dec.optimum if dec is not None and dec.action != "baseline" and dec.optimum else {}
     return [
         f"{n} {caps[n]:.3g}"
         for n, w in zip(proposal.domains, proposal.weights)
-        if n in caps and caps[n] < 1.0 and w >= caps[n] - 1e-4
+        if n in caps and caps[n] < 1.0 and max(w, optimum.get(n, 0.0)) >= caps[n] - 1e-4
     ]
 
 
