@@ -43,10 +43,12 @@ from moemix.mixing.schema import (
 )
 
 CHUNK = 8192
-# bumped when the proposer's choice for the same fit and config changes: the propose stage's key includes it
-PROPOSE_FORMAT = 9  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+# bumped when what the proposer chooses or writes for the same fit and config changes: the propose stage's key
+# includes it
+PROPOSE_FORMAT = 10  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
 # 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray;
-# 8: baselines within the noise of each other: the one nearer the target's weighting; 9: method auto
+# 8: baselines within the noise of each other: the one nearer the target's weighting; 9: method auto;
+# 10: the trust-region-edge note also for an optimum the guard kept most of the step to
 
 
 METHODS = ("auto", "simulate", "constrained", "search")
