@@ -765,8 +765,8 @@ def proposal_to_doc(
         notes.append(
             "held at the edge of the region the proxies explored (max_weight_above_observed): "
             + ", ".join(at_edge)
-            + "; more proxy runs there would tell whether to go further (proxies.rounds: 2 trains a "
-            "batch around this optimum)"
+            + "; more proxy runs there would tell whether to go further (one more proxies.rounds trains "
+            "a batch around this optimum)"
         )
     at_cap = _at_upper_bound(proposal, "epoch_cap_max_weight")
     if at_cap:
