@@ -62,7 +62,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return _convert(a, value, key)
             except MoemixError as e:
                 errors.append(str(e))
-        raise MoemixError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+        if len(errors) == 1:
+            raise MoemixError(errors[0])
+        kinds = " or ".join(_describe(a) for a in args if a is not type(None))
+        raise MoemixError(f"{key}: expected {kinds}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise MoemixError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -97,3 +100,17 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise MoemixError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _describe(tp: Any) -> str:
+    """What a value of ``tp`` looks like in YAML, for error lines."""
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if tp in names:
+        return names[tp]
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        return "a mapping"
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
+    return str(tp)

@@ -15,6 +15,7 @@ class Inner:
     lr: float = 1e-3
     steps: int = 10
     kind: Literal["a", "b"] = "a"
+    every: int | Literal["never"] = 1
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -35,7 +36,7 @@ def test_builds_nested_and_coerces_ints_to_floats():
     assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
     assert cfg.inner.steps == 5
     assert cfg.weights == {"a": 1.0}
-    assert to_jsonable(cfg)["inner"] == {"lr": 1.0, "steps": 5, "kind": "a"}
+    assert to_jsonable(cfg)["inner"] == {"lr": 1.0, "steps": 5, "kind": "a", "every": 1}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,7 @@ def test_builds_nested_and_coerces_ints_to_floats():
         ({"inner": {"steps": "many"}}, "cfg.inner.steps: expected an integer"),
         ({"inner": {"steps": 1.5}}, "cfg.inner.steps: expected an integer"),
         ({"inner": {"kind": "c"}}, "cfg.inner.kind: 'c' is not one of"),
+        ({"inner": {"every": "often"}}, "cfg.inner.every: expected an integer or 'never', got 'often'"),
         ({"tags": "a"}, "cfg.tags: expected a list"),
         ({"flag": "yes"}, "cfg.flag: expected true or false"),
         ({"inner": {"steps": 0}}, "cfg.inner: steps must be >= 1"),
