@@ -209,6 +209,8 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
         "edge of the region the proxies explored" in n and "math" in n and "proxies.rounds" in n
         for n in doc.notes
     )
+    # after two rounds (rounds: auto's second) the note names the setting that trains a third
+    assert any("(proxies.rounds: 3 trains" in n for n in proposal_to_doc(held, res, rounds_run=2).notes)
     # the guard kept most of the step: the shipped weight sits just inside the edge its optimum was held at
     uni = np.full(len(held.domains), 1.0 / len(held.domains))
     inside = held.weights - 0.1 * (held.weights - uni)

@@ -45,10 +45,11 @@ from moemix.mixing.schema import (
 CHUNK = 8192
 # bumped when what the proposer chooses or writes for the same fit and config changes: the propose stage's key
 # includes it
-PROPOSE_FORMAT = 10  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
+PROPOSE_FORMAT = 11  # 3: James-Stein shrinkage in do-no-harm; 4: its noise includes the out-of-fold error;
 # 5: the decision records the withheld optimum; 6-7: the shrink applies to the optimum on the ray;
 # 8: baselines within the noise of each other: the one nearer the target's weighting; 9: method auto;
-# 10: the trust-region-edge note also for an optimum the guard kept most of the step to
+# 10: the trust-region-edge note also for an optimum the guard kept most of the step to;
+# 11: that note names the proxies.rounds that trains one more batch
 
 
 METHODS = ("auto", "simulate", "constrained", "search")
@@ -739,7 +740,9 @@ def proposal_to_doc(
     plots: dict[str, str] | None = None,
     scale_transfer: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    rounds_run: int | None = None,
 ) -> MixtureDoc:
+    """``rounds_run``: how many swarm rounds the fit saw (names the setting that trains one more)."""
     tokens = domain_tokens if domain_tokens is not None else fit.domain_tokens
     doms = [
         DomainWeight(name=n, weight=float(w), tokens=None if tokens is None else int(tokens[i]))
@@ -762,11 +765,12 @@ def proposal_to_doc(
         )
     at_edge = _at_upper_bound(proposal, "trust_region_max_weight")
     if at_edge:
+        more = "one more proxies.rounds" if rounds_run is None else f"proxies.rounds: {rounds_run + 1}"
         notes.append(
             "held at the edge of the region the proxies explored (max_weight_above_observed): "
             + ", ".join(at_edge)
-            + "; more proxy runs there would tell whether to go further (one more proxies.rounds trains "
-            "a batch around this optimum)"
+            + f"; more proxy runs there would tell whether to go further ({more} trains a batch around "
+            "this optimum)"
         )
     at_cap = _at_upper_bound(proposal, "epoch_cap_max_weight")
     if at_cap:
