@@ -24,6 +24,8 @@ def _run(capsys, argv):
         ("proxies: [unclosed\n", "malformed YAML (line 2, column 1)"),
         ("proxies:\n  bogus_key: 1\n", "unknown key 'bogus_key'"),
         ("seed: many\n", "seed: expected an integer"),
+        ("proxies:\n  rounds: three\n", "proxies.rounds: expected an integer or 'auto', got 'three'"),
+        ("proxies:\n  rounds: 0\n", "proxies: rounds must be >= 1"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("domains:\n  sources:\n    - path: does/not/exist.jsonl\n", "no such file or directory"),
         ("preset: nonesuch\n", "unknown preset 'nonesuch'"),

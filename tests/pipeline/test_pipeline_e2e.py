@@ -150,13 +150,23 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     # the published copy is rewritten with identical bytes; nothing is trained or refit
     assert changed in ([], ["mixture.json"]), changed
 
-    # another weighted target refits and re-proposes from the same swarm: no proxy is trained again
+    # another weighted target refits and re-proposes from the same swarm: no proxy is trained again.
+    # Under rounds: auto the target keys the swarm (it may add a batch around its optimum), and the
+    # stage records whether it did and why
     first = res.domains.domains[0]
     retarget = load_config(cfg_path, overrides={"proxies": {"target": {"domains": {first: 1.0}}}})
     again = run_pipeline(retarget, run_dir, until="propose", progress=False)
-    assert again.proxies.stage.key == res.proxies.stage.key
+    assert again.proxies.stage.key != res.proxies.stage.key
     assert again.fit.stage.key != res.fit.stage.key
-    assert sorted(k for k, v in _snapshot(run_dir).items() if "/runs/" in k and after.get(k) != v) == []
+    now = _snapshot(run_dir)
+    assert sorted(k for k, v in now.items() if "/runs/" in k and k in after and after[k] != v) == []
+    rounds = again.proxies.stage.manifest()["outputs"]["rounds"]
+    assert rounds["auto"].startswith(("a second round", "no second round")), rounds
+    new_runs = {k.split("/")[2] for k in now if k.startswith("proxies/runs/") and k not in after}
+    assert len(new_runs) == (rounds["run"] - 1) * cfg.proxies.next_round_size, (rounds, new_runs)
+    assert again.proxies.n_ok + again.proxies.n_failed == res.proxies.n_ok + res.proxies.n_failed + len(
+        new_runs
+    )
     retargeted = load_mixture(run_dir / "mixture.json")
     assert retargeted.target.name == f"loss/{first}"
     assert retargeted.proposer.name == "constrained" and "leaves out" in retargeted.proposer.why

@@ -75,3 +75,68 @@ def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
     a1 = load_config(tmp_path / "tiny.yaml", overrides=one)
     b1 = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {**other["proxies"], "rounds": 1}})
     assert stable_hash(proxies_key_config(a1)) == stable_hash(proxies_key_config(b1))
+    # auto may add a round around the target's optimum, so the target keys the swarm there too
+    auto = {"proxies": {"rounds": "auto"}}
+    a2 = load_config(tmp_path / "tiny.yaml", overrides=auto)
+    b2 = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {**other["proxies"], "rounds": "auto"}})
+    assert stable_hash(proxies_key_config(a2)) != stable_hash(proxies_key_config(b2))
+
+
+def _synthetic_fit(tmp_path, target: str, slope: float):
+    """A fit of 30 mixtures of three domains whose own losses fall with their weight by ``slope``."""
+    from moemix.mixing.fit import FitConfig, fit_runs
+    from moemix.mixing.sampling import SamplerConfig, sample_mixtures
+
+    prior = np.full(3, 1 / 3)
+    W = sample_mixtures(prior, SamplerConfig(n_mixtures=30, max_epochs=None, min_weight=0.0), 3)
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(W, columns=["w/a", "w/b", "w/c"])
+    df.insert(0, "run_id", [f"r{i}" for i in range(len(W))])
+    df.insert(1, "status", "ok")
+    for j, d in enumerate("abc"):
+        df[f"loss/{d}"] = 3 - slope * np.sqrt(W[:, j]) + rng.normal(0, 0.01, len(W))
+    cfg = FitConfig(predictor="linear", predictor_params={"features": "sqrt"}, plots=False)
+    return fit_runs(df, target, ["w/a", "w/b", "w/c"], cfg, tmp_path / target.replace(":", "_")), prior
+
+
+def test_auto_asks_for_a_second_round_only_when_the_fit_would_leave_the_baselines(tmp_path):
+    from moemix.mixing.propose import ProposeConfig
+    from moemix.pipeline.stages import another_round_wanted
+
+    # a subset target with a steep law: its optimum is far from uniform, where the swarm has few runs
+    fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=1.0)
+    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
+    assert wanted and why.startswith("a second round"), why
+    # losses that do not depend on the mixture: the guard ships a baseline, so no round is wanted
+    fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=0.0)
+    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
+    assert not wanted and "would ship uniform" in why, why
+
+
+def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tiny_config, monkeypatch):
+    import moemix.pipeline.stages as stages
+
+    cfg = _config(tmp_path, tiny_config, rounds="auto")
+    assert cfg.proxies.max_rounds == 2
+    domains = stages.domains_stage(cfg, tmp_path / "run", progress=False)
+    batches = []
+
+    def runner(specs):
+        batches.append(specs)
+        run_sequential(specs)
+
+    monkeypatch.setattr(stages, "another_round_wanted", lambda *a: (False, "no second round: test"))
+    out = stages.proxies_stage(cfg, tmp_path / "run", domains, runner)
+    assert [len(b) for b in batches] == [8]
+    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 1, "auto": "no second round: test"}
+    assert json.loads((out.stage.path / "swarm.json").read_text())["rounds"] == 1
+
+    batches.clear()
+    out.stage.manifest_path.unlink()
+    monkeypatch.setattr(stages, "another_round_wanted", lambda *a: (True, "a second round: test"))
+    out = stages.proxies_stage(cfg, tmp_path / "run", domains, runner)
+    # the first swarm is not trained again (its proxies are in the store): only the new batch is
+    assert [len(b) for b in batches] == [8, 3]
+    assert sum(1 for _ in out.stage.path.parent.glob("runs/*/result.json")) == 11
+    assert out.n_ok == 11
+    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 2, "auto": "a second round: test"}

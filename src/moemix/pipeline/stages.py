@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # the ones downstream, through their inputs) re-runs. The fit and propose stages keep theirs next to
 # their code (FIT_FORMAT, PROPOSE_FORMAT).
 DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
-SWARM_FORMAT = 1
+SWARM_FORMAT = 2  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term)
 PRETRAIN_FORMAT = 1
 
 
@@ -197,7 +197,7 @@ def proxies_key_config(cfg: Config) -> dict[str, Any]:
 def proxies_stage(
     cfg: Config, run_dir: Path, domains: DomainsOutput, swarm_runner: Callable[[list[Any]], Any]
 ) -> ProxiesOutput:
-    from moemix.proxies.run import collect_runs, scale_transfer_report
+    from moemix.proxies.run import scale_transfer_report
 
     stage = stage_for(run_dir, "proxies", proxies_key_config(cfg), {"domains": domains.stage.key})
     if not stage.is_complete():
@@ -209,29 +209,47 @@ def proxies_stage(
         _write_swarm_plan(stage, planned, cfg.proxies.rounds)
         swarm_runner(specs)
         earlier = [s.run_id for s in specs if s.scale == "base"]
-        for round_idx in range(1, cfg.proxies.rounds):
-            more = next_round_specs(cfg, domains, stage, round_idx, earlier)
+        rounds_run, auto_why = 1, None
+        for round_idx in range(1, cfg.proxies.max_rounds):
+            _collected_swarm(stage, planned)  # a swarm that left nothing to fit is an error here
+            auto = cfg.proxies.rounds == "auto"
+            try:
+                fitted = round_fit(cfg, domains, stage, round_idx, planned)
+                wanted, auto_why = (
+                    another_round_wanted(
+                        fitted, cfg.propose, domains.prior(), domains.token_counts(), _pretrain_tokens(cfg)
+                    )
+                    if auto
+                    else (True, None)
+                )
+            except MoemixError as e:
+                if not auto:
+                    raise
+                # the fit and propose stages meet the same problem and report it; the proxies are done
+                wanted, auto_why = False, f"no second round: the first swarm's fit failed ({e})"
+            if auto:
+                log.info("proxies: rounds auto: %s", auto_why)
+            if not wanted:
+                break
+            more = next_round_specs(cfg, domains, fitted, round_idx, earlier, proxy_store(stage))
             log.info(
                 "proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more)
             )
             planned += [s.run_id for s in more]
+            rounds_run = round_idx + 1
             _write_swarm_plan(stage, planned, cfg.proxies.rounds)
             swarm_runner(more)
             earlier += [s.run_id for s in more]
-        runs = collect_runs(stage.path, run_ids=[s.run_id for s in specs] + earlier, store=proxy_store(stage))
-        if runs.empty:
-            raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
+        _write_swarm_plan(stage, planned, rounds_run)
+        runs = _collected_swarm(stage, planned)
         n_ok = int((runs["status"] == "ok").sum())
-        if n_ok == 0:
-            raise MoemixError(
-                f"proxies: all {len(runs)} proxy runs failed; first error: {runs['error'].iloc[0]}"
-            )
         stage.complete(
             {
                 "runs": "runs.parquet",
                 "n_ok": n_ok,
                 "n_failed": int((runs["status"] != "ok").sum()),
                 "scale_transfer": scale_transfer_report(runs),
+                "rounds": {"run": rounds_run, "auto": auto_why},
             },
             started,
         )
@@ -244,41 +262,93 @@ def proxies_stage(
 SWARM_PLAN = "swarm.json"
 
 
+def _collected_swarm(stage: Stage, run_ids: list[str]) -> pd.DataFrame:
+    """The runs table of ``run_ids`` (written into the stage), or one clear error when none succeeded."""
+    from moemix.proxies.run import collect_runs
+
+    runs = collect_runs(stage.path, run_ids=run_ids, store=proxy_store(stage))
+    if runs.empty:
+        raise MoemixError(f"proxies: the swarm left no result.json under {stage.path / 'runs'}")
+    if not (runs["status"] == "ok").any():
+        raise MoemixError(f"proxies: all {len(runs)} proxy runs failed; first error: {runs['error'].iloc[0]}")
+    return runs
+
+
 def _write_swarm_plan(stage: Stage, run_ids: list[str], rounds: int) -> None:
     """The run ids this swarm will train so far (later rounds add theirs): what ``moemix status``
     counts finished proxies against while the stage runs."""
     write_json_atomic(stage.path / SWARM_PLAN, {"run_ids": run_ids, "rounds": rounds})
 
 
-def next_round_specs(
-    cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, earlier: list[str]
-) -> list[Any]:
-    """CLIMB: fit the base runs of the earlier rounds (``earlier``: their run ids), then sample the next
-    batch around the best predicted mixtures.
+def _pretrain_tokens(cfg: Config) -> int | None:
+    """The pretraining budget the proposer caps repetition at (None when nothing is pretrained)."""
+    return cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
 
-    Deterministic given those runs, so a resumed stage asks for the same batch again and the finished
-    part of it is skipped. The round's fit is kept under ``rounds/<i>/`` for inspection.
-    """
-    from moemix.mixing.fit import fit_runs
-    from moemix.mixing.propose import ProposeConfig, propose_next_batch
-    from moemix.proxies.run import CURVES_TABLE, collect_runs, round_specs
 
-    runs = collect_runs(stage.path, run_ids=earlier, store=proxy_store(stage))
-    base = runs[runs["run_id"].isin(earlier) & (runs["status"] == "ok")]
-    wcols = [f"w/{d}" for d in domains.domains]
-    tokens = domains.token_counts()
-    fit_cfg = dataclasses.replace(fit_config(cfg, domains), plots=False)
-    fitted = fit_runs(
+def round_fit(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, run_ids: list[str]) -> Any:
+    """The fit a round's batch is sampled from: the fit stage's own fit (seed noise, the scale check's
+    model-size term) of every run so far (``run_ids``), kept under ``rounds/<i>/`` for inspection."""
+    from moemix.mixing.fit import fit_runs, seed_noise
+    from moemix.proxies.run import CURVES_TABLE, collect_runs
+
+    runs = collect_runs(stage.path, run_ids=run_ids, store=proxy_store(stage))
+    base = runs[runs["scale"] == "base"] if "scale" in runs else runs
+    curves = pd.read_parquet(stage.path / CURVES_TABLE)
+    target = target_expression(cfg, domains.domains)
+    return fit_runs(
         base,
-        target_expression(cfg, domains.domains),
-        wcols,
-        fit_cfg,
+        target,
+        [f"w/{d}" for d in domains.domains],
+        dataclasses.replace(fit_config(cfg, domains), plots=False),
         stage.path / "rounds" / str(round_idx),
         prior=domains.prior(),
-        domain_tokens=tokens,
+        domain_tokens=domains.token_counts(),
         where=str(stage.path),
-        curves=pd.read_parquet(stage.path / CURVES_TABLE),
+        curves=curves,
+        seed_noise=seed_noise(_replicate_targets(base, target)),
+        size_check=_size_check(runs, curves),
     )
+
+
+def another_round_wanted(
+    fitted: Any,
+    propose_cfg: Any,
+    prior: np.ndarray,
+    domain_tokens: np.ndarray | None = None,
+    target_tokens: int | None = None,
+) -> tuple[bool, str]:
+    """``rounds: auto``: is another batch worth training, and why? Only when the propose stage, given
+    ``fitted``, would move the mixture away from uniform and natural. Its optimum then lies where the
+    swarm has few runs (often held at the trust region's edge); when the do-no-harm guard would ship a
+    baseline, the swarm already samples densely around it."""
+    from moemix.mixing.propose import propose
+
+    d = propose(fitted, prior, propose_cfg, domain_tokens=domain_tokens, target_tokens=target_tokens).decision
+    figures = ", ".join(
+        f"{name} {v:.4f}"
+        for name, v in (("predicted gain", d.predicted_gain), ("noise", d.noise))
+        if v is not None
+    )
+    if d.action == "baseline":
+        return False, f"no second round: a fit of the first swarm would ship {d.baseline} ({figures})"
+    return (
+        True,
+        f"a second round: a fit of the first swarm would move away from {d.baseline} ({d.action}, {figures})",
+    )
+
+
+def next_round_specs(
+    cfg: Config, domains: DomainsOutput, fitted: Any, round_idx: int, earlier: list[str], store: Path
+) -> list[Any]:
+    """CLIMB: the next batch, sampled around the best mixtures ``fitted`` (a fit of the base runs of the
+    earlier rounds, ``earlier``: their run ids) predicts.
+
+    Deterministic given those runs, so a resumed stage asks for the same batch again and the finished
+    part of it is skipped.
+    """
+    from moemix.mixing.propose import ProposeConfig, propose_next_batch
+    from moemix.proxies.run import round_specs
+
     pcfg = cfg.proxies
     mixtures = propose_next_batch(
         fitted,
@@ -286,15 +356,15 @@ def next_round_specs(
         pcfg.next_round_size,
         round_idx,
         cfg=ProposeConfig(n_samples=20_000, max_epochs=pcfg.sampler.max_epochs, seed=cfg.seed),
-        existing=base[wcols].to_numpy(dtype=np.float64),
-        domain_tokens=tokens,
+        existing=np.asarray(fitted.observed_weights, dtype=np.float64),
+        domain_tokens=domains.token_counts(),
         tokens_per_run=pcfg.train.tokens_per_run(),
     )
     return round_specs(
         pcfg,
         mixtures,
         domains.tokens_dir,
-        proxy_store(stage),
+        store,
         start_index=len(earlier),
         domains_fingerprint=domains.fingerprint,
     )
@@ -454,9 +524,8 @@ def propose_stage(
         stage.start(fresh=True)
         fitted = load_fit(fit.stage.path)
         domain_tokens, prior = domains.token_counts(), domains.prior()
-        target_tokens = cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
         proposal = propose(
-            fitted, prior, cfg.propose, domain_tokens=domain_tokens, target_tokens=target_tokens
+            fitted, prior, cfg.propose, domain_tokens=domain_tokens, target_tokens=_pretrain_tokens(cfg)
         )
         plots = {}
         if cfg.fit.plots:
@@ -472,6 +541,7 @@ def propose_stage(
             target_description=_target_description(cfg),
             plots=plots,
             scale_transfer=scale_transfer_summary(proxies.scale_transfer),
+            rounds_run=(proxies.stage.manifest()["outputs"].get("rounds") or {}).get("run"),
         )
         write_mixture(stage.path / "mixture.json", doc)
         stage.complete({"mixture": "mixture.json"}, started)

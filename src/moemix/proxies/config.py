@@ -11,6 +11,7 @@ correlation of their target losses across the two scales is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from moemix.config_fields import execution_only
 from moemix.mixing.sampling import SamplerConfig
@@ -60,6 +61,10 @@ class ScaleCheckConfig:
             raise ValueError("scale_check.n_mixtures must be 0 or >= 3 (a rank correlation needs 3 points)")
 
 
+# ``rounds: auto`` trains at most one batch after the first swarm: one was measured, more were not
+AUTO_MAX_ROUNDS = 2
+
+
 @dataclass
 class ProxiesConfig:
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(n_mixtures=16))
@@ -80,16 +85,28 @@ class ProxiesConfig:
     uniform_seeds: int = 3
     # CLIMB-style iterative search: after the first swarm, rounds - 1 more batches of round_mixtures
     # proxies, each sampled around the best mixtures predicted by a fit on every run so far (the search
-    # region shrinks round by round); the target then shapes the swarm and joins its cache key
-    rounds: int = 1
+    # region shrinks round by round); the target then shapes the swarm and joins its cache key (the
+    # proxies already trained are reused). auto: one more batch only when a fit of the first swarm
+    # would move the mixture away from uniform and natural (the do-no-harm guard's decision is not
+    # the baseline). A target whose best mixture the guard cannot tell from a baseline gains nothing
+    # from sampling again around it, while targets with headroom gained on every seed measured
+    # (docs/benchmarks/mixture_quality.md)
+    rounds: int | Literal["auto"] = "auto"
     round_mixtures: int = 0  # 0 = half of sampler.n_mixtures
 
     @property
     def next_round_size(self) -> int:
         return self.round_mixtures or max(1, self.sampler.n_mixtures // 2)
 
+    @property
+    def max_rounds(self) -> int:
+        """The most rounds this swarm may train (``auto`` decides on the second after the first)."""
+        return AUTO_MAX_ROUNDS if self.rounds == "auto" else int(self.rounds)
+
     def validate(self) -> None:
-        if self.rounds < 1 or self.round_mixtures < 0:
+        if self.rounds != "auto" and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)):
+            raise ValueError(f"rounds must be an integer >= 1 or 'auto', got {self.rounds!r}")
+        if self.max_rounds < 1 or self.round_mixtures < 0:
             raise ValueError("rounds must be >= 1 and round_mixtures >= 0")
         if self.curve_points < 1:
             raise ValueError("curve_points must be >= 1")
