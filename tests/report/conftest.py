@@ -80,7 +80,9 @@ def write_run_dir(
         _write(run / "proxies" / "runs" / run_id / "result.json", res)
     if proxies_done is not None:
         return run
-    _manifest(run, "proxies", "pk", {"domains": "dk"}, {"runs": "runs.parquet", "n_ok": n_proxies - 1})
+    rounds = {"run": 2, "auto": "a second round: a fit of the first swarm would move away from uniform"}
+    outputs = {"runs": "runs.parquet", "n_ok": n_proxies - 1, "rounds": rounds}
+    _manifest(run, "proxies", "pk", {"domains": "dk"}, outputs)
     if upto == "proxies":
         return run
     actual = [3.0 + 0.1 * i for i in range(n_proxies - 1)]

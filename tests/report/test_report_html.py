@@ -93,6 +93,7 @@ def test_page_draws_every_section_of_a_finished_run(synthetic_run):
     # the table lists every proxy, the failed one with its error
     assert page.count("<code>p0") == 6 and 'title="RuntimeError: boom"' in page
     assert "Proposer: <b>constrained</b> — auto: the target leaves out 1 of 3 domains" in page
+    assert "2 rounds of proxies (rounds: auto, a second round: a fit of the first swarm would move" in page
 
 
 def test_partial_runs_say_what_is_missing_in_one_line_each(make_run_dir, tmp_path):

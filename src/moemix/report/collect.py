@@ -86,6 +86,9 @@ class ReportData:
     cv: dict[str, Any] | None = None  # cv.json (oof: {actual, predicted})
     proxies: list[dict[str, Any]] = field(default_factory=list)  # result.json of each proxy, swarm order
     proxies_planned: int = 0  # run ids the swarm has planned so far
+    proxies_rounds: dict[str, Any] | None = (
+        None  # {"run": rounds trained, "auto": why} once the swarm is done
+    )
     pretrain_metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run -> metrics.jsonl
     pretrain_results: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> result.json
     comparison: dict[str, Any] | None = None  # comparison.json
@@ -217,6 +220,8 @@ def collect(run_dir: str | Path, stages: Mapping[str, Path] | None = None) -> Re
         data.cv = cv if isinstance(cv, dict) else None
 
     data.proxies, data.proxies_planned = _proxy_results(run_dir, located["proxies"])
+    if located["proxies"] is not None:
+        data.proxies_rounds = located["proxies"].outputs.get("rounds")
     if not data.domains:
         for r in data.proxies:
             data.domains += [d for d in r.get("mixture", {}) if d not in data.domains]

@@ -214,6 +214,11 @@ def _proxies_section(data: ReportData) -> str:
     failed = sum(r.get("status") != "ok" for r in data.proxies)
     cap = f"{len(data.proxies)} of {data.proxies_planned or len(data.proxies)} planned proxies finished"
     cap += f", {failed} failed (hover for the error)." if failed else "."
+    rounds = data.proxies_rounds or {}
+    if rounds.get("run"):
+        n = int(rounds["run"])
+        cap += f" {n} round{'s' if n > 1 else ''} of proxies"
+        cap += f" (rounds: auto, {escape(str(rounds['auto']))})." if rounds.get("auto") else "."
     return (
         f'{head}<p class="cap">{cap}</p><div class="scroll">{_table(head_row, rows, left=3, cls=cls)}</div>'
     )
