@@ -27,6 +27,9 @@ TINY = {
     },
     "proxies": {
         "sampler": {"n_mixtures": 8},
+        # one round keeps these tests about the stages' mechanics, and the suite's time, down; rounds:
+        # auto (the default) runs in tests/pipeline/test_rounds.py and the end-to-end retarget
+        "rounds": 1,
         "model": dict(TINY_MODEL),
         "train": {
             "steps": 12,
@@ -79,13 +82,12 @@ def tiny_config() -> dict:
 
 @pytest.fixture
 def small_swarm_config(tmp_path, tiny_config):
-    """The tiny config with a plain swarm of 8 proxies (one round, no scale check, uniform once),
-    written to ``tmp_path/tiny.yaml``; returns that path."""
+    """The tiny config with a plain swarm of 8 proxies (no scale check, uniform once), written to
+    ``tmp_path/tiny.yaml``; returns that path."""
     import yaml
 
     tiny_config["proxies"]["scale_check"] = {"n_mixtures": 0}
     tiny_config["proxies"]["uniform_seeds"] = 1
-    tiny_config["proxies"]["rounds"] = 1
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config))
     return path

@@ -151,10 +151,12 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
     assert changed in ([], ["mixture.json"]), changed
 
     # another weighted target refits and re-proposes from the same swarm: no proxy is trained again.
-    # Under rounds: auto the target keys the swarm (it may add a batch around its optimum), and the
-    # stage records whether it did and why
+    # Under rounds: auto (the default; this config has one round) the target keys the swarm, as it may
+    # add a batch around its optimum, and the stage records whether it did and why
     first = res.domains.domains[0]
-    retarget = load_config(cfg_path, overrides={"proxies": {"target": {"domains": {first: 1.0}}}})
+    retarget = load_config(
+        cfg_path, overrides={"proxies": {"rounds": "auto", "target": {"domains": {first: 1.0}}}}
+    )
     again = run_pipeline(retarget, run_dir, until="propose", progress=False)
     assert again.proxies.stage.key != res.proxies.stage.key
     assert again.fit.stage.key != res.fit.stage.key
