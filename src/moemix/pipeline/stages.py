@@ -274,7 +274,7 @@ def _collected_swarm(stage: Stage, run_ids: list[str]) -> pd.DataFrame:
     return runs
 
 
-def _write_swarm_plan(stage: Stage, run_ids: list[str], rounds: int) -> None:
+def _write_swarm_plan(stage: Stage, run_ids: list[str], rounds: int | str) -> None:
     """The run ids this swarm will train so far (later rounds add theirs): what ``moemix status``
     counts finished proxies against while the stage runs."""
     write_json_atomic(stage.path / SWARM_PLAN, {"run_ids": run_ids, "rounds": rounds})
@@ -286,24 +286,43 @@ def _pretrain_tokens(cfg: Config) -> int | None:
 
 
 def round_fit(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, run_ids: list[str]) -> Any:
-    """The fit a round's batch is sampled from: the fit stage's own fit (seed noise, the scale check's
-    model-size term) of every run so far (``run_ids``), kept under ``rounds/<i>/`` for inspection."""
-    from moemix.mixing.fit import fit_runs, seed_noise
+    """The fit a round's batch is sampled from: the fit stage's own fit of every run so far
+    (``run_ids``), kept under ``rounds/<i>/`` for inspection."""
     from moemix.proxies.run import CURVES_TABLE, collect_runs
 
     runs = collect_runs(stage.path, run_ids=run_ids, store=proxy_store(stage))
-    base = runs[runs["scale"] == "base"] if "scale" in runs else runs
     curves = pd.read_parquet(stage.path / CURVES_TABLE)
+    out_dir = stage.path / "rounds" / str(round_idx)
+    return fit_swarm(cfg, domains, runs, curves, out_dir, where=str(stage.path), plots=False)
+
+
+def fit_swarm(
+    cfg: Config,
+    domains: DomainsOutput,
+    runs: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    out_dir: Path,
+    where: str,
+    plots: bool = True,
+) -> Any:
+    """The configured predictor fitted to a swarm's base runs, with the seed noise of its replicated
+    uniform mixture and the scale check's model-size term: what the fit stage and every round fit."""
+    from moemix.mixing.fit import fit_runs, seed_noise
+
+    fit_cfg = fit_config(cfg, domains)
+    if not plots:
+        fit_cfg = dataclasses.replace(fit_cfg, plots=False)
     target = target_expression(cfg, domains.domains)
+    base = runs[runs["scale"] == "base"] if "scale" in runs else runs
     return fit_runs(
         base,
-        target,
-        [f"w/{d}" for d in domains.domains],
-        dataclasses.replace(fit_config(cfg, domains), plots=False),
-        stage.path / "rounds" / str(round_idx),
+        target=target,
+        weight_cols=[f"w/{d}" for d in domains.domains],
+        cfg=fit_cfg,
+        out_dir=out_dir,
         prior=domains.prior(),
         domain_tokens=domains.token_counts(),
-        where=str(stage.path),
+        where=where,
         curves=curves,
         seed_noise=seed_noise(_replicate_targets(base, target)),
         size_check=_size_check(runs, curves),
@@ -412,7 +431,7 @@ class FitOutput:
 
 
 def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: ProxiesOutput) -> FitOutput:
-    from moemix.mixing.fit import FIT_FORMAT, fit_runs, seed_noise
+    from moemix.mixing.fit import FIT_FORMAT
     from moemix.proxies.run import CURVES_TABLE
 
     fit_cfg = fit_config(cfg, domains)
@@ -426,22 +445,14 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
     if not stage.is_complete():
         started = time.time()
         stage.start(fresh=True)
-        runs = pd.read_parquet(proxies.runs_path)
-        base = runs[runs["scale"] == "base"] if "scale" in runs else runs
         curves_path = proxies.stage.path / CURVES_TABLE
-        curves = pd.read_parquet(curves_path) if curves_path.exists() else None
-        result = fit_runs(
-            base,
-            target=target,
-            weight_cols=[f"w/{d}" for d in domains.domains],
-            cfg=fit_cfg,
-            out_dir=stage.path,
-            prior=domains.prior(),
-            domain_tokens=domains.token_counts(),
+        result = fit_swarm(
+            cfg,
+            domains,
+            pd.read_parquet(proxies.runs_path),
+            pd.read_parquet(curves_path) if curves_path.exists() else None,
+            stage.path,
             where=str(proxies.runs_path),
-            curves=curves,
-            seed_noise=seed_noise(_replicate_targets(base, target)),
-            size_check=_size_check(runs, curves),
         )
         stage.complete(
             {"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started
