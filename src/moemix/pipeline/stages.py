@@ -147,6 +147,7 @@ class ProxiesOutput:
     n_ok: int
     n_failed: int
     scale_transfer: dict[str, Any] | None
+    rounds_run: int | None = None  # rounds the swarm trained (None: a stage from before rounds were recorded)
 
 
 def proxy_store(stage: Stage) -> Path:
@@ -210,18 +211,17 @@ def proxies_stage(
         swarm_runner(specs)
         earlier = [s.run_id for s in specs if s.scale == "base"]
         rounds_run, auto_why = 1, None
+        auto = cfg.proxies.rounds == "auto"
         for round_idx in range(1, cfg.proxies.max_rounds):
-            _collected_swarm(stage, planned)  # a swarm that left nothing to fit is an error here
-            auto = cfg.proxies.rounds == "auto"
+            so_far = _collected_swarm(stage, planned)  # a swarm that left nothing to fit stops here
+            wanted = True
             try:
-                fitted = round_fit(cfg, domains, stage, round_idx, planned)
-                wanted, auto_why = (
-                    another_round_wanted(
-                        fitted, cfg.propose, domains.prior(), domains.token_counts(), _pretrain_tokens(cfg)
+                fitted = round_fit(cfg, domains, stage, round_idx, so_far)
+                if auto:
+                    budget = _pretrain_tokens(cfg)
+                    wanted, auto_why = another_round_wanted(
+                        fitted, cfg.propose, domains.prior(), domains.token_counts(), budget
                     )
-                    if auto
-                    else (True, None)
-                )
             except MoemixError as e:
                 if not auto:
                     raise
@@ -255,7 +255,12 @@ def proxies_stage(
         )
     out = stage.manifest()["outputs"]
     return ProxiesOutput(
-        stage, stage.path / out["runs"], out["n_ok"], out["n_failed"], out.get("scale_transfer")
+        stage,
+        stage.path / out["runs"],
+        out["n_ok"],
+        out["n_failed"],
+        out.get("scale_transfer"),
+        (out.get("rounds") or {}).get("run"),
     )
 
 
@@ -285,12 +290,11 @@ def _pretrain_tokens(cfg: Config) -> int | None:
     return cfg.pretrain.train.tokens_per_run() if cfg.pretrain.enabled else None
 
 
-def round_fit(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, run_ids: list[str]) -> Any:
-    """The fit a round's batch is sampled from: the fit stage's own fit of every run so far
-    (``run_ids``), kept under ``rounds/<i>/`` for inspection."""
-    from moemix.proxies.run import CURVES_TABLE, collect_runs
+def round_fit(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, runs: pd.DataFrame) -> Any:
+    """The fit a round's batch is sampled from: the fit stage's own fit of every run so far (``runs``,
+    as ``_collected_swarm`` wrote them into the stage), kept under ``rounds/<i>/`` for inspection."""
+    from moemix.proxies.run import CURVES_TABLE
 
-    runs = collect_runs(stage.path, run_ids=run_ids, store=proxy_store(stage))
     curves = pd.read_parquet(stage.path / CURVES_TABLE)
     out_dir = stage.path / "rounds" / str(round_idx)
     return fit_swarm(cfg, domains, runs, curves, out_dir, where=str(stage.path), plots=False)
@@ -552,7 +556,7 @@ def propose_stage(
             target_description=_target_description(cfg),
             plots=plots,
             scale_transfer=scale_transfer_summary(proxies.scale_transfer),
-            rounds_run=(proxies.stage.manifest()["outputs"].get("rounds") or {}).get("run"),
+            rounds_run=proxies.rounds_run,
         )
         write_mixture(stage.path / "mixture.json", doc)
         stage.complete({"mixture": "mixture.json"}, started)
