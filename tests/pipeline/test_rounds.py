@@ -106,7 +106,9 @@ def test_auto_asks_for_a_second_round_only_when_the_fit_would_leave_the_baseline
     # a subset target with a steep law: its optimum is far from uniform, where the swarm has few runs
     fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=1.0)
     wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
-    assert wanted and why.startswith("a second round"), why
+    assert wanted and why.startswith("a second round: a fit of the first swarm"), why
+    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior, rounds_so_far=2)
+    assert wanted and why.startswith("a third round: a fit of the first 2 rounds"), why
     # losses that do not depend on the mixture: the guard ships a baseline, so no round is wanted
     fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=0.0)
     wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
@@ -117,7 +119,7 @@ def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tin
     import moemix.pipeline.stages as stages
 
     cfg = _config(tmp_path, tiny_config, rounds="auto")
-    assert cfg.proxies.max_rounds == 2
+    assert cfg.proxies.max_rounds == 3
     domains = stages.domains_stage(cfg, tmp_path / "run", progress=False)
     batches = []
 
@@ -131,12 +133,30 @@ def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tin
     assert out.stage.manifest()["outputs"]["rounds"] == {"run": 1, "auto": "no second round: test"}
     assert json.loads((out.stage.path / "swarm.json").read_text())["rounds"] == 1
 
+    # a second round is wanted, a third is not: the decision is asked again after each round, of a
+    # fit that has seen that round
+    asked = []
+
+    def decide(fitted, propose_cfg, prior, tokens, budget, rounds_so_far):
+        asked.append((rounds_so_far, fitted.n_rows))
+        return (rounds_so_far == 1, f"round {rounds_so_far + 1}: test")
+
     batches.clear()
     out.stage.manifest_path.unlink()
-    monkeypatch.setattr(stages, "another_round_wanted", lambda *a: (True, "a second round: test"))
+    monkeypatch.setattr(stages, "another_round_wanted", decide)
     out = stages.proxies_stage(cfg, tmp_path / "run", domains, runner)
     # the first swarm is not trained again (its proxies are in the store): only the new batch is
     assert [len(b) for b in batches] == [8, 3]
+    assert asked == [(1, 8), (2, 11)]
     assert sum(1 for _ in out.stage.path.parent.glob("runs/*/result.json")) == 11
     assert out.n_ok == 11
-    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 2, "auto": "a second round: test"}
+    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 2, "auto": "round 3: test"}
+
+    # wanted every time: auto stops at its cap, three rounds
+    batches.clear()
+    out.stage.manifest_path.unlink()
+    monkeypatch.setattr(stages, "another_round_wanted", lambda *a: (True, "wanted: test"))
+    out = stages.proxies_stage(cfg, tmp_path / "run", domains, runner)
+    assert [len(b) for b in batches] == [8, 3, 3]
+    assert out.n_ok == 14
+    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 3, "auto": "wanted: test"}

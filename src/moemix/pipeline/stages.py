@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 # the ones downstream, through their inputs) re-runs. The fit and propose stages keep theirs next to
 # their code (FIT_FORMAT, PROPOSE_FORMAT).
 DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
-SWARM_FORMAT = 2  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term)
+SWARM_FORMAT = 3  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term);
+# 3: rounds auto may train a third round
 PRETRAIN_FORMAT = 1
 
 
@@ -220,13 +221,14 @@ def proxies_stage(
                 if auto:
                     budget = _pretrain_tokens(cfg)
                     wanted, auto_why = another_round_wanted(
-                        fitted, cfg.propose, domains.prior(), domains.token_counts(), budget
+                        fitted, cfg.propose, domains.prior(), domains.token_counts(), budget, round_idx
                     )
             except MoemixError as e:
                 if not auto:
                     raise
                 # the fit and propose stages meet the same problem and report it; the proxies are done
-                wanted, auto_why = False, f"no second round: the first swarm's fit failed ({e})"
+                nth, fit = _round_name(round_idx + 1), _fit_of(round_idx)
+                wanted, auto_why = False, f"no {nth}: {fit} failed ({e})"
             if auto:
                 log.info("proxies: rounds auto: %s", auto_why)
             if not wanted:
@@ -333,17 +335,27 @@ def fit_swarm(
     )
 
 
+def _round_name(n: int) -> str:
+    return {2: "second round", 3: "third round", 4: "fourth round"}.get(n, f"round {n}")
+
+
+def _fit_of(rounds_so_far: int) -> str:
+    return "a fit of the first swarm" if rounds_so_far == 1 else f"a fit of the first {rounds_so_far} rounds"
+
+
 def another_round_wanted(
     fitted: Any,
     propose_cfg: Any,
     prior: np.ndarray,
     domain_tokens: np.ndarray | None = None,
     target_tokens: int | None = None,
+    rounds_so_far: int = 1,
 ) -> tuple[bool, str]:
     """``rounds: auto``: is another batch worth training, and why? Only when the propose stage, given
-    ``fitted``, would move the mixture away from uniform and natural. Its optimum then lies where the
-    swarm has few runs (often held at the trust region's edge); when the do-no-harm guard would ship a
-    baseline, the swarm already samples densely around it."""
+    ``fitted`` (a fit of every run of the ``rounds_so_far`` rounds trained), would move the mixture away
+    from uniform and natural. Its optimum then lies where the swarm has few runs (often held at the trust
+    region's edge); when the do-no-harm guard would ship a baseline, the swarm already samples densely
+    around it."""
     from moemix.mixing.propose import propose
 
     d = propose(fitted, prior, propose_cfg, domain_tokens=domain_tokens, target_tokens=target_tokens).decision
@@ -352,12 +364,10 @@ def another_round_wanted(
         for name, v in (("predicted gain", d.predicted_gain), ("noise", d.noise))
         if v is not None
     )
+    nth, fit = _round_name(rounds_so_far + 1), _fit_of(rounds_so_far)
     if d.action == "baseline":
-        return False, f"no second round: a fit of the first swarm would ship {d.baseline} ({figures})"
-    return (
-        True,
-        f"a second round: a fit of the first swarm would move away from {d.baseline} ({d.action}, {figures})",
-    )
+        return False, f"no {nth}: {fit} would ship {d.baseline} ({figures})"
+    return True, f"a {nth}: {fit} would move away from {d.baseline} ({d.action}, {figures})"
 
 
 def next_round_specs(
