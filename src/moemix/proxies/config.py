@@ -61,9 +61,10 @@ class ScaleCheckConfig:
             raise ValueError("scale_check.n_mixtures must be 0 or >= 3 (a rank correlation needs 3 points)")
 
 
-# ``rounds: auto`` trains at most two batches after the first swarm. On four subset targets of two
-# corpora each of rounds 2 and 3 gained in seed-mean (round 3: +0.004 to +0.023 nats, 10 of 12 seeds);
-# a fourth was not worth its batch (docs/benchmarks/mixture_quality.md, session 20)
+# ``rounds: auto`` trains at most two batches after the first swarm. Round 2 gained on all seven subset
+# targets measured (+0.005 to +0.022 nats in seed-mean), round 3 +0.009 on average over six (-0.008 to
+# +0.023, 12 of 18 seeds); a fourth lost 0.036 on one target of two (docs/benchmarks/mixture_quality.md,
+# session 20)
 AUTO_MAX_ROUNDS = 3
 
 
