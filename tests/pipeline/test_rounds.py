@@ -160,3 +160,28 @@ def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tin
     assert [len(b) for b in batches] == [8, 3, 3]
     assert out.n_ok == 14
     assert out.stage.manifest()["outputs"]["rounds"] == {"run": 3, "auto": "wanted: test"}
+
+
+def test_a_round_fit_that_fails_stops_auto_but_not_a_fixed_round_count(tmp_path, tiny_config, monkeypatch):
+    """Under auto the fit and propose stages meet the same problem and report it, so the proxies stage
+    completes with the first swarm and says why no round followed; ``rounds: 2`` asked for a round that
+    cannot be sampled, which is an error there and then."""
+    import pytest
+
+    import moemix.pipeline.stages as stages
+    from moemix.errors import MoemixError
+
+    def broken_fit(*args, **kwargs):
+        raise MoemixError("too few runs: test")
+
+    monkeypatch.setattr(stages, "round_fit", broken_fit)
+    cfg = _config(tmp_path, tiny_config, rounds="auto")
+    domains = stages.domains_stage(cfg, tmp_path / "run", progress=False)
+    out = stages.proxies_stage(cfg, tmp_path / "run", domains, run_sequential)
+    assert out.n_ok == 8
+    why = "no second round: a fit of the first swarm failed (too few runs: test)"
+    assert out.stage.manifest()["outputs"]["rounds"] == {"run": 1, "auto": why}
+
+    fixed = _config(tmp_path, tiny_config, rounds=2)
+    with pytest.raises(MoemixError, match="too few runs: test"):
+        stages.proxies_stage(fixed, tmp_path / "run", domains, run_sequential)
