@@ -117,8 +117,12 @@ def test_auto_asks_for_a_second_round_only_when_the_fit_would_leave_the_baseline
 
 def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tiny_config, monkeypatch):
     import moemix.pipeline.stages as stages
+    import moemix.proxies.config as proxies_config
 
     cfg = _config(tmp_path, tiny_config, rounds="auto")
+    assert cfg.proxies.max_rounds == 2
+    # the stage asks before every extra round up to the cap; a cap of three exercises the second question
+    monkeypatch.setattr(proxies_config, "AUTO_MAX_ROUNDS", 3)
     assert cfg.proxies.max_rounds == 3
     domains = stages.domains_stage(cfg, tmp_path / "run", progress=False)
     batches = []

@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 # the ones downstream, through their inputs) re-runs. The fit and propose stages keep theirs next to
 # their code (FIT_FORMAT, PROPOSE_FORMAT).
 DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
-SWARM_FORMAT = 3  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term);
-# 3: rounds auto may train a third round
+SWARM_FORMAT = 2  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term)
 PRETRAIN_FORMAT = 1
 
 

@@ -61,11 +61,11 @@ class ScaleCheckConfig:
             raise ValueError("scale_check.n_mixtures must be 0 or >= 3 (a rank correlation needs 3 points)")
 
 
-# ``rounds: auto`` trains at most two batches after the first swarm. Round 2 gained on all seven subset
-# targets measured (+0.005 to +0.022 nats in seed-mean), round 3 +0.009 on average over six (-0.008 to
-# +0.023, 12 of 18 seeds); a fourth lost 0.036 on one target of two (docs/benchmarks/mixture_quality.md,
-# session 20)
-AUTO_MAX_ROUNDS = 3
+# ``rounds: auto`` trains at most one batch after the first swarm. Round 2 gained on all seven subset
+# targets measured (+0.005 to +0.022 nats in seed-mean). Round 3 gained +0.015 on average on the four
+# targets it was first tried on, but +0.000, -0.008, +0.001 and +0.003 on four more measured after them,
+# and a fourth round lost 0.036 on one target of two (docs/benchmarks/mixture_quality.md, session 20)
+AUTO_MAX_ROUNDS = 2
 
 
 @dataclass
@@ -93,7 +93,7 @@ class ProxiesConfig:
     # of every run so far would move the mixture away from uniform and natural (the do-no-harm guard's
     # decision is not the baseline). A target whose best mixture the guard cannot tell from a baseline
     # gains nothing from sampling again around it, while targets with headroom gained in seed-mean
-    # from each of rounds 2 and 3 (docs/benchmarks/mixture_quality.md)
+    # from a second round (docs/benchmarks/mixture_quality.md)
     rounds: int | Literal["auto"] = "auto"
     round_mixtures: int = 0  # 0 = half of sampler.n_mixtures
 
