@@ -10,7 +10,7 @@ import pytest
 from mixing_synth import PRIOR, runs_table, weight_cols
 
 from moemix.mixing.fit import FitConfig, fit_runs
-from moemix.mixing.propose import ProposeConfig, fit_noise, proposal_to_doc, propose
+from moemix.mixing.propose import ProposeConfig, fit_noise, harm_share, proposal_to_doc, propose
 
 CFG = ProposeConfig(
     method="constrained",
@@ -56,7 +56,8 @@ def test_a_gain_within_the_noise_is_shrunk_toward_the_better_baseline(fitted):
     unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
     gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
     assert gain > 0
-    # noise gain/sqrt(2): the James-Stein factor 1 - (noise/gain)^2 keeps half the step
+    # noise gain/sqrt(2): a loss is as likely as 1.41 noise units make it, half the gate's risk
+    # (1 - Phi(-1.41) / Phi(-1) = 0.50; James-Stein's 1 - (noise/gain)^2 agrees there): half the step
     p = propose(_with_noise(fitted, gain / np.sqrt(2)), None, CFG)
     assert p.decision.action == "shrunk"
     assert p.decision.shrink == pytest.approx(0.5, abs=0.02)
@@ -65,6 +66,28 @@ def test_a_gain_within_the_noise_is_shrunk_toward_the_better_baseline(fitted):
     np.testing.assert_allclose(p.weights, base + 0.5 * (unguarded.weights - base), atol=0.02)
     doc = proposal_to_doc(p, fitted)
     assert doc.decision.action == "shrunk" and any("do-no-harm" in n for n in doc.notes)
+
+
+def test_the_kept_share_is_the_share_of_the_gates_risk_of_harm_ruled_out() -> None:
+    assert harm_share(1.0, 1.0, 1.0) == 0.0 and harm_share(0.5, 1.0, 1.0) == 0.0
+    assert harm_share(-1.0, 1.0, 1.0) == 0.0
+    assert harm_share(np.sqrt(2), 1.0, 1.0) == pytest.approx(0.504, abs=0.002)
+    assert harm_share(2.0, 1.0, 1.0) == pytest.approx(1 - 0.02275 / 0.15866, abs=1e-3)
+    assert harm_share(3.0, 1.0, 1.0) > 0.99  # James-Stein: 0.89
+    assert harm_share(3.0, 1.0, 2.0) == pytest.approx(1 - 0.00135 / 0.02275, abs=1e-3)  # a stricter gate
+    shares = [harm_share(g, 0.1, 1.0) for g in np.linspace(0.1, 0.5, 41)]
+    assert all(b >= a for a, b in zip(shares, shares[1:]))
+
+
+def test_a_gain_of_three_noise_units_ships_the_whole_step(fitted):
+    """A loss is a 1-in-740 chance at 3 noise units: the guard ships the optimum, where James-Stein held
+    back 11% of the step (on every subset target measured, that part cost 0.00-0.07 nats)."""
+    unguarded = propose(fitted, None, dataclasses.replace(CFG, min_gain_sigmas=None))
+    gain = min(unguarded.baselines.values()) - unguarded.predicted_loss
+    p = propose(_with_noise(fitted, gain / 3.0), None, CFG)
+    assert p.decision.action == "optimum" and p.decision.shrink == 1.0
+    np.testing.assert_allclose(p.weights, unguarded.weights, atol=1e-9)
+    assert "chance it is no gain 0.0013" in p.decision.reason
 
 
 def test_a_gain_of_about_one_noise_unit_ships_the_baseline(fitted):
@@ -193,12 +216,12 @@ def _held_back(fitted, law, noise_of_gain: float):
 
 
 def test_an_optimum_the_trust_region_held_back_is_shrunk_before_it_is_clipped(fitted):
-    """8/9 of the gain is signal (noise gain/3; James-Stein alone would keep 0.89 of the step) and the
-    loss keeps falling past the trust region until the ray meets the simplex edge: the shrunk optimum on
-    the ray still lies beyond the clipped one, so the whole step ships."""
-    fit, cfg = _held_back(fitted, _OneDomainLaw(), 3.0)
+    """A gain of 2 noise units (the share alone would keep 0.86 of the step) and a loss that keeps
+    falling past the trust region until the ray meets the simplex edge: the shrunk optimum on the ray
+    still lies beyond the clipped one, so the whole step ships."""
+    fit, cfg = _held_back(fitted, _OneDomainLaw(), 2.0)
     p = propose(fit, None, cfg)
-    assert p.decision.signal_share == pytest.approx(8 / 9, abs=0.01)
+    assert p.decision.signal_share == pytest.approx(harm_share(2.0, 1.0, 1.0), abs=0.01)
     assert p.decision.ray_optimum >= 1.0 / p.decision.signal_share - 1e-9  # searched up to 1/signal share
     assert p.decision.action == "optimum" and p.decision.shrink == 1.0
     unguarded = propose(fit, None, dataclasses.replace(cfg, min_gain_sigmas=None))
@@ -206,7 +229,7 @@ def test_an_optimum_the_trust_region_held_back_is_shrunk_before_it_is_clipped(fi
     assert p.weights[0] == pytest.approx(0.5, abs=1e-6)  # clipped to the trust region all the same
 
 
-def test_an_interior_optimum_keeps_the_james_stein_share_of_the_step(fitted):
+def test_an_interior_optimum_keeps_the_guards_share_of_the_step(fitted):
     """The same fit, but the loss is least at 0.45 on the first domain, inside the trust region: the ray
     finds nothing better beyond the optimum and half the step ships."""
     fit, cfg = _held_back(fitted, _OneDomainLaw(bottom=0.45), np.sqrt(2))
@@ -225,15 +248,15 @@ def test_a_held_back_optimum_with_a_gain_of_one_noise_unit_still_stays_near_the_
     assert p.weights[0] < 0.42
 
 
-def test_the_noise_scaled_kl_pull_and_the_james_stein_shrink_do_not_compound(fitted):
+def test_the_noise_scaled_kl_pull_and_the_guards_shrink_do_not_compound(fitted):
     """The KL pull toward the better baseline (weight = the noise) already holds the proposal short of the
-    predictor's optimum; James-Stein then shrinks the predictor's optimum, not the held-back proposal,
+    predictor's optimum; the guard's share then shrinks the predictor's optimum, not the held-back proposal,
     and the nearer of the two to the baseline ships."""
     law = _OneDomainLaw(bottom=0.8)
     fit = dataclasses.replace(fitted, predictor=law)
     free = dataclasses.replace(CFG, uncertainty_kl=1.0, min_gain_sigmas=None)
     gain = float(law.predict(PRIOR[None, :])[0] - propose(_with_noise(fit, 0.02), None, free).predicted_loss)
-    fit = _with_noise(fit, gain / 3.0)  # 8/9 of the gain is signal
+    fit = _with_noise(fit, gain / 2.0)  # the guard's share alone: 0.86 of the step
     pulled = propose(fit, None, free)
     p = propose(fit, None, dataclasses.replace(free, min_gain_sigmas=1.0))
     assert pulled.weights[0] < 0.78  # the KL pull held it back from the predictor's optimum (0.8)

@@ -72,8 +72,9 @@ class Decision:
     # the fit's optimum before the guard (what a shrunk or baseline decision withheld) and its prediction
     optimum: dict[str, float] | None = None
     optimum_predicted_loss: float | None = None
-    # the James-Stein factor (the share of the predicted gain that clears the noise) and where the
-    # predicted loss is least on the ray from the baseline through the optimum, in steps (1 = the optimum)
+    # the share of the step the guard keeps (``propose.harm_share``: how much of the gate's risk of harm
+    # the predicted gain rules out) and where the predicted loss is least on the ray from the baseline
+    # through the optimum, in steps (1 = the optimum)
     signal_share: float | None = None
     ray_optimum: float | None = None
 
