@@ -537,7 +537,7 @@ def _do_no_harm(
     ray = _ray_optimum(fit.predictor.predict, base, w, user_lo, user_hi, 1.0 / lam) if lam > 0 else 1.0
     keep = min(1.0, lam * ray)
     guard = {**withheld, "signal_share": float(lam), "ray_optimum": float(ray)}
-    beyond = f"; the predicted loss falls until {ray:.2f} x the step" if ray > 1.0 + 1e-9 else ""
+    beyond = f"; the predicted loss falls until {ray:.2f} x the step" if ray >= 1.005 else ""
     if gain > 0 and noise > 0:
         beyond = f" (chance it is no gain {_no_gain_chance(gain / noise):.2g}){beyond}"
     if keep >= SHIP_WHOLE_STEP:
