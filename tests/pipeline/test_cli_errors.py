@@ -116,3 +116,30 @@ def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tm
     assert len(err) == 1 and err[0].startswith("moemix: error: propose.max_epochs: "), err
     assert "raise propose.max_epochs" in err[0]
     assert not (run_dir / "proxies").exists()
+
+
+def test_a_target_naming_an_unknown_domain_stops_before_the_swarm(tmp_path, capsys):
+    """The target is applied at fit time, but a typo in it is one line after the domains stage, not a
+    failed fit after every proxy has trained."""
+    rng = np.random.default_rng(0)
+    vocab = ["".join(rng.choice(list("abcdefghij"), 5)) for _ in range(500)]
+    data = tmp_path / "corpus.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(vocab, 60)), "id": str(i), "src": "ab"[i % 2]}) + "\n"
+            for i in range(200)
+        )
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"domains:\n  sources:\n    - {{path: {data}, text_column: text, id_column: id, label_column: src}}\n"
+        "proxies:\n  sampler: {n_mixtures: 3}\n  train: {steps: 2, batch_size: 2, seq_len: 16}\n"
+        "  target: {domains: {a: 1, c: 1}}\n"
+        "pretrain: {enabled: false}\n"
+    )
+    run_dir = tmp_path / "run"
+    code, err = _run(capsys, ["run", str(cfg), "--out", str(run_dir), "--quiet"])
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("moemix: error: proxies.target: "), err
+    assert "unknown domain 'c'" in err[0] and "known: a, b" in err[0], err[0]
+    assert not (run_dir / "proxies").exists()

@@ -139,6 +139,12 @@ def check_repetition_budget(cfg: Config, domains: DomainsOutput) -> None:
         )
 
 
+def check_target(cfg: Config, domains: DomainsOutput) -> None:
+    """Before the swarm: a target that names a domain the domains stage did not make is one line now,
+    not a failed fit after every proxy has trained (the target is applied at fit time)."""
+    target_expression(cfg, domains.domains)
+
+
 # ---------------------------------------------------------------- proxies
 @dataclass(frozen=True)
 class ProxiesOutput:

@@ -26,6 +26,7 @@ from moemix.pipeline.stages import (
     ProxiesOutput,
     annotate_mixture,
     check_repetition_budget,
+    check_target,
     domains_stage,
     fit_stage,
     given_mixture,
@@ -133,6 +134,8 @@ def _run_stages(
             return res
         if last < 1:
             return res
+        if last >= STAGES.index("fit") or cfg.proxies.rounds != 1:
+            check_target(cfg, res.domains)  # rounds after the first are sampled from a fit of the target
         if last >= STAGES.index("propose"):
             check_repetition_budget(cfg, res.domains)
 
