@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from moemix.mixing.fit import load_fit
@@ -80,6 +81,37 @@ def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
     a2 = load_config(tmp_path / "tiny.yaml", overrides=auto)
     b2 = load_config(tmp_path / "tiny.yaml", overrides={"proxies": {**other["proxies"], "rounds": "auto"}})
     assert stable_hash(proxies_key_config(a2)) != stable_hash(proxies_key_config(b2))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pretrain": {"train": {"steps": 7}}},  # how far the round fit extrapolates, the epoch caps
+        {"pretrain": {"model": {"n_layers": 3}}},  # the fit's model-size ratio
+        {"fit": {"predictor": "loglinear"}},  # the fit the batch is sampled around
+        {"propose": {"min_gain_sigmas": 2.0}},  # auto asks the guard whether to train a round
+    ],
+    ids=["pretrain-budget", "pretrain-model", "fit", "propose"],
+)
+def test_with_rounds_what_picks_the_next_batch_keys_the_swarm(tmp_path, tiny_config, change):
+    """A swarm grown under one pretraining budget (or fit, or guard) holds the batch that budget chose:
+    a run under another is not handed it as if a fresh run would have trained the same proxies. With
+    one round nothing outside the proxies' own settings keys them."""
+    from moemix._io import stable_hash
+    from moemix.pipeline.stages import proxies_key_config
+
+    _config(tmp_path, tiny_config)
+
+    def key(over: dict, rounds) -> str:
+        merged = {**over, "proxies": {**over.get("proxies", {}), "rounds": rounds}}
+        return stable_hash(proxies_key_config(load_config(tmp_path / "tiny.yaml", overrides=merged)))
+
+    assert key(change, "auto") != key({}, "auto")
+    if "propose" in change:  # a fixed round count trains its rounds whatever the guard would say
+        assert key(change, 2) == key({}, 2)
+    else:
+        assert key(change, 2) != key({}, 2)
+    assert key(change, 1) == key({}, 1)
 
 
 def _synthetic_fit(tmp_path, target: str, slope: float):

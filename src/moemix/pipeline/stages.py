@@ -192,13 +192,32 @@ def proxies_key_config(cfg: Config) -> dict[str, Any]:
     """What the proxies stage's key hashes: only what the proxies compute. A weighted-domain target is
     applied at fit time (unless later rounds search around the target's optimum); resources, retries,
     threads and logging cadence are execution-only. The proxies themselves are reused across keys
-    (``proxy_store``)."""
+    (``proxy_store``).
+
+    Later rounds are sampled around what a fit of the earlier ones predicts at the pretraining scale,
+    and ``auto`` trains one only when the propose stage would leave the baselines: with rounds, which
+    mixtures the swarm holds depends on the fit, the pretraining budget and model (how far the fit
+    extrapolates, the epoch caps) and, under ``auto``, the proposer's guard, so those key it too. A
+    swarm grown under one budget is not reused as if a fresh run under another would have trained it.
+    """
     from moemix.proxies.run import swarm_target
 
     swarm_cfg = cfg.proxies
     if cfg.proxies.rounds == 1:
         swarm_cfg = dataclasses.replace(cfg.proxies, target=swarm_target(cfg.proxies.target))
-    return {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed, "format": SWARM_FORMAT}
+    key: dict[str, Any] = {"proxies": outcome_view(swarm_cfg), "seed": cfg.seed, "format": SWARM_FORMAT}
+    if cfg.proxies.rounds != 1:
+        pre = cfg.pretrain
+        key["rounds_from"] = {
+            "fit": outcome_view(cfg.fit),
+            "pretrain": {
+                "enabled": pre.enabled,
+                "tokens": pre.train.tokens_per_run() if pre.enabled else None,
+                "model": outcome_view(pre.model) if pre.enabled else None,
+            },
+            "propose": outcome_view(cfg.propose) if cfg.proxies.rounds == "auto" else None,
+        }
+    return key
 
 
 def proxies_stage(
