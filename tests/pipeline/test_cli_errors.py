@@ -92,9 +92,9 @@ def test_bad_corpus_is_one_line_and_keeps_previous_outputs(tmp_path, capsys, con
     assert (run_dir / "mixture.json").read_text() == '{"previous": true}'
 
 
-def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tmp_path, capsys):
-    """At most propose.max_epochs passes over the corpus fit the budget: one line after the domains
-    stage, not a failed propose stage after every proxy has trained."""
+def _tiny_two_domain_config(tmp_path, proxies_extra: str = "", tail: str = ""):
+    """A 200-document corpus labelled into domains 'a' and 'b', and a config whose swarm is small enough
+    that, were a pre-swarm check gone, the run would reach propose in seconds."""
     rng = np.random.default_rng(0)
     vocab = ["".join(rng.choice(list("abcdefghij"), 5)) for _ in range(500)]
     data = tmp_path / "corpus.jsonl"
@@ -105,11 +105,19 @@ def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tm
         )
     )
     cfg = tmp_path / "c.yaml"
-    # a swarm small enough that, were the check gone, the run would reach propose in seconds
     cfg.write_text(
         f"domains:\n  sources:\n    - {{path: {data}, text_column: text, id_column: id, label_column: src}}\n"
         "proxies:\n  sampler: {n_mixtures: 3}\n  train: {steps: 2, batch_size: 2, seq_len: 16}\n"
+        + proxies_extra
+        + tail
     )
+    return cfg
+
+
+def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tmp_path, capsys):
+    """At most propose.max_epochs passes over the corpus fit the budget: one line after the domains
+    stage, not a failed propose stage after every proxy has trained."""
+    cfg = _tiny_two_domain_config(tmp_path)
     run_dir = tmp_path / "run"
     code, err = _run(capsys, ["run", str(cfg), "--out", str(run_dir), "--quiet"])
     assert code == 2
@@ -121,21 +129,8 @@ def test_a_corpus_too_small_for_the_pretraining_budget_stops_before_the_swarm(tm
 def test_a_target_naming_an_unknown_domain_stops_before_the_swarm(tmp_path, capsys):
     """The target is applied at fit time, but a typo in it is one line after the domains stage, not a
     failed fit after every proxy has trained."""
-    rng = np.random.default_rng(0)
-    vocab = ["".join(rng.choice(list("abcdefghij"), 5)) for _ in range(500)]
-    data = tmp_path / "corpus.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"text": " ".join(rng.choice(vocab, 60)), "id": str(i), "src": "ab"[i % 2]}) + "\n"
-            for i in range(200)
-        )
-    )
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"domains:\n  sources:\n    - {{path: {data}, text_column: text, id_column: id, label_column: src}}\n"
-        "proxies:\n  sampler: {n_mixtures: 3}\n  train: {steps: 2, batch_size: 2, seq_len: 16}\n"
-        "  target: {domains: {a: 1, c: 1}}\n"
-        "pretrain: {enabled: false}\n"
+    cfg = _tiny_two_domain_config(
+        tmp_path, proxies_extra="  target: {domains: {a: 1, c: 1}}\n", tail="pretrain: {enabled: false}\n"
     )
     run_dir = tmp_path / "run"
     code, err = _run(capsys, ["run", str(cfg), "--out", str(run_dir), "--quiet"])
