@@ -221,3 +221,28 @@ def test_trust_region_keeps_proposals_near_the_explored_mixtures(tmp_path):
         assert any("edge of the region the proxies explored" in n for n in doc.notes) == noted, action
     with pytest.raises(MoemixError, match="max_weight_above_observed must be >= 0"):
         propose(res, None, ProposeConfig(max_weight_above_observed=-0.1))
+
+
+def test_an_anchored_next_batch_puts_half_around_the_anchor_and_half_at_the_fits_best(fitted):
+    """The proposer may ship a mixture away from the fit's raw best (a trust region, a KL pull): half
+    the batch checks that mixture, the other half still goes where the fit predicts lowest."""
+    res, _ = fitted
+    existing = runs_table(40, seed=5)[weight_cols()].to_numpy()
+    cfg = ProposeConfig(n_samples=4000)
+    anchor = np.array([0.12, 0.33, 0.05, 0.3, 0.2])  # no run within 0.02 of it
+    assert np.abs(existing - anchor).max(axis=1).min() > 0.02
+    free = propose_next_batch(res, None, 6, round_idx=1, existing=existing, cfg=cfg)
+    nb = propose_next_batch(res, None, 6, round_idx=1, existing=existing, cfg=cfg, anchor=anchor)
+    assert nb.shape == (6, 5)
+    np.testing.assert_allclose(nb.sum(axis=1), 1.0)
+    everyone = np.vstack([existing, nb])
+    gaps = np.abs(everyone[:, None] - everyone[None]).max(axis=2) + np.eye(len(everyone))
+    assert gaps.min() >= 0.02  # distinct from the runs and from each other
+    np.testing.assert_allclose(nb[0], anchor, atol=1e-9)
+    to_anchor = np.abs(nb - anchor).max(axis=1)
+    assert to_anchor[:3].max() < np.abs(free - anchor).max(axis=1).min(), (to_anchor, free)
+    # neighbours on every side of the anchor, not only the side the fit descends to (which the other
+    # half covers): some are predicted worse than the anchor itself
+    assert (res.predictor.predict(nb[1:3]) > res.predictor.predict(anchor[None])[0]).any()
+    # the rest goes where the fit predicts lowest: better, by the fit, than every run so far
+    assert res.predictor.predict(nb[3:]).max() < res.predictor.predict(existing).min()

@@ -11,7 +11,7 @@ import yaml
 
 from moemix.mixing.fit import load_fit
 from moemix.pipeline.config import load_config
-from moemix.pipeline.stages import domains_stage, proxies_stage
+from moemix.pipeline.stages import domains_stage, proposal_optimum, proxies_stage, round_proposal
 from moemix.proxies.run import run_sequential
 
 
@@ -45,12 +45,17 @@ def test_a_second_round_samples_new_mixtures_from_a_fit_of_the_first(tmp_path, t
         w = np.array([s.mixture[d] for d in domains.domains])
         assert np.min(np.abs(first - w).max(axis=1)) >= 0.02  # new mixtures, not repeats
     assert json.loads((out.stage.path / "rounds" / "1" / "fit.json").read_text())["n_used"] == 8
-    # "around the best predicted mixtures": the round's own fit rates every new mixture better than every
-    # run of the first swarm (a batch of fresh random mixtures would not be)
+    # half the batch (rounded up) checks the proposer's optimum of the round's own fit: the optimum
+    # itself, then a mixture near it
     round_fit = load_fit(out.stage.path / "rounds" / "1")
     new = np.array([[s.mixture[d] for d in domains.domains] for s in batches[1]])
+    optimum = proposal_optimum(round_proposal(cfg, domains, round_fit))
+    assert np.abs(new[0] - optimum).max() < 1e-6, (new[0], optimum)
+    assert np.abs(new[1] - optimum).max() < np.abs(first - optimum).max(axis=1).min(), (new[1], optimum)
+    # the rest is "around the best predicted mixtures": the round's own fit rates it better than every
+    # run of the first swarm (a fresh random mixture would not be)
     predicted_new, predicted_first = round_fit.predictor.predict(new), round_fit.predictor.predict(first)
-    assert predicted_new.max() < predicted_first.min(), (predicted_new, predicted_first)
+    assert predicted_new[2] < predicted_first.min(), (predicted_new, predicted_first)
 
     # the batch is a function of the runs before it: a resumed stage asks for the same one, trains nothing
     store = out.stage.path.parent  # RUN_DIR/proxies: runs/<run_id>/ shared by the run dir's swarms
@@ -89,14 +94,15 @@ def test_with_rounds_the_target_is_part_of_the_swarm(tmp_path, tiny_config):
         {"pretrain": {"train": {"steps": 7}}},  # how far the round fit extrapolates, the epoch caps
         {"pretrain": {"model": {"n_layers": 3}}},  # the fit's model-size ratio
         {"fit": {"predictor": "loglinear"}},  # the fit the batch is sampled around
+        {"propose": {"max_weight_above_observed": 0.2}},  # the optimum half of each batch is drawn around
         {"propose": {"min_gain_sigmas": 2.0}},  # auto asks the guard whether to train a round
     ],
-    ids=["pretrain-budget", "pretrain-model", "fit", "propose"],
+    ids=["pretrain-budget", "pretrain-model", "fit", "propose-optimum", "propose-guard"],
 )
 def test_with_rounds_what_picks_the_next_batch_keys_the_swarm(tmp_path, tiny_config, change):
-    """A swarm grown under one pretraining budget (or fit, or guard) holds the batch that budget chose:
-    a run under another is not handed it as if a fresh run would have trained the same proxies. With
-    one round nothing outside the proxies' own settings keys them."""
+    """A swarm grown under one pretraining budget (or fit, or proposer) holds the batch that budget
+    chose: a run under another is not handed it as if a fresh run would have trained the same proxies.
+    With one round nothing outside the proxies' own settings keys them."""
     from moemix._io import stable_hash
     from moemix.pipeline.stages import proxies_key_config
 
@@ -107,10 +113,7 @@ def test_with_rounds_what_picks_the_next_batch_keys_the_swarm(tmp_path, tiny_con
         return stable_hash(proxies_key_config(load_config(tmp_path / "tiny.yaml", overrides=merged)))
 
     assert key(change, "auto") != key({}, "auto")
-    if "propose" in change:  # a fixed round count trains its rounds whatever the guard would say
-        assert key(change, 2) == key({}, 2)
-    else:
-        assert key(change, 2) != key({}, 2)
+    assert key(change, 2) != key({}, 2)
     assert key(change, 1) == key({}, 1)
 
 
@@ -132,18 +135,19 @@ def _synthetic_fit(tmp_path, target: str, slope: float):
 
 
 def test_auto_asks_for_a_second_round_only_when_the_fit_would_leave_the_baselines(tmp_path):
-    from moemix.mixing.propose import ProposeConfig
+    from moemix.mixing.propose import ProposeConfig, propose
     from moemix.pipeline.stages import another_round_wanted
 
     # a subset target with a steep law: its optimum is far from uniform, where the swarm has few runs
     fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=1.0)
-    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
+    decision = propose(fitted, prior, ProposeConfig()).decision
+    wanted, why = another_round_wanted(decision)
     assert wanted and why.startswith("a second round: a fit of the first swarm"), why
-    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior, rounds_so_far=2)
+    wanted, why = another_round_wanted(decision, rounds_so_far=2)
     assert wanted and why.startswith("a third round: a fit of the first 2 rounds"), why
     # losses that do not depend on the mixture: the guard ships a baseline, so no round is wanted
     fitted, prior = _synthetic_fit(tmp_path, "loss/a:1.0", slope=0.0)
-    wanted, why = another_round_wanted(fitted, ProposeConfig(), prior)
+    wanted, why = another_round_wanted(propose(fitted, prior, ProposeConfig()).decision)
     assert not wanted and "would ship uniform" in why, why
 
 
@@ -173,9 +177,17 @@ def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tin
     # fit that has seen that round
     asked = []
 
-    def decide(fitted, propose_cfg, prior, tokens, budget, rounds_so_far):
-        asked.append((rounds_so_far, fitted.n_rows))
+    def decide(decision, rounds_so_far):
+        asked.append((rounds_so_far, seen[-1]))
         return (rounds_so_far == 1, f"round {rounds_so_far + 1}: test")
+
+    seen = []
+    real_proposal = stages.round_proposal
+    monkeypatch.setattr(
+        stages,
+        "round_proposal",
+        lambda c, d, fitted: seen.append(fitted.n_rows) or real_proposal(c, d, fitted),
+    )
 
     batches.clear()
     out.stage.manifest_path.unlink()

@@ -684,6 +684,7 @@ def propose_next_batch(
     min_distance: float = 0.02,
     domain_tokens: np.ndarray | None = None,
     tokens_per_run: int | None = None,
+    anchor: np.ndarray | None = None,
 ) -> np.ndarray:
     """CLIMB-style: the next ``n_next`` mixtures for the swarm to actually run.
 
@@ -692,6 +693,12 @@ def propose_next_batch(
     are kept at least ``min_distance`` (max-abs) apart from each other and from ``existing`` runs.
     ``explore`` is 0 by default: with few runs the std is largest at the simplex corners, and
     optimism there spent whole rounds on corner mixtures in our synthetic tests.
+
+    ``anchor``, when given, is the mixture the proposer would ship now (its optimum before the
+    do-no-harm share). Half the batch (rounded up) is then that mixture and its neighbours: the fit's
+    own best region often lies outside what the proposer may ship (past the trust region, at a corner
+    its KL term pulls away from), and a batch spent only there never checks the mixture that ships.
+    The other half still samples the fit's best region, which widens the trust region for the next fit.
     """
     cfg = cfg or ProposeConfig(n_samples=20_000)
     if domain_tokens is None or tokens_per_run is None:
@@ -700,31 +707,54 @@ def propose_next_batch(
     p = normalize_prior(fit.prior_array() if prior is None else prior, "prior")
     lo, hi = bounds_for(domains, cfg, domain_tokens, tokens_per_run)
     rng = np.random.default_rng(cfg.seed + 1000 * round_idx)
-    pool = _samples(rng, p, cfg.n_samples // 2, cfg, lo, hi)
-    m, _ = fit.predictor.predict_with_std(pool)
-    centers = pool[np.argsort(m)[: max(8, n_next)]]
     conc = 10.0 * len(p) * (2.0**round_idx)
-    cand = np.vstack([pool, _around(rng, centers, cfg.n_samples // 2, conc, lo, hi)])
-    mean, std = fit.predictor.predict_with_std(cand)
-    score = mean - explore * (std if std is not None else 0.0)
-    chosen: list[np.ndarray] = []
     taken = (
         np.zeros((0, len(p))) if existing is None else np.atleast_2d(np.asarray(existing, dtype=np.float64))
     )
-    for i in np.argsort(score):
-        c = cand[i]
-        if taken.shape[0] and np.min(np.max(np.abs(taken - c), axis=1)) < min_distance:
-            continue
-        chosen.append(c)
-        taken = np.vstack([taken, c[None, :]])
-        if len(chosen) == n_next:
-            break
+    chosen: list[np.ndarray] = []
+    if anchor is not None:
+        a = project_capped(normalize_prior(np.asarray(anchor, dtype=np.float64), "anchor")[None, :], lo, hi)
+        # the anchor itself first (unless a run already sits there), then neighbours in random order:
+        # picked by the fit's mean they would all lean the one way the other half already goes, while
+        # the refit needs the loss around the anchor in every direction to confirm or move it
+        chosen, taken = _pick_distinct(None, a, 0.0, taken, min_distance, 1)
+        near = _around(rng, a, max(64, 8 * n_next), conc, lo, hi)
+        more, taken = _pick_distinct(None, near, 0.0, taken, min_distance, (n_next + 1) // 2 - len(chosen))
+        chosen += more
+    pool = _samples(rng, p, cfg.n_samples // 2, cfg, lo, hi)
+    m, _ = fit.predictor.predict_with_std(pool)
+    centers = pool[np.argsort(m)[: max(8, n_next)]]
+    cand = np.vstack([pool, _around(rng, centers, cfg.n_samples // 2, conc, lo, hi)])
+    rest, _ = _pick_distinct(fit, cand, explore, taken, min_distance, n_next - len(chosen))
+    chosen += rest
     if len(chosen) < n_next:
         raise MoemixError(
             f"search: only {len(chosen)} distinct candidates for {n_next} runs; lower min_distance"
         )
     out = np.array(chosen)
     return out / out.sum(axis=1, keepdims=True)
+
+
+def _pick_distinct(
+    fit: FitResult | None, cand: np.ndarray, explore: float, taken: np.ndarray, min_distance: float, n: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Up to ``n`` of ``cand``, best by ``mean - explore·std`` first (in their given order without a
+    ``fit``), each at least ``min_distance`` (max-abs) from ``taken`` and from each other; the picks,
+    and ``taken`` with them added."""
+    order = np.arange(len(cand))
+    if fit is not None:
+        mean, std = fit.predictor.predict_with_std(cand)
+        order = np.argsort(mean - explore * (std if std is not None else 0.0))
+    chosen: list[np.ndarray] = []
+    for i in order:
+        if len(chosen) >= n:
+            break
+        c = cand[i]
+        if taken.shape[0] and np.min(np.max(np.abs(taken - c), axis=1)) < min_distance:
+            continue
+        chosen.append(c)
+        taken = np.vstack([taken, c[None, :]])
+    return chosen, taken
 
 
 def _best_seen(fit: FitResult) -> tuple[float, str] | None:

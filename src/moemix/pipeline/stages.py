@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # their code (FIT_FORMAT, PROPOSE_FORMAT).
 DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
 SWARM_FORMAT = 2  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term)
+# how a later round's batch is picked; only swarms with rounds hold such batches, so only they key on it
+NEXT_BATCH_FORMAT = 2  # 2: half the batch around the proposer's optimum
 PRETRAIN_FORMAT = 1
 
 
@@ -195,10 +197,11 @@ def proxies_key_config(cfg: Config) -> dict[str, Any]:
     (``proxy_store``).
 
     Later rounds are sampled around what a fit of the earlier ones predicts at the pretraining scale,
-    and ``auto`` trains one only when the propose stage would leave the baselines: with rounds, which
-    mixtures the swarm holds depends on the fit, the pretraining budget and model (how far the fit
-    extrapolates, the epoch caps) and, under ``auto``, the proposer's guard, so those key it too. A
-    swarm grown under one budget is not reused as if a fresh run under another would have trained it.
+    and the proposer's optimum (half of each batch is drawn around it); ``auto`` trains one only when
+    the propose stage would leave the baselines. With rounds, which mixtures the swarm holds depends on
+    the fit, the pretraining budget and model (how far the fit extrapolates, the epoch caps) and the
+    proposer, so those key it too. A swarm grown under one budget is not reused as if a fresh run under
+    another would have trained it.
     """
     from moemix.proxies.run import swarm_target
 
@@ -209,13 +212,14 @@ def proxies_key_config(cfg: Config) -> dict[str, Any]:
     if cfg.proxies.rounds != 1:
         pre = cfg.pretrain
         key["rounds_from"] = {
+            "batch": NEXT_BATCH_FORMAT,
             "fit": outcome_view(cfg.fit),
             "pretrain": {
                 "enabled": pre.enabled,
                 "tokens": pre.train.tokens_per_run() if pre.enabled else None,
                 "model": outcome_view(pre.model) if pre.enabled else None,
             },
-            "propose": outcome_view(cfg.propose) if cfg.proxies.rounds == "auto" else None,
+            "propose": outcome_view(cfg.propose),
         }
     return key
 
@@ -242,11 +246,9 @@ def proxies_stage(
             wanted = True
             try:
                 fitted = round_fit(cfg, domains, stage, round_idx, so_far)
+                proposal = round_proposal(cfg, domains, fitted)
                 if auto:
-                    budget = _pretrain_tokens(cfg)
-                    wanted, auto_why = another_round_wanted(
-                        fitted, cfg.propose, domains.prior(), domains.token_counts(), budget, round_idx
-                    )
+                    wanted, auto_why = another_round_wanted(proposal.decision, round_idx)
             except MoemixError as e:
                 if not auto:
                     raise
@@ -257,9 +259,20 @@ def proxies_stage(
                 log.info("proxies: rounds auto: %s", auto_why)
             if not wanted:
                 break
-            more = next_round_specs(cfg, domains, fitted, round_idx, earlier, proxy_store(stage))
+            more = next_round_specs(
+                cfg,
+                domains,
+                fitted,
+                round_idx,
+                earlier,
+                proxy_store(stage),
+                anchor=proposal_optimum(proposal),
+            )
             log.info(
-                "proxies: round %d, %d runs around the best predicted mixtures", round_idx + 1, len(more)
+                "proxies: round %d, %d runs: half around the proposer's optimum, half around the best "
+                "predicted mixtures",
+                round_idx + 1,
+                len(more),
             )
             planned += [s.run_id for s in more]
             rounds_run = round_idx + 1
@@ -367,22 +380,36 @@ def _fit_of(rounds_so_far: int) -> str:
     return "a fit of the first swarm" if rounds_so_far == 1 else f"a fit of the first {rounds_so_far} rounds"
 
 
-def another_round_wanted(
-    fitted: Any,
-    propose_cfg: Any,
-    prior: np.ndarray,
-    domain_tokens: np.ndarray | None = None,
-    target_tokens: int | None = None,
-    rounds_so_far: int = 1,
-) -> tuple[bool, str]:
-    """``rounds: auto``: is another batch worth training, and why? Only when the propose stage, given
-    ``fitted`` (a fit of every run of the ``rounds_so_far`` rounds trained), would move the mixture away
-    from uniform and natural. Its optimum then lies where the swarm has few runs (often held at the trust
-    region's edge); when the do-no-harm guard would ship a baseline, the swarm already samples densely
-    around it."""
+def round_proposal(cfg: Config, domains: DomainsOutput, fitted: Any) -> Any:
+    """What the propose stage would make of ``fitted``, a fit of the rounds so far: the same proposer,
+    prior, token counts and pretraining budget."""
     from moemix.mixing.propose import propose
 
-    d = propose(fitted, prior, propose_cfg, domain_tokens=domain_tokens, target_tokens=target_tokens).decision
+    return propose(
+        fitted,
+        domains.prior(),
+        cfg.propose,
+        domain_tokens=domains.token_counts(),
+        target_tokens=_pretrain_tokens(cfg),
+    )
+
+
+def proposal_optimum(proposal: Any) -> np.ndarray:
+    """The proposer's optimum before the do-no-harm share: the mixture a stronger fit would ship, so the
+    one the next batch should check."""
+    d = proposal.decision
+    if d is not None and d.optimum:
+        return np.array([d.optimum[name] for name in proposal.domains], dtype=np.float64)
+    return np.asarray(proposal.weights, dtype=np.float64)
+
+
+def another_round_wanted(decision: Any, rounds_so_far: int = 1) -> tuple[bool, str]:
+    """``rounds: auto``: is another batch worth training, and why? Only when the propose stage's
+    ``decision`` for a fit of every run of the ``rounds_so_far`` rounds trained would move the mixture
+    away from uniform and natural. Its optimum then lies where the swarm has few runs (often held at the
+    trust region's edge); when the do-no-harm guard would ship a baseline, the swarm already samples
+    densely around it."""
+    d = decision
     figures = ", ".join(
         f"{name} {v:.4f}"
         for name, v in (("predicted gain", d.predicted_gain), ("noise", d.noise))
@@ -395,10 +422,17 @@ def another_round_wanted(
 
 
 def next_round_specs(
-    cfg: Config, domains: DomainsOutput, fitted: Any, round_idx: int, earlier: list[str], store: Path
+    cfg: Config,
+    domains: DomainsOutput,
+    fitted: Any,
+    round_idx: int,
+    earlier: list[str],
+    store: Path,
+    anchor: np.ndarray | None = None,
 ) -> list[Any]:
     """CLIMB: the next batch, sampled around the best mixtures ``fitted`` (a fit of the base runs of the
-    earlier rounds, ``earlier``: their run ids) predicts.
+    earlier rounds, ``earlier``: their run ids) predicts, half of it around ``anchor`` (the proposer's
+    optimum, ``proposal_optimum``) when given.
 
     Deterministic given those runs, so a resumed stage asks for the same batch again and the finished
     part of it is skipped.
@@ -416,6 +450,7 @@ def next_round_specs(
         existing=np.asarray(fitted.observed_weights, dtype=np.float64),
         domain_tokens=domains.token_counts(),
         tokens_per_run=pcfg.train.tokens_per_run(),
+        anchor=anchor,
     )
     return round_specs(
         pcfg,

@@ -87,8 +87,9 @@ class ProxiesConfig:
     # the proposer must beat before it moves away from the baselines
     uniform_seeds: int = 3
     # CLIMB-style iterative search: after the first swarm, rounds - 1 more batches of round_mixtures
-    # proxies, each sampled around the best mixtures predicted by a fit on every run so far (the search
-    # region shrinks round by round); the target then shapes the swarm and joins its cache key (the
+    # proxies from a fit on every run so far: half around the proposer's optimum (the mixture that
+    # would ship), half around the fit's best predicted mixtures (the search region shrinks round by
+    # round); the target then shapes the swarm and joins its cache key (the
     # proxies already trained are reused). auto: up to AUTO_MAX_ROUNDS, each batch only while a fit
     # of every run so far would move the mixture away from uniform and natural (the do-no-harm guard's
     # decision is not the baseline). A target whose best mixture the guard cannot tell from a baseline
