@@ -320,3 +320,26 @@ def test_a_misspelt_predictor_param_is_rejected_at_config_time_naming_the_key():
     FitConfig(predictor="scaling_law", predictor_params={"size_per_domain": True}).validate()
     with pytest.raises(MoemixError, match="unknown key 'size_per_domian' for predictor 'scaling_law'"):
         FitConfig(predictor="scaling_law", predictor_params={"size_per_domian": True}).validate()
+
+
+def test_predictions_that_leave_out_model_size_say_so_in_mixture_json(tmp_path):
+    """Extrapolated to a pretrain model 3x the proxies' without a scale check, the levels are a smaller
+    model's: mixture.json says so. Once a scale check calibrated the size speed-up the note goes."""
+    from moemix.mixing.propose import ProposeConfig, proposal_to_doc, propose
+
+    runs, curves = _starving_runs()
+    target = ",".join(f"loss/{d}:0.25" for d in DOMAINS)
+    params = {"bootstrap": 0, "target_scale": 2.0, "target_params": 3.0}
+    cfg = FitConfig(predictor="scaling_law", plots=False, predictor_params=params)
+    res = fit_runs(runs, target, [f"w/{d}" for d in DOMAINS], cfg, tmp_path, curves=curves)
+    proposal = propose(res, None, ProposeConfig(n_samples=500))
+
+    def size_notes():
+        return [n for n in proposal_to_doc(proposal, res).notes or [] if "model size" in n]
+
+    assert len(size_notes()) == 1 and "3x their active parameters" in size_notes()[0], size_notes()
+    res.predictor.size_exponent = 0.4  # as calibrate_size leaves it
+    assert size_notes() == []
+    res.predictor.size_exponent = None
+    res.predictor.params["target_params"] = None  # nothing pretrained: the proxies' own scale
+    assert size_notes() == []
