@@ -84,6 +84,10 @@ class PretrainCheck:
     target_loss: dict[str, float | None] = field(default_factory=dict)
     beats_baselines: bool = False
     verdict: str = ""
+    # per baseline pretrained next to the chosen mixture (not the chosen mixture itself): the chosen
+    # mixture's gain over it as the fit predicted it and as pretraining measured it, so every run audits
+    # the evidence the do-no-harm guard weighed
+    gains: dict[str, dict[str, float | None]] | None = None
 
 
 @dataclass

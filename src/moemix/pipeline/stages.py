@@ -820,6 +820,35 @@ def pretrain_verdict(comparison: dict[str, Any]) -> PretrainCheck:
     return PretrainCheck(losses, False, f"WARNING: {head} does not beat {', '.join(lost)} ({vs})")
 
 
+def _with_gains(check: PretrainCheck, comparison: dict[str, Any], doc: Any) -> PretrainCheck:
+    """``check`` with the chosen mixture's gain over each baseline, predicted (``doc``'s fit) and
+    measured, in its fields and at the end of its verdict."""
+    losses = check.target_loss
+    predicted = {"chosen": doc.predicted_target_loss, **asdict(doc.baselines)}
+    gains: dict[str, dict[str, float | None]] = {}
+    for name in BASELINES:
+        if name not in losses or losses[name] is None or comparison[name].get("same_as") == "chosen":
+            continue
+        guess = (
+            None
+            if predicted.get(name) is None or predicted["chosen"] is None
+            else float(predicted[name]) - float(predicted["chosen"])
+        )
+        gains[name] = {"predicted": guess, "measured": float(losses[name]) - float(losses["chosen"])}
+    if not gains:
+        return dataclasses.replace(check, gains=None)
+    said = "; ".join(
+        f"gain over {n}: predicted {_signed(g['predicted'])}, measured {_signed(g['measured'])}"
+        for n, g in gains.items()
+    )
+    verdict = check.verdict.split("; gain over ")[0]  # a re-annotated verdict keeps one account
+    return dataclasses.replace(check, gains=gains, verdict=f"{verdict}; {said}")
+
+
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"
+
+
 def annotate_mixture(mixture_path: Path, comparison: dict[str, Any]) -> PretrainCheck:
     """Record the pretraining verdict in the published mixture.json (what users read), and warn on a loss."""
     from moemix.mixing.schema import load_mixture, write_mixture
@@ -828,6 +857,7 @@ def annotate_mixture(mixture_path: Path, comparison: dict[str, Any]) -> Pretrain
         PretrainCheck(**comparison["verdict"]) if "verdict" in comparison else pretrain_verdict(comparison)
     )
     doc = load_mixture(mixture_path)
+    check = _with_gains(check, comparison, doc)
     notes = [n for n in (doc.notes or []) if not n.startswith("pretraining: ")]
     if not check.beats_baselines:
         log.warning("pretraining: %s", check.verdict)
