@@ -304,14 +304,13 @@ def dictionary(src: Source) -> Iterator[Doc]:
         yield (head if head.isalpha() else "_"), d
 
 
-def kernel_docs(src: Source) -> Iterator[Doc]:
-    files = package_files(src.packages, r"/Documentation/.*\.rst\.gz$", r"/html/")
-    yield from file_docs(src, files, BLANK)
+def doc_files(include: str, exclude: str | None = None) -> Callable[[Source], Iterator[Doc]]:
+    """Prose (documentation) files, cut on paragraph breaks."""
 
+    def make(src: Source) -> Iterator[Doc]:
+        yield from file_docs(src, package_files(src.packages, include, exclude), BLANK)
 
-def perl_pod(src: Source) -> Iterator[Doc]:
-    files = package_files(src.packages, r"/pod/.*\.pod$")
-    yield from file_docs(src, files, BLANK)
+    return make
 
 
 def manpages(src: Source) -> Iterator[Doc]:
@@ -409,15 +408,6 @@ def code(include: str, exclude: str | None = None) -> Callable[[Source], Iterato
     return docs
 
 
-def doc_files(include: str, exclude: str | None = None) -> Callable[[Source], Iterator[Doc]]:
-    """Prose (documentation) files, cut on paragraph breaks."""
-
-    def make(src: Source) -> Iterator[Doc]:
-        yield from file_docs(src, package_files(src.packages, include, exclude), BLANK)
-
-    return make
-
-
 def glibc(src: Source) -> Iterator[Doc]:
     """C: the .c files of the GNU C library source tarball that glibc-source ships."""
     (tarball,) = package_files(src.packages, r"^/usr/src/glibc/glibc-[^/]+\.tar\.xz$")
@@ -446,10 +436,10 @@ CORPORA: dict[str, tuple[Source, ...]] = {
             "kernel_docs",
             ("linux-doc-6.1",),
             8,
-            kernel_docs,
+            doc_files(r"/Documentation/.*\.rst\.gz$", r"/html/"),
             "Linux kernel Documentation/ (reStructuredText)",
         ),
-        Source("perl_pod", ("perl-doc",), 5, perl_pod, "Perl manual pages (POD source)"),
+        Source("perl_pod", ("perl-doc",), 5, doc_files(r"/pod/.*\.pod$"), "Perl manual pages (POD source)"),
         Source(
             "manpages",
             ("manpages", "manpages-dev"),
