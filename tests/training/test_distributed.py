@@ -147,8 +147,13 @@ def test_router_biases_stay_identical_on_every_rank(markov_tokens, tmp_path):
     assert two[0]["router_bias"] == two[1]["router_bias"]
     assert any(v != 0 for layer in one["router_bias"] for v in layer)  # the biases did move
     assert rel_diff(two[0]["losses"], one["losses"]) <= 1e-4
-    for a, b in zip(two[0]["router_bias"], one["router_bias"]):
-        assert a == pytest.approx(b, abs=1e-6)
+    # the update is a sign: one token routed the other way (the two runs agree to 1e-4, not bit for bit,
+    # and where an expert's load sits at the mean that one token is a whole step) moves one bias by a
+    # step or two. Allow that for one or two of the 24; a different or missing update moves most of them
+    rate = aux_free["bias_update_rate"]
+    diffs = [abs(a - b) for la, lb in zip(two[0]["router_bias"], one["router_bias"]) for a, b in zip(la, lb)]
+    assert max(diffs) <= 2 * rate + 1e-6
+    assert sum(d > 1e-6 for d in diffs) <= 2
 
 
 @pytest.mark.parametrize("balance,scope", [("aux", "global"), ("aux_free", "micro")])
