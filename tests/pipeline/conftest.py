@@ -55,7 +55,15 @@ TINY = {
             },
         },
     },
-    "fit": {"predictor": "scaling_law", "cv_folds": 3},
+    # one start per law, no run-effect backfitting and a small bootstrap: the tiny proxies' curves are
+    # nearly flat, so each least-squares start takes ~250 steps, and the default fit (four starts, two
+    # backfitting passes, 16 bootstrap refits) was most of the slowest tests' time. These tests are about
+    # the stages' mechanics; tests/mixing/test_scaling_law.py covers the law's own options
+    "fit": {
+        "predictor": "scaling_law",
+        "cv_folds": 3,
+        "predictor_params": {"n_restarts": 1, "bootstrap": 4, "run_effect_rounds": 0},
+    },
     "pretrain": {
         "num_workers": 1,
         "checkpoint_every": 5,
