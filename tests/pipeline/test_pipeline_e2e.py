@@ -112,20 +112,18 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
         assert Path(comp[name]["checkpoint"]).exists()
         # the same budget really was served: read the stream's own count (final checkpoint), not the
         # reported figure, which is steps x batch x seq_len by construction
-        trained_as = comp[name]["same_as"] or name
-        stream = _final_stream_state(res.pretrain.stage.path / trained_as / "checkpoints")
+        trained_in = Path(comp[name]["run_dir"])  # a twin of the chosen mixture names the chosen run
+        assert trained_in.parent == run_dir / "pretrain" / "runs", trained_in
+        stream = _final_stream_state(trained_in / "checkpoints")
         served = sum(stream["counts"]) * stream["seq_len"]
         assert stream["steps"] == tcfg.num_steps and stream["seats"] == tcfg.num_steps * tcfg.batch_size, (
             name,
             stream,
         )
         assert served == tcfg.planned_tokens == comp[name]["tokens"], (name, served, comp[name]["tokens"])
-        logged = [
-            json.loads(line)
-            for line in (res.pretrain.stage.path / trained_as / "metrics.jsonl").read_text().splitlines()
-        ]
+        logged = [json.loads(line) for line in (trained_in / "metrics.jsonl").read_text().splitlines()]
         assert logged[-1]["step"] == tcfg.num_steps, (name, logged[-1])
-        assert list((res.pretrain.stage.path / trained_as).glob("events.out.tfevents.*")), name
+        assert list(trained_in.glob("events.out.tfevents.*")), name
     check = doc.pretrain_check
     assert check is not None and check.target_loss["chosen"] == comp["chosen"]["target_loss"]
     assert check.beats_baselines == (
@@ -196,6 +194,14 @@ def test_pipeline_end_to_end_and_rerun_is_cached(tmp_path, ray_session, tiny_con
         if "mixture" in json.loads(m.read_text())["inputs"]
     ]
     assert len(given) == 1 and given[0]["key"] != res.pretrain.stage.key
+    # the baselines do not depend on the chosen mixture: their runs are the first comparison's, and
+    # only the hand-written mixture was pretrained
+    given_comp = given[0]["outputs"]["comparison"]
+    for name in ("uniform", "natural"):
+        assert given_comp[name]["run_dir"] == comp[name]["run_dir"], name
+    store = {p.name for p in (run_dir / "pretrain" / "runs").iterdir()}
+    first_runs = {Path(comp[n]["run_dir"]).name for n in ("chosen", "uniform", "natural")}
+    assert store - first_runs == {Path(given_comp["chosen"]["run_dir"]).name}, (store, first_runs)
     assert (run_dir / "mixture.json").read_bytes() != b"" and load_mixture(run_dir / "mixture.json")
     stamps = _snapshot(run_dir)
     assert main(argv) == 0  # the same file again: cached, nothing trained

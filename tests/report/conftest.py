@@ -110,14 +110,22 @@ def write_run_dir(
         return run
     pre = run / "pretrain" / "tk"
     comparison = {}
+    # as the pipeline lays them out: each run in the store RUN_DIR/pretrain/runs/, named by runs.json
+    _write(pre / "runs.json", {name: f"../runs/r-{name}" for name in ("chosen", "uniform", "natural")})
     for j, name in enumerate(("chosen", "uniform", "natural")):
         recs = [{"step": s, "loss": 6.0 - 0.1 * s - 0.05 * j, "total_steps": 20} for s in (5, 10, 15, 20)]
-        (pre / name).mkdir(parents=True)
-        (pre / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        comparison[name] = {"target_loss": 4.0 + 0.1 * j, "tokens": 5120, "same_as": None}
+        store = run / "pretrain" / "runs" / f"r-{name}"
+        store.mkdir(parents=True)
+        (store / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        comparison[name] = {
+            "target_loss": 4.0 + 0.1 * j,
+            "tokens": 5120,
+            "same_as": None,
+            "run_dir": str(store),
+        }
         counts = {d: [[10 + k, 20, 30 - k, 4 * k + 1], [5, 5, 5, 5 + k]] for k, d in enumerate(DOMAINS)}
         load = {"counts": counts, "tokens": {d: 40 for d in DOMAINS}, "top_k": 2, "split": "valid"}
-        _write(pre / name / "result.json", {"target_loss": 4.0 + 0.1 * j, "expert_load": load})
+        _write(store / "result.json", {"target_loss": 4.0 + 0.1 * j, "expert_load": load})
     comparison["verdict"] = {"verdict": "chosen 4.0000 beats uniform 4.1000, natural 4.2000"}
     _write(pre / "comparison.json", comparison)
     _manifest(run, "pretrain", "tk", {"propose": "ok", "domains": "dk"}, {"comparison": comparison})

@@ -19,7 +19,7 @@ import pytest
 
 from moemix.cli import main
 from moemix.report import render
-from moemix.report.collect import collect
+from moemix.report.collect import collect, pretrain_run_dirs
 from moemix.report.svg import nice_ticks, scatter
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -137,6 +137,18 @@ def test_report_follows_the_published_mixture_not_the_newest_stage_dirs(syntheti
     assert [r["loss"] for r in data.pretrain_metrics["chosen"]][0] == pytest.approx(5.5)
 
 
+def test_pretrain_runs_are_found_through_runs_json_else_in_the_stage(synthetic_run):
+    pre = synthetic_run / "pretrain" / "tk"
+    assert pretrain_run_dirs(pre)["uniform"].resolve() == (synthetic_run / "pretrain" / "runs" / "r-uniform")
+    assert collect(synthetic_run).pretrain_results["uniform"]["target_loss"] == pytest.approx(4.1)
+    # a run dir from before the store: each run in the stage directory itself
+    (pre / "runs.json").unlink()
+    for name in ("chosen", "uniform"):
+        shutil.move(synthetic_run / "pretrain" / "runs" / f"r-{name}", pre / name)
+    assert sorted(pretrain_run_dirs(pre)) == ["chosen", "uniform"]
+    assert collect(synthetic_run).pretrain_results["uniform"]["target_loss"] == pytest.approx(4.1)
+
+
 def test_moemix_report_writes_the_page_and_refuses_a_non_run_dir(synthetic_run, tmp_path, capsys):
     assert main(["report", str(synthetic_run)]) == 0
     out = capsys.readouterr().out.strip()
@@ -226,10 +238,10 @@ def _expected_marks(run: Path) -> dict[str, int]:
     base = runs[(runs["status"] == "ok") & (runs["scale"] == "base")]
     (fit,) = list(run.glob("fit/*/cv.json"))
     (pre,) = [p for p in (run / "pretrain").iterdir() if (p / "comparison.json").exists()]
-    chosen = json.loads((pre / "chosen" / "result.json").read_text())
+    chosen = json.loads((pretrain_run_dirs(pre)["chosen"] / "result.json").read_text())
     n_experts = chosen["model_config"]["n_experts"]
     n_moe_layers = len(next(iter(chosen["expert_load"]["counts"].values())))
-    trained = [p for p in pre.iterdir() if (p / "metrics.jsonl").exists()]
+    trained = [p for p in pretrain_run_dirs(pre).values() if (p / "metrics.jsonl").exists()]
     return {
         "plot-mixture": 3 * len(domains),
         "plot-cv": len(json.loads(fit.read_text())["oof"]["actual"]),
@@ -250,7 +262,7 @@ def test_real_run_report_renders_every_plot_in_headless_chromium(finished_run, t
 
     # the expert load was recorded honestly: every evaluated token's top-k slots, each to one expert
     (pre,) = [p for p in (run / "pretrain").iterdir() if (p / "comparison.json").exists()]
-    load = json.loads((pre / "chosen" / "result.json").read_text())["expert_load"]
+    load = json.loads((pretrain_run_dirs(pre)["chosen"] / "result.json").read_text())["expert_load"]
     for d, layers in load["counts"].items():
         assert all(sum(layer) == load["tokens"][d] * load["top_k"] for layer in layers), d
 

@@ -120,7 +120,7 @@ def test_setting_the_key_on_a_finished_run_trains_nothing_and_logs_it(finished_r
     assert sorted(children) == trained
     metrics = [
         json.loads(line)
-        for line in (res.pretrain.stage.path / "chosen" / "metrics.jsonl").read_text().splitlines()
+        for line in (Path(comp["chosen"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
     ]
     history = client.get_metric_history(children["chosen"].info.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [

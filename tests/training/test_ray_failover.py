@@ -70,7 +70,9 @@ def test_killed_worker_is_restarted_and_resumes(ray_session, markov_tokens, tmp_
     killed: list[int] = []
     killer = threading.Thread(target=kill_one_worker_after, args=(out / "chosen" / "checkpoints", 20, killed))
     killer.start()
-    res = pretrain_mixtures(pcfg, TargetConfig(), {"chosen": MIX}, markov_tokens, out)["chosen"]
+    res = pretrain_mixtures(pcfg, TargetConfig(), {"chosen": MIX}, markov_tokens, {"chosen": out / "chosen"})[
+        "chosen"
+    ]
     killer.join()
     assert killed, "no worker was killed: the test did not exercise a failure"
     assert res["resumed_from_step"] >= 20  # restarted from a checkpoint, not from scratch

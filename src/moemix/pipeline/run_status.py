@@ -18,6 +18,7 @@ from typing import Any
 
 from moemix.errors import MoemixError
 from moemix.pipeline.run_lock import LOCK_NAME
+from moemix.report.collect import pretrain_run_dirs
 
 STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
 
@@ -121,9 +122,11 @@ def _planned_steps(run_dir: Path) -> int | None:
 def _pretrain_detail(path: Path, run_dir: Path) -> dict[str, Any]:
     steps = _planned_steps(run_dir)
     runs = {}
-    for sub in sorted(p for p in path.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()):
+    for name, sub in sorted(pretrain_run_dirs(path).items()):
+        if not (sub / "metrics.jsonl").exists():
+            continue
         last = _last_metrics(sub / "metrics.jsonl") or {}
-        runs[sub.name] = {
+        runs[name] = {
             "step": last.get("step"),
             "steps": last.get("total_steps", steps),  # the worker records its planned steps
             "loss": last.get("loss"),

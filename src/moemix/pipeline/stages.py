@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ DOMAINS_FORMAT = 2  # 2: hash-partitioned work units, domains in parts
 SWARM_FORMAT = 2  # 2: a round's batch comes from the fit stage's own fit (seed noise, model-size term)
 # how a later round's batch is picked; only swarms with rounds hold such batches, so only they key on it
 NEXT_BATCH_FORMAT = 2  # 2: half the batch around the proposer's optimum
-PRETRAIN_FORMAT = 1
+PRETRAIN_FORMAT = 2  # 2: each pretrained mixture in the run store RUN_DIR/pretrain/runs/, shared by stages
 
 
 # ---------------------------------------------------------------- domains
@@ -744,10 +745,18 @@ def pretrain_stage(
     """Pretrain on the chosen mixture and, with the same tokens, on the uniform and natural ones.
 
     ``source``: the propose stage's output or a ``given_mixture``. ``pretrain_runner(mixtures,
-    tokens_dir, out_dir) -> {name: result dict}`` trains each named mixture under ``out_dir/<name>/``
-    (resuming from its checkpoint) and returns its final validation losses. A baseline equal to the
-    chosen mixture (the do-no-harm guard can ship one) is not trained twice.
+    tokens_dir, run_dirs) -> {name: result dict}`` trains each named mixture in ``run_dirs[name]``
+    (resuming from its checkpoint; a finished one is read back) and returns its final validation
+    losses. A baseline equal to the chosen mixture (the do-no-harm guard can ship one) is not trained
+    twice.
+
+    Every run lives in the store ``RUN_DIR/pretrain/runs/<key>/``, keyed by what decides what it learns
+    (``pretrain_run_key``), not by the stage: uniform and natural do not depend on the chosen mixture, so
+    a new target or a hand-written mixture pretrains only the new mixture, and its baselines are the
+    runs the last comparison trained. The stage's ``runs.json`` names each mixture's run directory.
     """
+    from moemix.report.collect import PRETRAIN_RUN_DIRS
+
     if isinstance(source, ProposeOutput):
         source = proposed_mixture(source)
     stage = stage_for(
@@ -755,7 +764,7 @@ def pretrain_stage(
     )
     if not stage.is_complete():
         started = time.time()
-        stage.start()  # never fresh: checkpoints inside are how a crashed run resumes
+        stage.start()  # never fresh (the runs are outside it, but its runs.json names them)
         wanted = {"chosen": source.weights}
         if cfg.pretrain.compare_uniform:
             wanted["uniform"] = {d: 1.0 / len(domains.domains) for d in domains.domains}
@@ -769,7 +778,15 @@ def pretrain_stage(
                 mixtures[name] = mix
             else:
                 same_as[name] = twin
-        results = pretrain_runner(mixtures, domains.tokens_dir, stage.path)
+        store = pretrain_store(run_dir)
+        run_dirs = {name: store / pretrain_run_key(cfg, domains, mix) for name, mix in mixtures.items()}
+        # before training, so that `moemix status` and the report find the runs while they train
+        write_json_atomic(
+            stage.path / PRETRAIN_RUN_DIRS,
+            {name: os.path.relpath(path, stage.path) for name, path in run_dirs.items()},
+        )
+        results = pretrain_runner(mixtures, domains.tokens_dir, run_dirs)
+        results = {name: on_target(r, cfg.proxies.target, domains.domains) for name, r in results.items()}
         results.update({name: results[twin] for name, twin in same_as.items()})
         comparison: dict[str, Any] = {
             name: {
@@ -779,6 +796,7 @@ def pretrain_stage(
                 "checkpoint": r.get("checkpoint"),
                 "loss": r.get("loss"),
                 "same_as": same_as.get(name),
+                "run_dir": str(run_dirs[same_as.get(name, name)]),
             }
             for name, r in results.items()
         }
@@ -788,11 +806,51 @@ def pretrain_stage(
             )
         comparison["verdict"] = asdict(pretrain_verdict(comparison))
         comparison["moemix_version"] = __version__
-        from moemix._io import write_json_atomic
-
         write_json_atomic(stage.path / "comparison.json", comparison)
         stage.complete({"comparison": comparison}, started)
     return PretrainOutput(stage, stage.manifest()["outputs"]["comparison"])
+
+
+def pretrain_store(run_dir: Path) -> Path:
+    """Where every pretrain run of a run dir lives, whichever stage asked for it."""
+    return Path(run_dir) / "pretrain" / "runs"
+
+
+def pretrain_run_key(cfg: Config, domains: DomainsOutput, mixture: dict[str, float]) -> str:
+    """A pretrain run's identity: the pretrain section's outcome fields, the seed, the tokens and the
+    mixture (rounded to 9 decimals, as mixture.json writes it). A weighted-domain target is left out
+    (the run records every domain's loss and ``on_target`` applies the target), so a retargeted run
+    reuses its baselines; an external target set is evaluated in the run, so it stays in."""
+    from moemix.proxies.run import swarm_target
+
+    return stable_hash(
+        {
+            "pretrain": outcome_view(cfg.pretrain),
+            "target": swarm_target(cfg.proxies.target),
+            "seed": cfg.seed,
+            "format": PRETRAIN_FORMAT,
+            "domains": domains.stage.key,
+            "mixture": {d: round(float(w), 9) for d, w in sorted(mixture.items())},
+        }
+    )
+
+
+def on_target(result: dict[str, Any], target: Any, domains: list[str]) -> dict[str, Any]:
+    """A pretrain run's result with its target loss (and bpb) under ``target``: a weighted-domain target
+    is a weighted sum of the per-domain losses the run recorded, whatever target it was trained under."""
+    from moemix.training.evaluate import target_weights
+
+    if target.external:
+        return result
+    weights = target_weights(target, domains)
+    missing = [d for d in weights if d not in (result.get("loss") or {})]
+    if missing:
+        raise MoemixError(f"pretrain result has no validation loss for target domain {missing[0]!r}")
+    out = dict(result)
+    out["target_loss"] = float(sum(w * result["loss"][d] for d, w in weights.items()))
+    if all(d in (result.get("bpb") or {}) for d in weights):
+        out["target_bpb"] = float(sum(w * result["bpb"][d] for d, w in weights.items()))
+    return out
 
 
 def _same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:

@@ -173,12 +173,12 @@ def _run_stages(
 
 
 def _pretrain_runner(cfg: Config, lazy: _LazyRay):
-    def run(mixtures, tokens_dir, out_dir):
+    def run(mixtures, tokens_dir, run_dirs):
         from moemix.ray_jobs.pretrain import pretrain_mixtures
 
         lazy.ensure()
         return pretrain_mixtures(
-            cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, out_dir, seed=cfg.seed
+            cfg.pretrain, cfg.proxies.target, mixtures, tokens_dir, run_dirs, seed=cfg.seed
         )
 
     return run

@@ -2,12 +2,13 @@
 
 Each worker runs ``moemix.training.train`` as one rank of the job (Ray Train sets up the
 torch.distributed process group; gloo on CPU, NCCL on GPU); ``pretrain.parallel`` lays the model out
-(FSDP2 over all workers by default). Sharded DCP checkpoints go to the pretrain stage directory, which on
-a cluster lives on shared storage, and are registered with Ray Train where they are (no copy), so a
-worker restarted by Ray's FailureConfig resumes from ``ray.train.get_checkpoint()``, and a re-run of the
-pipeline from the directory's ``latest``; either may use another number of workers. Rank 0 evaluates
-the final model (gathered from the shards) on every domain and the target and saves
-``model.safetensors``. The driver follows ``metrics.jsonl`` and logs progress while the job runs.
+(FSDP2 over all workers by default). Sharded DCP checkpoints go to the run's own directory (in the
+pipeline, RUN_DIR/pretrain/runs/<key>/), which on a cluster lives on shared storage, and are registered
+with Ray Train where they are (no copy), so a worker restarted by Ray's FailureConfig resumes from
+``ray.train.get_checkpoint()``, and a re-run of the pipeline from the directory's ``latest``; either may
+use another number of workers. Rank 0 evaluates the final model (gathered from the shards) on every
+domain and the target and saves ``model.safetensors``. The driver follows ``metrics.jsonl`` and logs
+progress while the job runs.
 """
 
 from __future__ import annotations
@@ -155,14 +156,14 @@ def pretrain_mixtures(
     target: TargetConfig,
     mixtures: dict[str, dict[str, float]],
     tokens_dir: str | Path,
-    out_dir: str | Path,
+    run_dirs: dict[str, Path],
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Pretrain one model per named mixture (same config, same token budget); finished ones are skipped."""
-    out_dir = Path(out_dir).resolve()
+    """Pretrain one model per named mixture (same config, same token budget) in ``run_dirs[name]``;
+    finished ones are read back."""
     results: dict[str, dict[str, Any]] = {}
     for name, mixture in mixtures.items():
-        run_dir = out_dir / name
+        run_dir = Path(run_dirs[name]).resolve()
         if not (run_dir / RESULT).exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             log.info("pretrain %s: %d workers, %d steps", name, pcfg.num_workers, pcfg.train.num_steps)
@@ -192,8 +193,8 @@ def pretrain_mixtures(
                 run_config=RunConfig(
                     # Ray Train's run directory is the mixture's own, so the checkpoints written there are
                     # Ray-managed without a copy
-                    storage_path=str(out_dir),
-                    name=name,
+                    storage_path=str(run_dir.parent),
+                    name=run_dir.name,
                     failure_config=FailureConfig(max_failures=2),
                 ),
             )

@@ -25,6 +25,10 @@ MANIFEST = "manifest.json"
 # so that the pipeline's config can import this package's TrackingConfig without a cycle
 STAGES = ("domains", "proxies", "fit", "propose", "pretrain")
 PRETRAIN_RUNS = ("chosen", "uniform", "natural")
+# a pretrain stage's map from each mixture it pretrained (chosen, uniform, natural) to that run's
+# directory in the store RUN_DIR/pretrain/runs/, relative to the stage: a baseline is trained once and
+# shared by every pretrain stage of the same model, budget and tokens
+PRETRAIN_RUN_DIRS = "runs.json"
 
 
 def read_json(path: Path) -> Any:
@@ -49,6 +53,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def pretrain_run_dirs(stage_path: Path) -> dict[str, Path]:
+    """Each pretrained mixture's run directory: from the stage's ``runs.json`` (written before training,
+    so a run in flight is found), else ``<stage>/<name>/`` (run dirs written before the store)."""
+    listed = read_json(stage_path / PRETRAIN_RUN_DIRS)
+    if isinstance(listed, dict):
+        return {str(name): stage_path / str(rel) for name, rel in listed.items()}
+    return {name: stage_path / name for name in PRETRAIN_RUNS if (stage_path / name).is_dir()}
 
 
 @dataclass
@@ -230,11 +243,11 @@ def collect(run_dir: str | Path, stages: Mapping[str, Path] | None = None) -> Re
     if pre is not None:
         comp = read_json(pre.path / "comparison.json")
         data.comparison = comp if isinstance(comp, dict) else None
-        for name in PRETRAIN_RUNS:
-            metrics = read_jsonl(pre.path / name / "metrics.jsonl")
+        for name, path in pretrain_run_dirs(pre.path).items():
+            metrics = read_jsonl(path / "metrics.jsonl")
             if metrics:
                 data.pretrain_metrics[name] = metrics
-            res = read_json(pre.path / name / "result.json")
+            res = read_json(path / "result.json")
             if isinstance(res, dict):
                 data.pretrain_results[name] = res
     return data
