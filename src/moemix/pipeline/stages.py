@@ -838,19 +838,14 @@ def pretrain_run_key(cfg: Config, domains: DomainsOutput, mixture: dict[str, flo
 def on_target(result: dict[str, Any], target: Any, domains: list[str]) -> dict[str, Any]:
     """A pretrain run's result with its target loss (and bpb) under ``target``: a weighted-domain target
     is a weighted sum of the per-domain losses the run recorded, whatever target it was trained under."""
-    from moemix.training.evaluate import target_weights
+    from moemix.training.evaluate import weighted_target
 
     if target.external:
         return result
-    weights = target_weights(target, domains)
-    missing = [d for d in weights if d not in (result.get("loss") or {})]
-    if missing:
-        raise MoemixError(f"pretrain result has no validation loss for target domain {missing[0]!r}")
-    out = dict(result)
-    out["target_loss"] = float(sum(w * result["loss"][d] for d, w in weights.items()))
-    if all(d in (result.get("bpb") or {}) for d in weights):
-        out["target_bpb"] = float(sum(w * result["bpb"][d] for d, w in weights.items()))
-    return out
+    scored = {"target_loss": float(weighted_target(result["loss"], target, domains))}
+    if result.get("bpb"):
+        scored["target_bpb"] = float(weighted_target(result["bpb"], target, domains))
+    return {**result, **scored}
 
 
 def _same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:

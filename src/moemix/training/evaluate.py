@@ -133,12 +133,8 @@ def evaluate(
                 device=device,
             )
         else:
-            weights = target_weights(target, data.domains)
-            missing = [d for d in weights if d not in res.loss or math.isnan(res.loss[d])]
-            if missing:
-                raise MoemixError(f"target domain {missing[0]!r} has no validation tokens to evaluate")
-            res.target = sum(w * res.loss[d] for d, w in weights.items())
-            res.target_bpb = sum(w * res.bpb[d] for d, w in weights.items())
+            res.target = weighted_target(res.loss, target, data.domains)
+            res.target_bpb = weighted_target(res.bpb, target, data.domains)
         return res
     finally:
         model.train(was_training)
@@ -184,6 +180,10 @@ def _external_loss(
 
 
 def weighted_target(losses: Mapping[str, float], target: TargetConfig, domains: list[str]) -> float:
-    """Target loss recomputed from per-domain losses (used by collect_runs for re-targeting)."""
+    """A weighted-domain target from per-domain losses (or bpb): an evaluation's, or a finished run's
+    recorded ones scored under another target."""
     w = target_weights(target, domains)
+    missing = [d for d in w if d not in losses or math.isnan(losses[d])]
+    if missing:
+        raise MoemixError(f"target domain {missing[0]!r} has no validation tokens to evaluate")
     return sum(wd * losses[d] for d, wd in w.items())
