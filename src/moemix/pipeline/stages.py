@@ -842,10 +842,11 @@ def on_target(result: dict[str, Any], target: Any, domains: list[str]) -> dict[s
 
     if target.external:
         return result
-    scored = {"target_loss": float(weighted_target(result["loss"], target, domains))}
-    if result.get("bpb"):
-        scored["target_bpb"] = float(weighted_target(result["bpb"], target, domains))
-    return {**result, **scored}
+    return {
+        **result,
+        "target_loss": float(weighted_target(result["loss"], target, domains)),
+        "target_bpb": float(weighted_target(result.get("bpb") or {}, target, domains, strict=False)),
+    }
 
 
 def _same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:

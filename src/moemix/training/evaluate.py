@@ -134,7 +134,7 @@ def evaluate(
             )
         else:
             res.target = weighted_target(res.loss, target, data.domains)
-            res.target_bpb = weighted_target(res.bpb, target, data.domains)
+            res.target_bpb = weighted_target(res.bpb, target, data.domains, strict=False)
         return res
     finally:
         model.train(was_training)
@@ -179,11 +179,14 @@ def _external_loss(
     return nats_total / tok_total, nats_total / LN2 / bytes_total
 
 
-def weighted_target(losses: Mapping[str, float], target: TargetConfig, domains: list[str]) -> float:
+def weighted_target(
+    losses: Mapping[str, float], target: TargetConfig, domains: list[str], *, strict: bool = True
+) -> float:
     """A weighted-domain target from per-domain losses (or bpb): an evaluation's, or a finished run's
-    recorded ones scored under another target."""
+    recorded ones scored under another target. ``strict``: a target domain without a value is an error;
+    otherwise it makes the result NaN (bpb, where a domain's byte count is unknown)."""
     w = target_weights(target, domains)
     missing = [d for d in w if d not in losses or math.isnan(losses[d])]
-    if missing:
+    if missing and strict:
         raise MoemixError(f"target domain {missing[0]!r} has no validation tokens to evaluate")
-    return sum(wd * losses[d] for d, wd in w.items())
+    return sum(wd * losses.get(d, float("nan")) for d, wd in w.items())
