@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from moemix.cli.lazy_choices import LazyChoices
 from moemix.errors import MoemixError
 
 
@@ -192,8 +193,6 @@ def _add_weight_sum_tol(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from moemix.mixing.predictors import PREDICTOR_NAMES
-
     p = subparsers.add_parser("fit", help="fit a predictor of loss from mixture weights on a runs table")
     p.add_argument("runs", help="runs table (.csv or .parquet)")
     p.add_argument(
@@ -207,8 +206,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--predictor",
         default="auto",
-        choices=list(PREDICTOR_NAMES),
-        help="predictor family (auto: the best by cross-validated Spearman)",
+        choices=LazyChoices("moemix.mixing.predictors", "PREDICTOR_NAMES"),
+        metavar="PREDICTOR",
+        help="predictor family, one of %(choices)s (auto: the best by cross-validated Spearman)",
     )
     p.add_argument(
         "--target-mode",
@@ -252,9 +252,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default=None,
-        choices=["auto", "simulate", "constrained", "search"],  # propose.METHODS; importing it costs 1.6 s
-        help="search method (default: the constraints' method, else auto: simulate for a target that "
-        "weighs every domain, constrained otherwise)",
+        choices=LazyChoices("moemix.mixing.propose", "METHODS"),
+        metavar="METHOD",
+        help="search method, one of %(choices)s (default: the constraints' method, else auto: simulate "
+        "for a target that weighs every domain, constrained otherwise)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the search (default: the constraints')")
     p.add_argument("--out", required=True, help="mixture.json path")

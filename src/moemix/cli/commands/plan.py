@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moemix.training.memory_plan import GIB, TRAIN_PARTS, MemoryPlan, fit_problem
+if TYPE_CHECKING:
+    from moemix.training.memory_plan import MemoryPlan
+
+# memory_plan imports torch (~2 s on a slow machine): imported where a plan is made, not when every
+# moemix command builds its parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +58,8 @@ def _count(n: int) -> str:
 
 def _bytes(n: int) -> str:
     """GiB from 1 GiB up (two decimals, as the refusal line rounds), else MiB / KiB."""
+    from moemix.training.memory_plan import GIB
+
     if n == 0:
         return "0"
     if n >= GIB:
@@ -64,6 +70,8 @@ def _bytes(n: int) -> str:
 
 
 def _rows(plan: MemoryPlan) -> list[tuple[str, str]]:
+    from moemix.training.memory_plan import TRAIN_PARTS
+
     g = _bytes
     rep, shard = plan.mesh
     micro = f"{plan.micro_batch} x {plan.seq_len} tok, {plan.micro_batches}/step"
@@ -88,6 +96,8 @@ def _rows(plan: MemoryPlan) -> list[tuple[str, str]]:
 
 def format_plans(plans: dict[str, MemoryPlan], limits: dict[str, float | None]) -> str:
     """The plans side by side (GiB per device), with each one's declared memory and verdict."""
+    from moemix.training.memory_plan import GIB
+
     table = {name: _rows(p) for name, p in plans.items()}
     labels = [label for label, _ in next(iter(table.values()))]
     for name, plan in plans.items():
@@ -111,6 +121,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from moemix.cli.main import _parse_set
     from moemix.errors import MoemixError
     from moemix.pipeline.memory import pretrain_plan, proxy_plan
+    from moemix.training.memory_plan import fit_problem
 
     cfg = load_plan_config(args.config, _parse_set(args.set))
     plans = {"proxy": proxy_plan(cfg), "pretrain": pretrain_plan(cfg)}
