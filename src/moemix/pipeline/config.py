@@ -66,10 +66,15 @@ class PretrainConfig:
     # about 79.6): the pipeline refuses a run its planner says cannot fit (moemix.training.memory_plan).
     # null: not checked
     device_memory_gb: float | None = execution_only(None)
+    # how many of the comparison's runs (chosen, uniform, natural) may train at once; 0: as many as the
+    # cluster's free CPUs and GPUs hold when the stage starts
+    max_concurrent_runs: int = execution_only(0)
 
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ValueError("pretrain.num_workers must be >= 1")
+        if self.max_concurrent_runs < 0:
+            raise ValueError(f"pretrain.max_concurrent_runs must be >= 0, got {self.max_concurrent_runs}")
         if self.checkpoint_every < 1:
             raise ValueError("pretrain.checkpoint_every must be >= 1")
         if self.device_memory_gb is not None and self.device_memory_gb <= 0:

@@ -13,6 +13,7 @@ progress while the job runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 from ray.train import CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -28,6 +30,7 @@ from ray.train.torch import TorchTrainer
 from moemix._io import atomic_path, write_json_atomic
 from moemix.errors import MoemixError
 from moemix.pipeline.config import PretrainConfig
+from moemix.ray_jobs.at_once import run_side_by_side, runs_at_once
 from moemix.ray_jobs.resources import require_resources
 from moemix.training.evaluate import TargetConfig
 
@@ -160,53 +163,83 @@ def pretrain_mixtures(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Pretrain one model per named mixture (same config, same token budget) in ``run_dirs[name]``;
-    finished ones are read back."""
+    finished ones are read back. The runs are independent: as many as the cluster's free CPUs and GPUs
+    hold train at once (at most ``pretrain.max_concurrent_runs`` when set), the rest queue."""
+    dirs = {name: Path(run_dirs[name]).resolve() for name in mixtures}
+    todo = [name for name in mixtures if not (dirs[name] / RESULT).exists()]
+    if todo:
+        # Ray Train starts its workers together: the cluster must hold all of them at once
+        gpus_per_run = pcfg.num_workers if pcfg.use_gpu else 0
+        require_resources(
+            f"pretrain ({pcfg.num_workers} workers)",
+            pcfg.num_workers * pcfg.cpus_per_worker,
+            gpus_per_run,
+            "lower pretrain.num_workers or pretrain.cpus_per_worker, or use a bigger cluster",
+        )
+        at_once = runs_at_once(
+            len(todo),
+            pcfg.num_workers * pcfg.cpus_per_worker,
+            gpus_per_run,
+            ray.available_resources(),
+            pcfg.max_concurrent_runs,
+        )
+        if len(todo) > 1:
+            log.info("pretrain: %d runs (%s), %d at a time", len(todo), ", ".join(todo), at_once)
+        jobs = {
+            name: functools.partial(
+                _train_one, name, pcfg, target, mixtures[name], Path(tokens_dir).resolve(), dirs[name], seed
+            )
+            for name in todo
+        }
+        run_side_by_side(jobs, at_once, what="pretrain")
     results: dict[str, dict[str, Any]] = {}
-    for name, mixture in mixtures.items():
-        run_dir = Path(run_dirs[name]).resolve()
-        if not (run_dir / RESULT).exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log.info("pretrain %s: %d workers, %d steps", name, pcfg.num_workers, pcfg.train.num_steps)
-            resources = {"CPU": pcfg.cpus_per_worker}
-            if pcfg.use_gpu:
-                resources["GPU"] = 1
-            # Ray Train starts its workers together: the cluster must hold all of them at once
-            require_resources(
-                f"pretrain ({pcfg.num_workers} workers)",
-                pcfg.num_workers * pcfg.cpus_per_worker,
-                pcfg.num_workers if pcfg.use_gpu else 0,
-                "lower pretrain.num_workers or pretrain.cpus_per_worker, or use a bigger cluster",
-            )
-            trainer = TorchTrainer(
-                _worker_loop,
-                train_loop_config={
-                    "pretrain": pcfg,
-                    "target": target,
-                    "mixture": mixture,
-                    "tokens_dir": str(Path(tokens_dir).resolve()),  # workers run in their own cwd
-                    "out_dir": str(run_dir),
-                    "seed": seed,
-                },
-                scaling_config=ScalingConfig(
-                    num_workers=pcfg.num_workers, use_gpu=pcfg.use_gpu, resources_per_worker=resources
-                ),
-                run_config=RunConfig(
-                    # Ray Train's run directory is the mixture's own, so the checkpoints written there are
-                    # Ray-managed without a copy
-                    storage_path=str(run_dir.parent),
-                    name=run_dir.name,
-                    failure_config=FailureConfig(max_failures=2),
-                ),
-            )
-            try:
-                with _Progress(name, run_dir / "metrics.jsonl"):
-                    trainer.fit()
-            except Exception as e:  # TrainingFailedError wraps the worker's exception
-                raise MoemixError(f"pretrain {name}: training failed: {_root_message(e)}") from e
-        if not (run_dir / RESULT).exists():
-            raise MoemixError(f"pretrain {name}: finished without writing {run_dir / RESULT}")
-        results[name] = json.loads((run_dir / RESULT).read_text())
+    for name in mixtures:
+        if not (dirs[name] / RESULT).exists():
+            raise MoemixError(f"pretrain {name}: finished without writing {dirs[name] / RESULT}")
+        results[name] = json.loads((dirs[name] / RESULT).read_text())
     return results
+
+
+def _train_one(
+    name: str,
+    pcfg: PretrainConfig,
+    target: TargetConfig,
+    mixture: dict[str, float],
+    tokens_dir: Path,
+    run_dir: Path,
+    seed: int,
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("pretrain %s: %d workers, %d steps", name, pcfg.num_workers, pcfg.train.num_steps)
+    resources = {"CPU": pcfg.cpus_per_worker}
+    if pcfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "pretrain": pcfg,
+            "target": target,
+            "mixture": mixture,
+            "tokens_dir": str(tokens_dir),  # workers run in their own cwd
+            "out_dir": str(run_dir),
+            "seed": seed,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=pcfg.num_workers, use_gpu=pcfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            # Ray Train's run directory is the mixture's own, so the checkpoints written there are
+            # Ray-managed without a copy
+            storage_path=str(run_dir.parent),
+            name=run_dir.name,
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+    try:
+        with _Progress(name, run_dir / "metrics.jsonl"):
+            trainer.fit()
+    except Exception as e:  # TrainingFailedError wraps the worker's exception
+        raise MoemixError(f"pretrain {name}: training failed: {_root_message(e)}") from e
 
 
 class _Progress:
