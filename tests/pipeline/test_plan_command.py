@@ -97,3 +97,14 @@ def test_device_memory_must_be_positive(tmp_path, capsys, value):
     code, _, err = _run(capsys, ["config", _config(tmp_path, device_memory_gb=value)])
     assert code == 2 and len(err) == 1
     assert "pretrain.device_memory_gb must be > 0 or null" in err[0]
+
+
+def test_config_prints_a_preset_by_name_without_its_cluster_paths(capsys):
+    # the help says "config YAML or preset name": a preset's sources name a cluster's storage, absent here
+    code, out, err = _run(capsys, ["config", "cluster-gpu", "--set", "pretrain.max_concurrent_runs=2"])
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["pretrain"]["num_workers"] == 64 and printed["pretrain"]["max_concurrent_runs"] == 2
+    assert printed["domains"]["sources"][0]["path"] == "/mnt/shared/corpora/web/*.parquet"
+    code, _, err = _run(capsys, ["config", "no-such-preset"])
+    assert code == 2 and err == ["moemix: error: config file not found: no-such-preset"]

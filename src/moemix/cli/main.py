@@ -141,9 +141,9 @@ def _cmd_stage(stage: str):
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from moemix.pipeline.config import dump_config, load_config
+    from moemix.pipeline.config import dump_config, load_config_or_preset
 
-    cfg = load_config(args.config, overrides=_parse_set(args.set))
+    cfg = load_config_or_preset(args.config, overrides=_parse_set(args.set))
     sys.stdout.write(dump_config(cfg))
     return 0
 
@@ -198,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("submit", help="submit the pipeline as a Ray job to a cluster")
-    p.add_argument("config", nargs="?", help="config YAML or preset name (default: the demo preset)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="config YAML, shipped with the working dir; it may start from a preset with `preset: NAME` "
+        "(default: the demo preset)",
+    )
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),

@@ -163,6 +163,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return cfg
 
 
+def load_config_or_preset(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """A config file, or a preset's name (``cluster-gpu``) where no file of that name exists. A preset's
+    source paths are not checked: they name a cluster's storage, not this machine's (``moemix config``
+    and ``moemix plan`` read no data)."""
+    if name_or_path in PRESETS and not Path(name_or_path).exists():
+        where = f"preset {name_or_path}"
+        try:
+            return from_dict(Config, _merge(preset_dict(name_or_path), overrides or {}), where="")
+        except MoemixError as e:
+            raise MoemixError(f"{where}: {e}") from None
+    return load_config(name_or_path, overrides=overrides)
+
+
 def _resolve_source_paths(cfg: Config, base_dir: Path, where: str) -> None:
     for i, src in enumerate(cfg.domains.sources):
         if getattr(src, "path", None):

@@ -10,9 +10,7 @@ reads no data, so a preset's source paths need not exist on this machine.
 from __future__ import annotations
 
 import argparse
-import copy
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from moemix.training.memory_plan import MemoryPlan
@@ -31,22 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="config YAML or preset name (default: the demo preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_cmd_plan)
-
-
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_plan_config(config: str | None, overrides: dict[str, Any]) -> Any:
-    from moemix.configtools import from_dict
-    from moemix.pipeline.config import PRESETS, Config, load_config, preset_dict
-
-    if config in PRESETS and not Path(config).exists():
-        return from_dict(Config, _merged(preset_dict(config), overrides), where=f"preset {config}")
-    return load_config(config, overrides=overrides)
 
 
 def _count(n: int) -> str:
@@ -120,10 +102,11 @@ def format_plans(plans: dict[str, MemoryPlan], limits: dict[str, float | None]) 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from moemix.cli.main import _parse_set
     from moemix.errors import MoemixError
+    from moemix.pipeline.config import load_config_or_preset
     from moemix.pipeline.memory import pretrain_plan, proxy_plan
     from moemix.training.memory_plan import fit_problem
 
-    cfg = load_plan_config(args.config, _parse_set(args.set))
+    cfg = load_config_or_preset(args.config, _parse_set(args.set))
     plans = {"proxy": proxy_plan(cfg), "pretrain": pretrain_plan(cfg)}
     limit = cfg.pretrain.device_memory_gb
     print(format_plans(plans, {"pretrain": limit}))
