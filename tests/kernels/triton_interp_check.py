@@ -52,7 +52,7 @@ def main() -> None:
         )
         model = MoETransformer(cfg)
         ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
-        out = model(ids, ids)
+        out = model(ids, ids, return_logits=True)
         out.loss.backward()
         outs[impl] = (out.logits.detach(), model.blocks[0].ffn.experts.w_down.grad)
     report["model"] = {

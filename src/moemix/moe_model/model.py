@@ -2,7 +2,9 @@
 
 Training-loop contract:
 - ``out = model(input_ids, targets)``; backprop ``out.loss`` (= lm_loss + aux_loss + z_loss, the aux
-  terms already multiplied by their coefficients and averaged over MoE layers).
+  terms already multiplied by their coefficients and averaged over MoE layers). With targets the LM
+  head and its loss run fused over row chunks (``lm_loss.linear_cross_entropy``) and ``out.logits``
+  is None; ``return_logits=True`` materialises them and takes the plain cross-entropy instead.
 - After ``optimizer.step()`` call ``model.update_router_biases()`` (no-op unless balance="aux_free").
 - Call ``model.begin_global_batch(micro_batches)`` once before the first micro-batch of every
   optimizer step: with ``aux_loss_scope="global"`` it takes the expert frequencies of the whole step
@@ -23,12 +25,13 @@ from torch import Tensor, nn
 
 from moemix.moe_model.config import MoEConfig
 from moemix.moe_model.layers import CausalSelfAttention, RMSNorm, SwiGLU
+from moemix.moe_model.lm_loss import linear_cross_entropy
 from moemix.moe_model.moe import MoEBlock
 
 
 @dataclass
 class MoEOutput:
-    logits: Tensor  # [B, T, V]
+    logits: Tensor | None  # [B, T, V]; None when the loss was computed fused (targets, no return_logits)
     loss: Tensor | None  # lm_loss + aux_loss + z_loss (None without targets)
     lm_loss: Tensor | None  # mean cross-entropy over target tokens (ignore_index=-100)
     aux_loss: Tensor  # weighted balance loss (0 when unused)
@@ -84,7 +87,9 @@ class MoETransformer(nn.Module):
             is_out = name.endswith(("attn.out.weight", "down.weight", "w_down"))
             nn.init.normal_(p, mean=0.0, std=out_std if is_out else std)
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> MoEOutput:
+    def forward(
+        self, input_ids: Tensor, targets: Tensor | None = None, *, return_logits: bool = False
+    ) -> MoEOutput:
         cfg = self.cfg
         if input_ids.shape[1] > cfg.max_seq_len:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
@@ -95,17 +100,22 @@ class MoETransformer(nn.Module):
             if aux is not None:
                 aux_terms.append(aux)
                 z_terms.append(z)
-        logits = self.lm_head(self.norm(x))
-        zero = logits.new_zeros((), dtype=torch.float32)
+        x = self.norm(x)
+        zero = x.new_zeros((), dtype=torch.float32)
         aux_loss = (
             cfg.aux_loss_coef * torch.stack(aux_terms).mean() if aux_terms and cfg.balance == "aux" else zero
         )
         z_loss = cfg.z_loss_coef * torch.stack(z_terms).mean() if z_terms and cfg.z_loss_coef > 0 else zero
-        lm_loss = loss = None
+        logits = lm_loss = loss = None
+        if targets is None or return_logits:
+            logits = self.lm_head(x)
         if targets is not None:
-            lm_loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-            )
+            if logits is None:
+                lm_loss = linear_cross_entropy(x, self.lm_head.weight, targets)
+            else:
+                lm_loss = F.cross_entropy(
+                    logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+                )
             loss = lm_loss + aux_loss + z_loss
         return MoEOutput(logits=logits, loss=loss, lm_loss=lm_loss, aux_loss=aux_loss, z_loss=z_loss)
 

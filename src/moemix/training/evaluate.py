@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from moemix.errors import MoemixError
 from moemix.token_shards import DomainTokens
@@ -72,12 +71,9 @@ def sequence_nats(
     for x, y in eval_batches(
         data, domain, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, split=split
     ):
-        logits = model(x.to(device)).logits
-        total += float(
-            F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum"
-            )
-        )
+        # with targets the model computes its loss in row chunks, never the whole batch's logits
+        mean_nats = model(x.to(device), targets=y.to(device)).lm_loss
+        total += float(mean_nats) * y.numel()  # eval targets are all real tokens: no ignore_index
         n += y.numel()
     return total, n
 

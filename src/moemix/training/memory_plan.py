@@ -23,22 +23,23 @@
   per head, the math path the T x T probabilities -, the router's fp32 logits/probabilities and top-k
   indices, the dispatched expert rows of the grouped or Triton kernel (x top_k; the grouped kernel's CPU
   chunking only shrinks its backward scratch, which the plan takes whole), shared and dense
-  SwiGLU intermediates); the embedding indices, the final norm, the logits (kept alive by the caller
-  through the backward) and the fp32 log-probabilities of the cross-entropy. ``activation_checkpointing``
+  SwiGLU intermediates); the embedding indices, the final norm, and what the fused LM-head loss
+  (``moe_model.lm_loss``) keeps: the gradients of its input and weight, computed in the forward one
+  chunk of rows at a time, so only a chunk's logits ever exist. ``activation_checkpointing``
   keeps only each checkpointed block's input, and a checkpointed block's whole set comes back during
-  its backward. The peak is the larger of the start of the backward (everything saved plus the fp32
-  cross-entropy gradients) and the backward of each block (what is still saved below it, its own
-  set, and its backward's scratch: the expert kernels' gradient buffers and the block's weight
-  gradients on an unsharded run). Expert parallelism adds, per MoE block, the per-slot expert outputs
-  the routing weights multiply (saved) and the exchange's send and receive buffers (scratch), with the
-  tokens assumed balanced over the ep ranks. ``saved_activations`` is what autograd holds when the
-  forward ends.
+  its backward. The peak is the largest of the loss's forward (everything saved plus one chunk's
+  logits), the start of the backward (the loss's gradients scaled by the incoming one) and the backward
+  of each block (what is still saved below it, its own set, and its backward's scratch: the expert
+  kernels' gradient buffers and the block's weight gradients on an unsharded run). Expert parallelism
+  adds, per MoE block, the per-slot expert outputs the routing weights multiply (saved) and the
+  exchange's send and receive buffers (scratch), with the tokens assumed balanced over the ep ranks.
+  ``saved_activations`` is what autograd holds when the forward ends.
   Checked on CPU against what ``saved_tensors_hooks`` and PyTorch's MemTracker measure
   (tests/training/test_memory_plan.py); the bf16/GPU variants follow the same accounting with the
   dtypes and kernels the GPU path uses, unmeasured here.
 * **eval** - the final evaluation: after a sharded run rank 0 gathers the whole fp32 model onto its
   device while its shards and optimizer state still exist, then evaluates ``eval_batch_size``
-  sequences (fp32, no grad: the logits and the cross-entropy's fp32 log-probabilities dominate).
+  sequences (fp32, no grad: a block's temporaries or one chunk of the loss's logits, whichever is larger).
 
 Not counted: the CUDA context and NCCL buffers (about 1 GiB), allocator fragmentation, the no-grad
 counting pass of ``aux_loss_scope: global``, ``torch.compile`` (it usually saves less), and the CPU
@@ -56,6 +57,7 @@ import torch
 from moemix.errors import MoemixError
 from moemix.kernels.api import auto_gpu_impl
 from moemix.moe_model.config import MoEConfig
+from moemix.moe_model.lm_loss import chunk_rows
 from moemix.training.config import TrainConfig
 from moemix.training.parallel import ParallelConfig
 
@@ -292,6 +294,7 @@ def _activations(
     checkpointing: str,
     sharded: bool,
     ep: int,
+    loss_rows: int,
 ) -> _Activations:
     d, v = cfg.d_model, cfg.vocab_size
     blocks = [
@@ -309,14 +312,17 @@ def _activations(
         for i in range(cfg.n_layers)
     ]
     kept = [b.input if _checkpointed(checkpointing, i) else b.full for i, b in enumerate(blocks)]
-    # embedding indices; final norm and the LM head's input; the logits (the caller holds the output
-    # through the backward) and the cross-entropy's fp32 log-probabilities and int64 targets
-    logits = n * dt.comp * v
-    head = n * (8 + _norm(d, dt) + dt.comp * d + 4 * v + 8) + logits
-    head += 2 * layout.root_matmul_numel if dt.casts else 0
+    # embedding indices and the final norm; the fused LM-head loss saves only the gradients it already
+    # computed: the hidden states' (compute dtype) and the weight's (fp32, transposed)
+    head = n * (8 + _norm(d, dt) + dt.comp * d) + 4 * d * v
     saved = sum(kept) + head
-    # start of the backward: the fp32 gradients of the log-probabilities and of the logits
-    peak = saved + n * 8 * v
+    # the loss's forward: one chunk's fp32 logits (bf16: with its matmul output, later its gradient's copy)
+    # and the weight-gradient product; under autocast the weight's bf16 copy
+    chunk = loss_rows * v * (4 + (dt.comp if dt.comp != 4 else 0)) + dt.comp * d * v
+    chunk += dt.comp * layout.root_matmul_numel if dt.casts else 0
+    # start of the backward: the two gradients scaled by the incoming one, in the inputs' dtypes
+    start = n * d * (dt.comp + (dt.res if dt.res != dt.comp else 0)) + 4 * d * v
+    peak = saved + max(chunk, start)
     below = 0  # what blocks 0..i-1 still hold while block i runs its backward
     for i, b in enumerate(blocks):
         # an unsharded run's weight gradients, in the compute dtype while the kernels' saved tensors still
@@ -325,7 +331,7 @@ def _activations(
         extra = b.input if _checkpointed(checkpointing, i) and dt.res != 4 else 0  # kept input + recompute
         ffn_phase = below + extra + b.full + b.ws_ffn + wgrad
         attn_phase = below + extra + b.attn + b.ws_attn + wgrad
-        peak = max(peak, logits + max(ffn_phase, attn_phase))
+        peak = max(peak, ffn_phase, attn_phase)
         below += kept[i]
     return _Activations(saved=saved, peak=peak)
 
@@ -341,7 +347,9 @@ def _eval_activations(cfg: MoEConfig, n: int, seq_len: int, use_gpu: bool) -> in
         _block_bytes(cfg, moe, n, seq_len, fp32, attention, kernel, 0).ffn + scores * n
         for moe in {i >= cfg.n_dense_layers for i in range(cfg.n_layers)}
     )
-    loss = n * (4 * v + 4 * v + 4 * d)  # logits, log-softmax, the final norm's output
+    # the final norm's output, and one chunk's fp32 logits and log-sum-exp temporary
+    rows = min(n, chunk_rows(v, "cuda" if use_gpu else "cpu"))
+    loss = rows * (4 * v + 4 * v) + n * 4 * d
     return max(block, loss) + 2 * n * 4 * d  # the residual stream in and out
 
 
@@ -414,6 +422,7 @@ def plan_memory(
         parallel.activation_checkpointing,
         sharded,
         ep,
+        min(micro * train_cfg.seq_len, chunk_rows(model_cfg.vocab_size, "cuda" if use_gpu else "cpu")),
     )
 
     full_model = 4 * layout.n_params + layout.buffer_bytes
