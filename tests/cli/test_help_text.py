@@ -52,8 +52,8 @@ def test_building_the_parser_imports_no_numerical_library():
 
 
 def test_lazily_read_choices_still_check_and_list_the_values():
+    from moemix.mixing.config import METHODS
     from moemix.mixing.predictors import PREDICTOR_NAMES
-    from moemix.mixing.propose import METHODS
 
     parser = build_parser()
     fit = _subparser(parser, "fit")

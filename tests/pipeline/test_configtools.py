@@ -75,3 +75,21 @@ def test_every_preset_is_a_valid_config():
         assert cfg.proxies.sampler.n_mixtures >= 3
     cluster = from_dict(Config, preset_dict("cluster-gpu"))
     assert cluster.pretrain.use_gpu and cluster.domains.mode == "label+cluster"
+
+
+def test_loading_and_checking_a_config_imports_no_numerical_library():
+    # `moemix status`, `moemix config` and `moemix plan` start by loading a config: they must not wait
+    # seconds for torch or scipy. The config dataclasses live apart from the code that uses them, and
+    # the packages' __init__ resolve their exports on first use (moemix._lazy)
+    import subprocess
+    import sys
+
+    heavy = ("torch", "scipy", "sklearn", "lightgbm", "ray", "pandas")
+    code = (
+        "import sys; "
+        "from moemix.pipeline.config import PRESETS, load_config_or_preset; "
+        "[load_config_or_preset(name) for name in PRESETS]; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"loading the presets imported {out.strip()}"

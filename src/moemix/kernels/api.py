@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-Impl = Literal["auto", "reference", "grouped", "triton"]
-IMPLS: tuple[str, ...] = get_args(Impl)
+from moemix.kernels.impls import IMPLS
 
 # Compiled on an NVIDIA H200 (torch 2.11, Triton 3.6; 2026-12-04) the Triton kernels pass
 # tests/kernels/test_cuda.py: fp32 and bf16 tensor-core dots, tile edges, fine-grained experts and a

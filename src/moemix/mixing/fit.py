@@ -14,16 +14,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from moemix._io import write_json_atomic
 from moemix.errors import MoemixError, check_config
+from moemix.mixing.config import FitConfig
 from moemix.mixing.metrics import all_metrics, kfold_indices
 from moemix.mixing.predictors import (
-    PREDICTOR_NAMES,
     Predictor,
     load_predictor,
     make_predictor,
@@ -31,38 +31,12 @@ from moemix.mixing.predictors import (
     save_predictor,
 )
 from moemix.mixing.predictors.auto import AutoPredictor, WeightedSumPredictor
-from moemix.mixing.predictors.base import check_params, one_blas_thread
+from moemix.mixing.predictors.base import one_blas_thread
 from moemix.mixing.predictors.scaling import CurvePoints
-from moemix.mixing.runs import DEFAULT_WEIGHTS_PREFIX, PreparedRuns, TargetSpec, parse_target, prepare_runs
+from moemix.mixing.runs import PreparedRuns, TargetSpec, parse_target, prepare_runs
 
 # bumped when the fitting code changes what a fit directory holds: the fit stage's key includes it
 FIT_FORMAT = 2
-
-
-@dataclass
-class FitConfig:
-    predictor: str = "auto"
-    cv_folds: int = 5
-    seed: int = 0
-    # "combined": one predictor on the (weighted) target; "separate": one per target column, summed
-    target_mode: Literal["combined", "separate"] = "combined"
-    weight_sum_tol: float = 1e-3
-    weights_prefix: str = DEFAULT_WEIGHTS_PREFIX
-    # auto only: rerun the whole selection inside each CV fold, so cv_spearman is unbiased (x folds cost)
-    nested_cv: bool = False
-    predictor_params: dict[str, Any] = field(default_factory=dict)
-    plots: bool = True
-
-    def validate(self) -> None:
-        if self.predictor not in PREDICTOR_NAMES:
-            raise ValueError(f"predictor must be one of {', '.join(PREDICTOR_NAMES)}, got {self.predictor!r}")
-        if self.cv_folds < 2:
-            raise ValueError("cv_folds must be >= 2")
-        if self.target_mode not in ("combined", "separate"):
-            raise ValueError("target_mode must be 'combined' or 'separate'")
-        if not 0 <= self.weight_sum_tol < 0.5:
-            raise ValueError("weight_sum_tol must be in [0, 0.5)")
-        check_params(self.predictor, self.predictor_params)
 
 
 @dataclass

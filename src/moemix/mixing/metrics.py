@@ -6,7 +6,6 @@ Spearman is the headline: the proposer only needs the predictor to *order* mixtu
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
 
 def _safe(fn, a: np.ndarray, b: np.ndarray) -> float | None:
@@ -19,10 +18,14 @@ def _safe(fn, a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def spearman(pred: np.ndarray, actual: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr  # lazy: scipy.stats takes ~1 s, and loading a config reaches here
+
     return _safe(spearmanr, pred, actual)
 
 
 def pearson(pred: np.ndarray, actual: np.ndarray) -> float | None:
+    from scipy.stats import pearsonr
+
     return _safe(pearsonr, pred, actual)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from moemix.errors import MoemixError
+from moemix.mixing.config import DEFAULT_WEIGHTS_PREFIX
 
-DEFAULT_WEIGHTS_PREFIX = "w/"
 DEFAULT_TARGET = "target"
 
 

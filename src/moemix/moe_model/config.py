@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from moemix.kernels.api import Impl
+from moemix.kernels.impls import Impl
 
 
 @dataclass

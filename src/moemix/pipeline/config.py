@@ -20,13 +20,11 @@ from moemix.config_fields import execution_only
 from moemix.configtools import from_dict
 from moemix.domains.config import DomainsConfig
 from moemix.errors import MoemixError
-from moemix.mixing.fit import FitConfig
-from moemix.mixing.propose import ProposeConfig
+from moemix.mixing.config import FitConfig, ProposeConfig
 from moemix.moe_model.config import MoEConfig
 from moemix.proxies.config import ProxiesConfig
 from moemix.report.tracking import TrackingConfig
-from moemix.training.config import TrainConfig
-from moemix.training.parallel import ParallelConfig
+from moemix.training.config import ParallelConfig, TrainConfig
 
 PRESETS = ("demo", "cluster-gpu")
 

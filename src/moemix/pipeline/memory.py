@@ -11,9 +11,8 @@ import dataclasses
 
 from moemix.moe_model.config import MoEConfig
 from moemix.pipeline.config import Config
-from moemix.training.config import TrainConfig
+from moemix.training.config import ParallelConfig, TrainConfig
 from moemix.training.memory_plan import MemoryPlan, check_fits, plan_memory
-from moemix.training.parallel import ParallelConfig
 
 
 def _as_run(cfg: Config, model: MoEConfig, train: TrainConfig) -> MoEConfig:

@@ -16,8 +16,7 @@ from typing import Literal
 from moemix.config_fields import execution_only
 from moemix.mixing.sampling import SamplerConfig
 from moemix.moe_model.config import MoEConfig
-from moemix.training.config import TrainConfig
-from moemix.training.evaluate import TargetConfig
+from moemix.training.config import TargetConfig, TrainConfig
 
 
 def demo_proxy_model() -> MoEConfig:

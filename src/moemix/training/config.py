@@ -105,3 +105,64 @@ def outcome_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 __all__ = ["EXECUTION_ONLY", "TrainConfig", "outcome_config", "outcome_view"]
+
+
+@dataclass
+class TargetConfig:
+    # weighted set of domains whose valid losses define the target; None = uniform over all
+    domains: dict[str, float] | None = None
+    # tokens dir (with meta.json) of an external validation set in the shard format
+    external: str | None = None
+
+    def validate(self) -> None:
+        if self.domains is not None:
+            if not self.domains:
+                raise ValueError("target.domains is empty (use null for all domains)")
+            if any(w < 0 for w in self.domains.values()) or sum(self.domains.values()) <= 0:
+                raise ValueError("target.domains weights must be >= 0 and not all zero")
+
+
+Checkpointing = Literal["none", "full", "selective"]
+
+
+@dataclass
+class ParallelConfig:
+    """Mesh and memory options of a distributed run (``pretrain.parallel``)."""
+
+    # dp_replicate x dp_shard = world size; dp_shard -1 = the world size / dp_replicate
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    # full: recompute every block in backward; selective: every other block (half the activations
+    # saved for about half the recompute); none: keep all activations
+    activation_checkpointing: Checkpointing = "none"
+    compile: bool = False  # torch.compile each transformer block
+    # bf16 parameters and fp32 gradient reduction on GPU (FSDP2 MixedPrecisionPolicy); fp32 on CPU
+    mixed_precision: bool = True
+    reshard_after_forward: bool = True  # ZeRO-3; False keeps gathered params between forward and backward
+    # write checkpoints from a background thread (DCP async_save) while training continues
+    async_checkpoint: bool = execution_only(False)
+    # expert parallelism: ranks per group that split each MoE layer's experts; divides dp_shard
+    ep: int = 1
+
+    def validate(self) -> None:
+        if self.dp_replicate < 1:
+            raise ValueError("parallel.dp_replicate must be >= 1")
+        if self.dp_shard < 1 and self.dp_shard != -1:
+            raise ValueError("parallel.dp_shard must be >= 1 or -1 (the rest of the world)")
+        if self.activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError("parallel.activation_checkpointing must be none, full or selective")
+        if self.ep < 1:
+            raise ValueError("parallel.ep must be >= 1")
+
+    def mesh_shape(self, world_size: int) -> tuple[int, int]:
+        """(dp_replicate, dp_shard) for ``world_size`` ranks; a one-line error when they do not multiply
+        out."""
+        shard = self.dp_shard if self.dp_shard != -1 else world_size // self.dp_replicate
+        if self.dp_replicate * shard != world_size:
+            raise ValueError(
+                f"parallel: dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} does not match "
+                f"the world size {world_size}"
+            )
+        if shard % self.ep:
+            raise ValueError(f"parallel: ep {self.ep} does not divide dp_shard {shard}")
+        return self.dp_replicate, shard

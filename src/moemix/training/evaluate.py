@@ -23,24 +23,10 @@ import torch
 
 from moemix.errors import MoemixError
 from moemix.token_shards import DomainTokens
+from moemix.training.config import TargetConfig
 from moemix.training.stream import eval_batches
 
 LN2 = math.log(2.0)
-
-
-@dataclass
-class TargetConfig:
-    # weighted set of domains whose valid losses define the target; None = uniform over all
-    domains: dict[str, float] | None = None
-    # tokens dir (with meta.json) of an external validation set in the shard format
-    external: str | None = None
-
-    def validate(self) -> None:
-        if self.domains is not None:
-            if not self.domains:
-                raise ValueError("target.domains is empty (use null for all domains)")
-            if any(w < 0 for w in self.domains.values()) or sum(self.domains.values()) <= 0:
-                raise ValueError("target.domains weights must be >= 0 and not all zero")
 
 
 @dataclass

@@ -58,8 +58,7 @@ from moemix.errors import MoemixError
 from moemix.kernels.api import auto_gpu_impl
 from moemix.moe_model.config import MoEConfig
 from moemix.moe_model.lm_loss import chunk_rows
-from moemix.training.config import TrainConfig
-from moemix.training.parallel import ParallelConfig
+from moemix.training.config import ParallelConfig, TrainConfig
 
 GIB = 1 << 30
 

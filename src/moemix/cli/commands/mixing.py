@@ -252,7 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default=None,
-        choices=LazyChoices("moemix.mixing.propose", "METHODS"),
+        choices=LazyChoices("moemix.mixing.config", "METHODS"),
         metavar="METHOD",
         help="search method, one of %(choices)s (default: the constraints' method, else auto: simulate "
         "for a target that weighs every domain, constrained otherwise)",
