@@ -73,3 +73,34 @@ def test_cuda_model_training_step_matches_reference(impl):
             seen.append(out.loss.item())
         losses[kernel] = seen
     assert losses[impl] == pytest.approx(losses["reference"], rel=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_fused_lm_loss_matches_the_materialised_logits(precision):
+    """The chunked LM-head loss on CUDA (its chunk size and bf16 autocast path are CUDA's own) against
+    ``F.cross_entropy`` over the whole logits, on a vocabulary large enough for several chunks."""
+    import torch.nn.functional as F
+
+    from moemix.moe_model.lm_loss import chunk_rows, linear_cross_entropy
+
+    n, d, v = 4096, 256, 50_000
+    assert chunk_rows(v, "cuda") < n  # several chunks
+    g = torch.Generator().manual_seed(0)
+    h0 = torch.randn(n, d, generator=g).cuda()
+    w0 = (torch.randn(v, d, generator=g) * 0.05).cuda()
+    t = torch.randint(0, v, (n,), generator=g).cuda()
+    t[::5] = -100
+    results = []
+    for fused in (False, True):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if fused:
+                loss = linear_cross_entropy(h, w, t)
+            else:
+                loss = F.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
+        loss.backward()
+        results.append((loss.detach(), h.grad, w.grad))
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    for name, r, f in zip(("loss", "grad_h", "grad_w"), *results):
+        assert f.dtype == r.dtype, name
+        assert _rel(f, r.float().cpu()) < tol, name
