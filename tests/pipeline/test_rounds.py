@@ -175,6 +175,23 @@ def test_auto_rounds_follow_the_decision_and_reuse_the_first_swarm(tmp_path, tin
     assert out.stage.manifest()["outputs"]["rounds"] == {"run": 1, "auto": "no second round: test"}
     assert json.loads((out.stage.path / "swarm.json").read_text())["rounds"] == 1
 
+    # the decision's fit is a fit of every run the swarm holds: the fit stage copies it, fitting nothing
+    import moemix.mixing.fit as fit_module
+
+    fits = []
+    real_fit_runs = fit_module.fit_runs
+    monkeypatch.setattr(fit_module, "fit_runs", lambda *a, **k: fits.append(1) or real_fit_runs(*a, **k))
+    fitted = stages.fit_stage(cfg, tmp_path / "run", domains, out)
+    round_dir = out.stage.path / "rounds" / "1"
+    assert fits == []
+    for name in ("predictor.json", "cv.json", "fit.json", "plots/pred_vs_actual.png"):
+        assert (fitted.stage.path / name).read_bytes() == (round_dir / name).read_bytes(), name
+    # a round fit of other inputs is not: the fit stage fits the runs itself
+    (round_dir / stages.FIT_INPUTS).write_text(json.dumps({"key": "other inputs"}))
+    fitted.stage.manifest_path.unlink()
+    stages.fit_stage(cfg, tmp_path / "run", domains, out)
+    assert fits == [1]
+
     # a second round is wanted, a third is not: the decision is asked again after each round, of a
     # fit that has seen that round
     asked = []

@@ -332,12 +332,59 @@ def _pretrain_tokens(cfg: Config) -> int | None:
 
 def round_fit(cfg: Config, domains: DomainsOutput, stage: Stage, round_idx: int, runs: pd.DataFrame) -> Any:
     """The fit a round's batch is sampled from: the fit stage's own fit of every run so far (``runs``,
-    as ``_collected_swarm`` wrote them into the stage), kept under ``rounds/<i>/`` for inspection."""
+    as ``_collected_swarm`` wrote them into the stage), kept under ``rounds/<i>/``. When no later round
+    follows, it is the fit stage's fit, which then copies it instead of fitting again."""
     from moemix.proxies.run import CURVES_TABLE
 
     curves = pd.read_parquet(stage.path / CURVES_TABLE)
     out_dir = stage.path / "rounds" / str(round_idx)
-    return fit_swarm(cfg, domains, runs, curves, out_dir, where=str(stage.path), plots=False)
+    return fit_swarm(cfg, domains, runs, curves, out_dir, where=str(stage.path))
+
+
+# what a fit was computed from (``fit_inputs_key``), written beside it so an identical fit can be reused
+FIT_INPUTS = "fit_inputs.json"
+
+
+def fit_inputs_key(
+    fit_cfg: Any, target: str, runs: pd.DataFrame, curves: pd.DataFrame | None, domains: Any
+) -> str:
+    """A digest of everything ``fit_swarm`` passes to the fit: the fit config, the target, both tables'
+    contents and the domains' prior and token counts (the seed noise and the size check derive from
+    these). Equal keys mean the same fit: the fit is deterministic in its inputs and ``fit.seed``."""
+
+    def table(df: pd.DataFrame | None) -> Any:
+        if df is None:
+            return None
+        digest = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+        return [list(map(str, df.columns)), stable_hash(digest.hex(), length=32)]
+
+    return stable_hash(
+        {
+            "fit": asdict(fit_cfg),
+            "target": target,
+            "runs": table(runs),
+            "curves": table(curves),
+            "prior": np.asarray(domains.prior(), dtype=np.float64).tolist(),
+            "tokens": [int(t) for t in domains.token_counts()],
+            "format": _fit_format(),
+        },
+        length=32,
+    )
+
+
+def _fit_format() -> int:
+    from moemix.mixing.fit import FIT_FORMAT
+
+    return FIT_FORMAT
+
+
+def _reusable_fit(candidate: Path | None, key: str) -> bool:
+    if candidate is None or not (candidate / "fit.json").exists():
+        return False
+    try:
+        return json.loads((candidate / FIT_INPUTS).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
 
 
 def fit_swarm(
@@ -347,18 +394,22 @@ def fit_swarm(
     curves: pd.DataFrame | None,
     out_dir: Path,
     where: str,
-    plots: bool = True,
+    reuse: Path | None = None,
 ) -> Any:
     """The configured predictor fitted to a swarm's base runs, with the seed noise of its replicated
-    uniform mixture and the scale check's model-size term: what the fit stage and every round fit."""
-    from moemix.mixing.fit import fit_runs, seed_noise
+    uniform mixture and the scale check's model-size term: what the fit stage and every round fit.
+    ``reuse``: a fit directory that, when it was fitted from the very same inputs, is copied instead."""
+    from moemix.mixing.fit import fit_runs, load_fit, seed_noise
 
     fit_cfg = fit_config(cfg, domains)
-    if not plots:
-        fit_cfg = dataclasses.replace(fit_cfg, plots=False)
     target = target_expression(cfg, domains.domains)
+    key = fit_inputs_key(fit_cfg, target, runs, curves, domains)
+    if _reusable_fit(reuse, key):
+        shutil.copytree(reuse, out_dir, dirs_exist_ok=True)
+        log.info("fit: the same runs were fitted for the last round's decision; reusing %s", reuse)
+        return load_fit(out_dir)
     base = runs[runs["scale"] == "base"] if "scale" in runs else runs
-    return fit_runs(
+    result = fit_runs(
         base,
         target=target,
         weight_cols=[f"w/{d}" for d in domains.domains],
@@ -371,6 +422,8 @@ def fit_swarm(
         seed_noise=seed_noise(_replicate_targets(base, target)),
         size_check=_size_check(runs, curves),
     )
+    write_json_atomic(Path(out_dir) / FIT_INPUTS, {"key": key})
+    return result
 
 
 def _round_name(n: int) -> str:
@@ -520,6 +573,8 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
         started = time.time()
         stage.start(fresh=True)
         curves_path = proxies.stage.path / CURVES_TABLE
+        # under rounds the last round's decision may have fitted these very runs already
+        last_round = proxies.stage.path / "rounds" / str(proxies.rounds_run) if proxies.rounds_run else None
         result = fit_swarm(
             cfg,
             domains,
@@ -527,6 +582,7 @@ def fit_stage(cfg: Config, run_dir: Path, domains: DomainsOutput, proxies: Proxi
             pd.read_parquet(curves_path) if curves_path.exists() else None,
             stage.path,
             where=str(proxies.runs_path),
+            reuse=last_round,
         )
         stage.complete(
             {"predictor": result.cv.get("predictor"), "cv_spearman": result.cv.get("spearman")}, started
