@@ -1,4 +1,6 @@
-"""What a training run computes and how: ``TrainConfig`` (``proxies.train`` and ``pretrain.train``)."""
+"""What a training run computes and how: ``TrainConfig`` (``proxies.train`` and ``pretrain.train``),
+``TargetConfig`` (``proxies.target``: what the evaluation reports as the target) and ``ParallelConfig``
+(``pretrain.parallel``: the mesh). Plain dataclasses without torch, so loading a config stays light."""
 
 from __future__ import annotations
 
@@ -104,9 +106,6 @@ def outcome_config(cfg: TrainConfig) -> dict[str, Any]:
     return outcome_view(cfg)
 
 
-__all__ = ["EXECUTION_ONLY", "TrainConfig", "outcome_config", "outcome_view"]
-
-
 @dataclass
 class TargetConfig:
     # weighted set of domains whose valid losses define the target; None = uniform over all
@@ -166,3 +165,14 @@ class ParallelConfig:
         if shard % self.ep:
             raise ValueError(f"parallel: ep {self.ep} does not divide dp_shard {shard}")
         return self.dp_replicate, shard
+
+
+__all__ = [
+    "EXECUTION_ONLY",
+    "Checkpointing",
+    "ParallelConfig",
+    "TargetConfig",
+    "TrainConfig",
+    "outcome_config",
+    "outcome_view",
+]
